@@ -1,0 +1,1 @@
+"""Triton kernels with pure-torch references; the kernels arrive with the kernels issue."""

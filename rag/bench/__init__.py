@@ -1,0 +1,17 @@
+"""``rag bench``: named suites that measure ragloom against a baseline run beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rag.bench.report import SuiteResult
+
+
+def _dense() -> Callable[..., SuiteResult]:
+    from rag.bench.dense import run
+
+    return run
+
+
+# suite name -> loader of the suite's run function (imported lazily: suites load models)
+SUITES: dict[str, Callable[[], Callable[..., SuiteResult]]] = {"dense": _dense}

@@ -1,0 +1,69 @@
+"""Benchmark results as Markdown: one section per suite in docs/benchmarks.md, replaced on each run."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    ragloom: float
+    baseline: float
+    unit: str
+    target: str = ""  # e.g. ">= 0.90x"
+
+    @property
+    def ratio(self) -> float:
+        return self.ragloom / self.baseline if self.baseline else float("nan")
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    suite: str
+    title: str
+    baseline: str  # what the baseline column is
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [
+            f"## {self.title}",
+            "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, "
+            f"{_cpu_count()} CPU threads, by `rag bench {self.suite}`. Baseline: {self.baseline}.",
+            "",
+            "| measure | ragloom | baseline | ratio | target |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.measure} | {r.ragloom:,.1f} {r.unit} | {r.baseline:,.1f} {r.unit} | {r.ratio:.3f}× | {r.target} |"
+            )
+        lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_HEADER = "# Benchmarks\n\nFigures written by `rag bench`; every ratio compares runs made side by side in one process.\n"
+
+
+def write_section(path: str | Path, result: SuiteResult) -> None:
+    """Insert or replace the suite's section, marked by HTML comments, keeping the other suites' sections."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else _HEADER
+    begin, end = f"<!-- bench:{result.suite}:begin -->", f"<!-- bench:{result.suite}:end -->"
+    section = f"{begin}\n{result.markdown()}{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -1,0 +1,66 @@
+"""``rag ask QUESTION``: retrieve, generate, print the cited answer, its sources and timings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, TextIO
+
+from rag.cli.generation_options import add_generation_options, generation_params, generator_config
+from rag.errors import ConfigError
+from rag.indexes import load_index
+from rag.pipeline import Pipeline
+from rag.registry import build
+from rag.types import Answer
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("ask", help="answer a question from an index, with citations")
+    parser.add_argument("question")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", help="index folder (COLLECTION/NAME)")
+    source.add_argument("--config", help="saved pipeline configuration (JSON)")
+    add_generation_options(parser)
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    parser.set_defaults(handler=run)
+
+
+def make_pipeline(args: argparse.Namespace) -> Pipeline:
+    if args.config:
+        return Pipeline.from_config(args.config)
+    retriever = load_index(args.index)
+    return Pipeline(retriever, build("generator", "causal-lm", generator_config(args)), k=args.k)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.question.strip():
+        raise ConfigError("the question is empty")
+    pipeline = make_pipeline(args)
+    params = generation_params(args)
+    if args.stream:
+        start = time.perf_counter()
+        for piece in pipeline.stream(args.question, params):
+            print(piece, end="", flush=True)
+        print(f"\n\n({time.perf_counter() - start:.1f} s)")
+        return 0
+    print_answer(pipeline.answer(args.question, params))
+    return 0
+
+
+def print_answer(answer: Answer, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    t = answer.timings
+    print(answer.text, file=out)
+    print("\nSources:", file=out)
+    for number, passage in enumerate(answer.passages, start=1):
+        mark = "*" if passage.id in answer.citations else " "
+        print(f" {mark}[{number}] {passage.id}  {passage.title or passage.text[:60]}", file=out)
+    cited = ", ".join(answer.citations) if answer.citations else "none"
+    print(f"\nCited: {cited}", file=out)
+    print(
+        f"Timings: retrieve {t.retrieve_s:.2f} s, time to first token {t.prefill_s:.2f} s, "
+        f"decode {t.new_tokens} tokens in {t.decode_s:.2f} s ({t.decode_tokens_per_s:.1f} tok/s), "
+        f"total {t.total_s:.2f} s",
+        file=out,
+    )

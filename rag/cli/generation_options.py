@@ -1,0 +1,34 @@
+"""Options shared by the commands that generate answers (``ask``, ``eval qa``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rag.generation.base import GenerationParams
+from rag.models import DEFAULT_GENERATOR
+
+
+def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
+    parser.add_argument("--generator", default=DEFAULT_GENERATOR, help="LLM: bundled name, folder or hub id")
+    parser.add_argument("-k", type=int, default=5, help="passages given to the generator (default 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
+    parser.add_argument("--seed", type=int, help="seed for sampling")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+
+
+def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    return {"model": args.generator, "device": args.device, **extra}
+
+
+def generation_params(args: argparse.Namespace) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )

@@ -1,0 +1,38 @@
+"""``rag search INDEX QUERY...``: print the top hits of each query with their titles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from rag.docstore import Docstore
+from rag.indexes import load_index
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("search", help="search an index")
+    parser.add_argument("index", help="index folder (COLLECTION/NAME)")
+    parser.add_argument("queries", nargs="+", metavar="QUERY")
+    parser.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    retriever = load_index(args.index)
+    results = retriever.search(args.queries, k=args.k)
+    store_path = getattr(retriever, "docstore_path", None)
+    store = Docstore(store_path) if store_path else None
+    for query, hits in zip(args.queries, results, strict=True):
+        docs = store.get([h.doc_id for h in hits]) if store else [None] * len(hits)
+        if args.json:
+            for hit, doc in zip(hits, docs, strict=True):
+                print(json.dumps({"query": query, **asdict(hit), "title": doc.title if doc else ""}))
+            continue
+        print(f"# {query}")
+        for hit, doc in zip(hits, docs, strict=True):
+            title = (doc.title or doc.text[:60]) if doc else ""
+            print(f"{hit.rank:>3}  {hit.score:8.4f}  {hit.doc_id}  {title}")
+    return 0

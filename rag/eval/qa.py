@@ -1,0 +1,93 @@
+"""Question answering evaluation: run the pipeline on SQuAD-format questions, score EM and F1."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from rag.corpus import read_squad_questions
+from rag.errors import ConfigError
+from rag.eval.squad_metrics import exact_match, f1_score
+from rag.generation.base import GenerationParams
+from rag.pipeline import Pipeline
+
+# Extractive QA is scored on the answer span alone (SQuAD EM/F1), so ask for the shortest answer.
+QA_SYSTEM_PROMPT = (
+    "Answer the question using only the numbered passages. Reply with the shortest exact phrase from the "
+    "passages that answers it, then the number of the passage in square brackets, like: Paris [2]"
+)
+
+_MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
+
+
+@dataclass(frozen=True)
+class QARecord:
+    id: str
+    question: str
+    prediction: str
+    golds: list[str]
+    em: float
+    f1: float
+    gold_retrieved: bool  # the paragraph holding the answer was among the passages
+    seconds: float
+
+
+@dataclass(frozen=True)
+class QAReport:
+    records: list[QARecord]
+
+    @property
+    def em(self) -> float:
+        return 100 * statistics.fmean(r.em for r in self.records)
+
+    @property
+    def f1(self) -> float:
+        return 100 * statistics.fmean(r.f1 for r in self.records)
+
+    @property
+    def gold_in_passages(self) -> float:
+        return 100 * statistics.fmean(r.gold_retrieved for r in self.records)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.records)
+
+
+def strip_citations(text: str) -> str:
+    """The answer without its ``[n]`` markers, as the SQuAD metrics expect."""
+    return _MARKERS.sub("", text).strip()
+
+
+def evaluate_qa(
+    pipeline: Pipeline,
+    squad_file: str | Path,
+    *,
+    limit: int | None = 100,
+    params: GenerationParams | None = None,
+    progress: bool = True,
+) -> QAReport:
+    """Answer the first ``limit`` questions of ``squad_file`` with ``pipeline``."""
+    questions = read_squad_questions(squad_file)[:limit]
+    if not questions:
+        raise ConfigError(f"{squad_file} has no questions to evaluate")
+    records = []
+    for q in tqdm(questions, desc="answer", unit="q", disable=not progress):
+        answer = pipeline.answer(q.question, params)
+        prediction = strip_citations(answer.text)
+        records.append(
+            QARecord(
+                id=q.id,
+                question=q.question,
+                prediction=prediction,
+                golds=q.answers,
+                em=exact_match(prediction, q.answers),
+                f1=f1_score(prediction, q.answers),
+                gold_retrieved=any(p.id == q.doc_id for p in answer.passages),
+                seconds=answer.timings.total_s,
+            )
+        )
+    return QAReport(records)

@@ -1,0 +1,16 @@
+"""Answer generation: the generator contract, the RAG prompt and the causal-LM baseline."""
+
+from __future__ import annotations
+
+from rag.generation.base import GenerationParams, Generator
+from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
+from rag.generation.prompt import build_messages, parse_citations
+
+__all__ = [
+    "CausalLMConfig",
+    "CausalLMGenerator",
+    "GenerationParams",
+    "Generator",
+    "build_messages",
+    "parse_citations",
+]

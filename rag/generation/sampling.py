@@ -1,0 +1,55 @@
+"""Pick the next token from one row of logits: greedy, or temperature → top-k → top-p → multinomial.
+
+>>> import torch
+>>> from rag.generation.base import GenerationParams
+>>> next_token(torch.tensor([0.1, 3.0, -1.0]), GenerationParams())
+1
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rag.generation.base import GenerationParams
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Scale logits ``# [vocab]`` by ``1 / temperature`` (> 0)."""
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Set all but the ``k`` largest logits ``# [vocab]`` to -inf; ``k == 0`` keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k).values[-1]  # the smallest logit that survives
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of top tokens whose probability mass reaches ``p``; always keeps the argmax."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)  # [vocab], [vocab]
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # mass of the strictly better tokens
+    drop_sorted = mass_before >= p  # position 0 has mass_before == 0 < p, so it is never dropped
+    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)  # back to vocab order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(
+    logits: torch.Tensor,  # [vocab]
+    params: GenerationParams,
+    generator: torch.Generator | None = None,
+) -> int:
+    """The id of the next token; ``generator`` seeds the draw so that sampling is reproducible."""
+    if logits.dim() != 1:
+        raise ValueError(f"expected logits of shape [vocab], got {tuple(logits.shape)}")
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = apply_temperature(logits.float(), params.temperature)
+    logits = top_k_filter(logits, params.top_k)
+    logits = top_p_filter(logits, params.top_p)
+    probs = torch.softmax(logits, dim=-1)  # [vocab]
+    return int(torch.multinomial(probs, num_samples=1, generator=generator))

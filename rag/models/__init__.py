@@ -1,0 +1,156 @@
+"""The model registry: names of bundled models, local folders and hub ids, resolved to loadable folders.
+
+    >>> from rag.models import resolve_model
+    >>> resolve_model("minilm").name
+    'model'
+
+Every model slot in ragloom takes one of three things: a bundled name (``rag models list``), a local folder,
+or a hub id (used only when the hub or its local cache is reachable; the bundled default never needs it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rag.errors import ModelError
+from rag.models.bundled import bundled_files, is_installed, verify
+from rag.models.catalog import CATALOG, DEFAULT_DENSE_ENCODER, DEFAULT_GENERATOR, BundledModel
+from rag.models.gguf_cache import converted_dir, ensure_converted, is_converted
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_DENSE_ENCODER",
+    "DEFAULT_GENERATOR",
+    "ModelStatus",
+    "bundled_model",
+    "folder_checksum",
+    "list_models",
+    "load_causal_lm",
+    "load_sentence_transformer",
+    "resolve_model",
+]
+
+
+def bundled_model(name: str) -> BundledModel | None:
+    return CATALOG.get(name)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def resolve_model(name: str) -> Path | str:
+    """A folder that ``from_pretrained`` can load, or the hub id itself.
+
+    Bundled GGUF models are converted once into the cache; other bundled models are verified in place.
+    """
+    if not name:
+        raise ModelError("no model name given")
+    model = CATALOG.get(name)
+    if model is not None:
+        if model.fmt == "gguf":
+            return ensure_converted(model)
+        return verify(model)[0].parent
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if _looks_like_hub_id(name) and not path.exists():
+        return name
+    known = ", ".join(sorted(CATALOG))
+    raise ModelError(f"unknown model {name!r}: not a bundled name ({known}), a local folder, or a hub id")
+
+
+def _offline_error(name: str, error: Exception) -> ModelError:
+    return ModelError(
+        f"could not load model {name!r}: {error}\n"
+        "Bundled models work offline; a hub id needs the hub or a local copy of it."
+    )
+
+
+def load_causal_lm(
+    name: str = DEFAULT_GENERATOR, *, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM in float32 with eager attention, in eval mode, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation="eager"
+        )
+    except OSError as error:
+        raise _offline_error(name, error) from error
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def load_sentence_transformer(name: str = DEFAULT_DENSE_ENCODER, *, device: str | None = None) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve_model(name)
+    try:
+        return SentenceTransformer(str(source), device=device, local_files_only=os.path.isdir(source))
+    except OSError as error:
+        raise _offline_error(name, error) from error
+
+
+@lru_cache(maxsize=32)
+def _folder_checksum(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for rel, _, _ in stamp:
+        digest.update(rel.encode())
+        with open(os.path.join(folder, rel), "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".txt", ".model")
+
+
+def folder_checksum(folder: str | Path) -> str:
+    """sha256 over a model folder's weight, config and vocabulary files (not READMEs); cached per process."""
+    folder = Path(folder)
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and ".cache" not in p.parts
+    )
+    stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _folder_checksum(str(folder), stamp)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    role: str
+    description: str
+    installed: bool
+    size_bytes: int  # on disk, 0 when not installed
+    cache: str  # "converted", "not converted", or "-" for models used in place
+    pip_command: str
+
+
+def list_models() -> list[ModelStatus]:
+    rows = []
+    for model in CATALOG.values():
+        installed = is_installed(model)
+        size = sum(p.stat().st_size for p in bundled_files(model)) if installed else 0
+        if model.fmt != "gguf":
+            cache = "-"
+        else:
+            cache = f"converted ({converted_dir(model)})" if is_converted(model) else "not converted"
+        rows.append(
+            ModelStatus(model.name, model.role, model.description, installed, size, cache, model.pip_command)
+        )
+    return rows

@@ -1,0 +1,116 @@
+"""The RAG pipeline: retrieve, optionally rerank, then generate a cited answer.
+
+    >>> pipeline = Pipeline.from_config("pipeline.json")          # doctest: +SKIP
+    >>> answer = pipeline.answer("What does ragloom run on?")     # doctest: +SKIP
+    >>> answer.text, answer.citations, answer.timings.total_s     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.docstore import Docstore
+from rag.errors import ConfigError, EmptyQueryError
+from rag.generation.base import GenerationParams, Generator
+from rag.indexes import Retriever, load_index
+from rag.registry import build, make_config
+from rag.rerankers.base import Reranker
+from rag.types import Answer, Document, Hit
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``Pipeline.from_config`` reads: an index directory and named, configured components."""
+
+    index: str
+    k: int = 5  # passages given to the generator
+    fetch_k: int = 20  # hits retrieved before reranking (used only with a reranker)
+    generator: dict[str, Any] = field(default_factory=lambda: {"name": "causal-lm"})
+    reranker: dict[str, Any] | None = None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        reranker: Reranker | None = None,
+        *,
+        docstore: Docstore | None = None,
+        k: int = 5,
+        fetch_k: int = 20,
+    ):
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.retriever = retriever
+        self.generator = generator
+        self.reranker = reranker
+        self.docstore = docstore or _docstore_of(retriever)
+        self.k = k
+        self.fetch_k = max(fetch_k, k)
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> Pipeline:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"pipeline config not found: {path}") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"invalid JSON in pipeline config {path}: {error}") from None
+        config = make_config(PipelineConfig, raw)
+        index = Path(config.index)
+        if not index.is_absolute():
+            index = Path(path).resolve().parent / index
+        return cls(
+            load_index(index),
+            _build_named("generator", config.generator),
+            _build_named("reranker", config.reranker) if config.reranker else None,
+            k=config.k,
+            fetch_k=config.fetch_k,
+        )
+
+    def retrieve(self, question: str) -> tuple[list[Hit], list[Document]]:
+        """The hits passed to the generator and their documents, in rank order."""
+        if not question or not question.strip():
+            raise EmptyQueryError("the question is empty")
+        hits = self.retriever.search([question], k=self.fetch_k if self.reranker else self.k)[0]
+        if self.reranker is not None:
+            hits = self.reranker.rerank(question, hits, k=self.k)
+        return hits, self.docstore.get([h.doc_id for h in hits])
+
+    def answer(self, question: str, params: GenerationParams | None = None) -> Answer:
+        start = time.perf_counter()
+        _, passages = self.retrieve(question)
+        retrieve_s = time.perf_counter() - start
+        answer = self.generator.answer(question, passages, params)
+        timings = dataclasses.replace(answer.timings, retrieve_s=retrieve_s)
+        return dataclasses.replace(answer, timings=timings)
+
+    def stream(self, question: str, params: GenerationParams | None = None) -> Iterator[str]:
+        """Yield answer text as tokens are accepted."""
+        _, passages = self.retrieve(question)
+        yield from self.generator.stream(question, passages, params)
+
+
+def _docstore_of(retriever: Retriever) -> Docstore:
+    path = getattr(retriever, "docstore_path", None)
+    if path is None:
+        raise ConfigError("the retriever has no docstore; pass docstore= or load an index built by rag")
+    return Docstore(path)
+
+
+def _build_named(kind: str, spec: dict[str, Any]) -> Any:
+    values = dict(spec)
+    name = values.pop("name", None)
+    if not name:
+        raise ConfigError(f"pipeline config: the {kind} needs a 'name'")
+    return build(kind, name, values)

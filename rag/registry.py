@@ -1,0 +1,68 @@
+"""Build components by name from frozen config dataclasses.
+
+Every component class registers itself under a kind ("retriever", "reranker", "generator") and a name,
+with the frozen dataclass that configures it::
+
+    @register("retriever", "dense", DenseConfig)
+    class DenseRetriever: ...
+
+    retriever = build("retriever", "dense", {"encoder": "minilm"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from rag.errors import ConfigError
+
+T = TypeVar("T")
+
+# kind -> name -> (class, config class)
+_REGISTRY: dict[str, dict[str, tuple[type, type]]] = {}
+
+# Modules that register components; imported on first lookup so that importing rag stays cheap.
+_PROVIDERS = ("rag.indexes.dense", "rag.generation.causal_lm")
+
+
+def register(kind: str, name: str, config_cls: type) -> Callable[[type[T]], type[T]]:
+    def decorate(cls: type[T]) -> type[T]:
+        _REGISTRY.setdefault(kind, {})[name] = (cls, config_cls)
+        return cls
+
+    return decorate
+
+
+def _load_providers() -> None:
+    for module in _PROVIDERS:
+        importlib.import_module(module)
+
+
+def names(kind: str) -> list[str]:
+    _load_providers()
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def lookup(kind: str, name: str) -> tuple[type, type]:
+    _load_providers()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        known = ", ".join(names(kind)) or "none"
+        raise ConfigError(f"unknown {kind} {name!r}; known: {known}") from None
+
+
+def make_config(config_cls: type[T], values: Mapping[str, Any]) -> T:
+    """Build a frozen config from a mapping, refusing unknown keys with a clear message."""
+    allowed = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{config_cls.__name__}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    return config_cls(**values)
+
+
+def build(kind: str, name: str, values: Mapping[str, Any] | None = None) -> Any:
+    cls, config_cls = lookup(kind, name)
+    return cls(make_config(config_cls, values or {}))

@@ -1,0 +1,60 @@
+"""The few value types every stage shares: documents, hits and answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One retrievable unit: a passage, an abstract or a chunk of a file."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def contents(self) -> str:
+        """Title and text as one string, the form encoders and BM25 read."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result; every retriever and reranker returns these."""
+
+    doc_id: str
+    score: float
+    rank: int  # 1-based
+    source: str  # name of the retriever or reranker that produced the score
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Seconds spent per stage of one answer; decode speed in tokens per second."""
+
+    retrieve_s: float = 0.0
+    rerank_s: float = 0.0
+    prefill_s: float = 0.0  # time to first token, from the start of generation
+    decode_s: float = 0.0
+    new_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.new_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.retrieve_s + self.rerank_s + self.prefill_s + self.decode_s
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A generated answer with the ids of the passages it cites."""
+
+    text: str
+    citations: list[str]
+    passages: list[Document]
+    timings: Timings = field(default_factory=Timings)

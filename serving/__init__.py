@@ -1,0 +1,1 @@
+"""REST serving (FastAPI); the routes arrive with the serving issue."""

@@ -1,0 +1,52 @@
+"""Evaluation: ir-measures scoring of a crafted run, SQuAD EM/F1 normalisation, TREC run files."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.eval.qa import strip_citations
+from rag.eval.retrieval import score_run, write_trec_run
+from rag.eval.squad_metrics import exact_match, f1_score, normalize_answer
+from rag.types import Hit
+
+
+def _hits(*ids: str) -> list[Hit]:
+    return [Hit(d, 1.0 / rank, rank, "test") for rank, d in enumerate(ids, start=1)]
+
+
+def test_score_run_against_hand_computed_values() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}}
+    run = {"q1": _hits("a", "x"), "q2": _hits("x", "b")}
+    metrics = score_run(run, qrels, ["nDCG@10", "RR@10", "R@100"])
+    # q1: perfect. q2: one of two relevant at rank 2: DCG = 1/log2(3), IDCG = 1 + 1/log2(3).
+    ndcg_q2 = (1 / 1.5849625) / (1 + 1 / 1.5849625)
+    assert metrics["nDCG@10"] == pytest.approx((1 + ndcg_q2) / 2, abs=1e-6)
+    assert metrics["RR@10"] == pytest.approx((1 + 0.5) / 2)
+    assert metrics["R@100"] == pytest.approx((1 + 0.5) / 2)
+
+
+def test_trec_run_file(tmp_path) -> None:
+    write_trec_run({"q1": _hits("a", "b")}, tmp_path / "run.txt", tag="t")
+    assert (tmp_path / "run.txt").read_text().splitlines() == ["q1 Q0 a 1 1.000000 t", "q1 Q0 b 2 0.500000 t"]
+
+
+@pytest.mark.parametrize(
+    ("text", "normal"),
+    [("The Eiffel Tower!", "eiffel tower"), ("  an   apple, a day ", "apple day"), ("Denver Broncos.", "denver broncos")],
+)
+def test_squad_normalisation(text: str, normal: str) -> None:
+    assert normalize_answer(text) == normal
+
+
+def test_exact_match_and_f1() -> None:
+    golds = ["Denver Broncos", "the Broncos"]
+    assert exact_match("the denver broncos", golds) == 1.0
+    assert exact_match("Broncos of Denver", golds) == 0.0
+    assert f1_score("Broncos", golds) == pytest.approx(1.0)  # matches "the Broncos" fully
+    assert f1_score("Denver team", golds) == pytest.approx(0.5)  # p=1/2, r=1/2 against "Denver Broncos"
+    assert f1_score("nothing", golds) == 0.0
+
+
+def test_strip_citations() -> None:
+    assert strip_citations("Paris [1].") == "Paris."
+    assert strip_citations("1200 degrees [2, 3]") == "1200 degrees"
