@@ -97,4 +97,3 @@ def read_json(path: Path, what: str) -> Any:
         raise IndexFormatError(f"index is missing {what}: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise IndexFormatError(f"corrupt {what} {path}: {error}") from None
-

@@ -54,5 +54,5 @@ def build_index(
 
 
 def _missing_from(store: Docstore, docs: list[Document]) -> list[Document]:
-    """Documents the shared docstore does not hold yet (another index of the collection may have added them)."""
+    """Documents the shared docstore lacks (another index of the collection may have added some)."""
     return [d for d in docs if d.id not in store]

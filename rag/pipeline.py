@@ -1,8 +1,8 @@
 """The RAG pipeline: retrieve, optionally rerank, then generate a cited answer.
 
-    >>> pipeline = Pipeline.from_config("pipeline.json")          # doctest: +SKIP
-    >>> answer = pipeline.answer("What does ragloom run on?")     # doctest: +SKIP
-    >>> answer.text, answer.citations, answer.timings.total_s     # doctest: +SKIP
+>>> pipeline = Pipeline.from_config("pipeline.json")          # doctest: +SKIP
+>>> answer = pipeline.answer("What does ragloom run on?")     # doctest: +SKIP
+>>> answer.text, answer.citations, answer.timings.total_s     # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from rag.errors import ConfigError, EmptyQueryError, IndexFormatError
 from rag.indexes import load_index
 from rag.indexes.dense import DenseConfig, DenseRetriever
 from rag.indexes.manifest import MANIFEST, atomic_directory
+
+from rag.errors import ConfigError, EmptyQueryError, IndexFormatError
 from rag.types import Document
 
 DOCS = [
     Document("cat", "Cats purr when they are content and sometimes when stressed.", title="Cats"),
     Document("stock", "Stock markets fell sharply after the interest rate decision.", title="Markets"),
-    Document("volcano", "Lava flows from an erupting volcano can reach 1200 degrees Celsius.", title="Volcanoes"),
+    Document(
+        "volcano", "Lava flows from an erupting volcano can reach 1200 degrees Celsius.", title="Volcanoes"
+    ),
     Document("bread", "Sourdough bread rises thanks to wild yeast and lactic acid bacteria.", title="Baking"),
 ]
 QUERIES = ["why do kittens purr", "share prices dropped", "how hot is magma", "yeast in bread dough"]

@@ -32,7 +32,11 @@ def test_trec_run_file(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "normal"),
-    [("The Eiffel Tower!", "eiffel tower"), ("  an   apple, a day ", "apple day"), ("Denver Broncos.", "denver broncos")],
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  an   apple, a day ", "apple day"),
+        ("Denver Broncos.", "denver broncos"),
+    ],
 )
 def test_squad_normalisation(text: str, normal: str) -> None:
     assert normalize_answer(text) == normal

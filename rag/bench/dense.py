@@ -35,7 +35,9 @@ def run(docs: int = 1000, rounds: int = 2, search_rounds: int = 20, k: int = 10)
     queries_by_id = read_beir_queries(scifact)
     queries = [queries_by_id[q] for q in read_beir_qrels(scifact, "test")]
     model = load_sentence_transformer("minilm")
-    retriever = DenseRetriever(DenseConfig(encoder="minilm", factory="Flat", show_progress=False), encoder=model)
+    retriever = DenseRetriever(
+        DenseConfig(encoder="minilm", factory="Flat", show_progress=False), encoder=model
+    )
     texts = [d.contents for d in corpus]
     batch = retriever.config.batch_size
 
@@ -65,7 +67,9 @@ def run(docs: int = 1000, rounds: int = 2, search_rounds: int = 20, k: int = 10)
 
     ours_search = raw_search_rate = ours_full = raw_full = 0.0
     for _ in range(search_rounds):
-        ours_search = max(ours_search, _best_rate(len(queries), lambda: retriever.search_vectors(query_vectors, k), 1))
+        ours_search = max(
+            ours_search, _best_rate(len(queries), lambda: retriever.search_vectors(query_vectors, k), 1)
+        )
         raw_search_rate = max(raw_search_rate, _best_rate(len(queries), raw_search, 1))
     for _ in range(rounds):
         ours_full = max(ours_full, _best_rate(len(queries), lambda: retriever.search(queries, k), 1))
@@ -78,11 +82,24 @@ def run(docs: int = 1000, rounds: int = 2, search_rounds: int = 20, k: int = 10)
         "same model object, same vectors",
         rows=[
             Row(f"corpus encoding ({len(corpus)} docs)", ours_encode, raw_rate, "docs/s", ">= 0.95×"),
-            Row(f"search, encoded queries ({len(queries)} q, k={k})", ours_search, raw_search_rate, "q/s", ">= 0.90×"),
-            Row(f"search incl. query encoding ({len(queries)} q, k={k})", ours_full, raw_full, "q/s", ">= 0.90×"),
+            Row(
+                f"search, encoded queries ({len(queries)} q, k={k})",
+                ours_search,
+                raw_search_rate,
+                "q/s",
+                ">= 0.90×",
+            ),
+            Row(
+                f"search incl. query encoding ({len(queries)} q, k={k})",
+                ours_full,
+                raw_full,
+                "q/s",
+                ">= 0.90×",
+            ),
         ],
         notes=[
-            f"Each side keeps its best of {rounds} alternating rounds ({search_rounds} for encoded-query search).",
+            f"Each side keeps its best of {rounds} alternating rounds "
+            f"({search_rounds} for encoded-query search).",
             "ragloom's search returns `Hit` objects (id, score, rank, source); the baseline returns a numpy "
             "array of ids.",
         ],

@@ -42,7 +42,8 @@ class SuiteResult:
         ]
         for r in self.rows:
             lines.append(
-                f"| {r.measure} | {r.ragloom:,.1f} {r.unit} | {r.baseline:,.1f} {r.unit} | {r.ratio:.3f}× | {r.target} |"
+                f"| {r.measure} | {r.ragloom:,.1f} {r.unit} | {r.baseline:,.1f} {r.unit} "
+                f"| {r.ratio:.3f}× | {r.target} |"
             )
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
@@ -54,7 +55,10 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-_HEADER = "# Benchmarks\n\nFigures written by `rag bench`; every ratio compares runs made side by side in one process.\n"
+_HEADER = (
+    "# Benchmarks\n\n"
+    "Figures written by `rag bench`; every ratio compares runs made side by side in one process.\n"
+)
 
 
 def write_section(path: str | Path, result: SuiteResult) -> None:
@@ -64,6 +68,10 @@ def write_section(path: str | Path, result: SuiteResult) -> None:
     begin, end = f"<!-- bench:{result.suite}:begin -->", f"<!-- bench:{result.suite}:end -->"
     section = f"{begin}\n{result.markdown()}{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -13,7 +13,10 @@ from rag.errors import ConfigError
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("bench", help="measure ragloom against baselines, side by side")
     parser.add_argument(
-        "suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all): {', '.join(sorted(SUITES))}"
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"suites to run (default: all): {', '.join(sorted(SUITES))}",
     )
     parser.add_argument("--output", default="docs/benchmarks.md", help="Markdown file to update")
     parser.set_defaults(handler=run)

