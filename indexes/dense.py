@@ -71,6 +71,7 @@ class DenseRetriever(Retriever):
         self._labels: dict[str, int] = {}  # document id -> faiss label
         self._hidden: set[int] = set()  # labels deleted from an index that cannot remove vectors
         self._gpu_index: faiss.Index | None = None  # a GPU copy for search, dropped on every update
+        self._id_table: np.ndarray | None = None  # object array of self._ids for vectorised lookup
         self.docstore_path: Path | None = None
         self.build_seconds = 0.0
 
@@ -118,7 +119,7 @@ class DenseRetriever(Retriever):
             self.index.train(vectors)
         labels = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
         self.index.add_with_ids(vectors, labels)
-        self._gpu_index = None
+        self._gpu_index = self._id_table = None
         for doc_id, label in zip(ids, labels.tolist(), strict=True):
             self._ids.append(doc_id)
             self._labels[doc_id] = label
@@ -136,7 +137,7 @@ class DenseRetriever(Retriever):
             return 0
         for label in labels:
             self._ids[label] = None
-        self._gpu_index = None
+        self._gpu_index = self._id_table = None
         try:
             self.index.remove_ids(np.asarray(labels, dtype=np.int64))
         except RuntimeError:  # HNSW and some others cannot remove: hide the labels at search time
@@ -155,17 +156,14 @@ class DenseRetriever(Retriever):
             return [[] for _ in range(len(vectors))]
         fetch = min(k + len(self._hidden), self.index.ntotal)
         scores, labels = self._searchable().search(vectors, fetch)  # both [n, fetch]
-        ids = self._ids
+        if self._id_table is None:
+            # label -> id, None for deleted labels; the extra last None is what faiss' "no result" -1 picks
+            self._id_table = np.array([*self._ids, None], dtype=object)
+        source = self.kind
         results = []
-        for row_scores, row_labels in zip(scores.tolist(), labels.tolist(), strict=True):
-            hits: list[Hit] = []
-            for score, label in zip(row_scores, row_labels, strict=True):
-                if label < 0 or ids[label] is None:
-                    continue
-                hits.append(Hit(ids[label], score, len(hits) + 1, self.kind))  # type: ignore[arg-type]
-                if len(hits) == k:
-                    break
-            results.append(hits)
+        for row_ids, row_scores in zip(self._id_table[labels].tolist(), scores.tolist(), strict=True):
+            found = [(d, s) for d, s in zip(row_ids, row_scores, strict=True) if d is not None][:k]
+            results.append([Hit(d, s, rank, source) for rank, (d, s) in enumerate(found, start=1)])
         return results
 
     def _searchable(self) -> faiss.Index:

@@ -38,12 +38,13 @@ class Timings:
     retrieve_s: float = 0.0
     rerank_s: float = 0.0
     prefill_s: float = 0.0  # time to first token, from the start of generation
-    decode_s: float = 0.0
-    new_tokens: int = 0
+    decode_s: float = 0.0  # time of the tokens after the first
+    new_tokens: int = 0  # the first token included
 
     @property
     def decode_tokens_per_s(self) -> float:
-        return self.new_tokens / self.decode_s if self.decode_s > 0 else 0.0
+        """Tokens per second after the first (the first one's time is ``prefill_s``)."""
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
 
     @property
     def total_s(self) -> float:

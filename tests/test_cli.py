@@ -80,7 +80,7 @@ def test_eval_retrieval_on_a_tiny_beir_folder(tmp_path, capsys) -> None:
     ("argv", "code", "message"),
     [
         (["search", "{missing}", "cats"], 4, "index not found"),
-        (["index", "build", "{bad_corpus}", "{tmp}/c"], 3, "line 2"),
+        (["index", "build", "{bad_corpus}", "{tmp}/c"], 3, "bad.jsonl:2: invalid JSON"),
         (["index", "build", "{tmp}/no-such-corpus", "{tmp}/c"], 3, "corpus not found"),
         (["index", "build", "{good_corpus}", "{tmp}/c", "--encoder", "no-such-model"], 5, "unknown model"),
         (["search", "{index}", "  "], 2, "empty"),
@@ -102,6 +102,6 @@ def test_user_errors_exit_with_documented_codes(argv, code, message, collection,
     }
     assert main([arg.format(**paths) for arg in argv]) == code
     err = capsys.readouterr().err
-    assert err.startswith("rag: error:") and message in err
+    assert err.startswith("rag: error:") and message in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "c").exists()  # a failed build leaves nothing behind

@@ -29,7 +29,8 @@ def _best_rate(count: int, fn: Callable[[], object], rounds: int) -> float:
     return count / best
 
 
-def run(docs: int = 1000, rounds: int = 2, search_rounds: int = 20, k: int = 10) -> SuiteResult:
+def run(docs: int | None = None, rounds: int = 1, search_rounds: int = 20, k: int = 10) -> SuiteResult:
+    """Encode ``docs`` SciFact abstracts (default: all 5,183) and search them with the 300 test queries."""
     scifact = data_dir() / "scifact"
     corpus = list(itertools.islice(read_beir(scifact), docs))
     queries_by_id = read_beir_queries(scifact)
@@ -44,13 +45,14 @@ def run(docs: int = 1000, rounds: int = 2, search_rounds: int = 20, k: int = 10)
     def raw_encode(items: list[str]) -> np.ndarray:
         return model.encode(items, batch_size=batch, convert_to_numpy=True, normalize_embeddings=True)
 
-    # Encoding: alternate rounds, ragloom first.
+    # Encoding: alternate rounds, ragloom first; the search below runs on ragloom's vectors.
     ours_encode = raw_rate = 0.0
+    vectors = np.empty(0)
     for _ in range(rounds):
-        ours_encode = max(ours_encode, _best_rate(len(corpus), lambda: retriever.encode_documents(corpus), 1))
+        start = time.perf_counter()
+        vectors = retriever.encode_documents(corpus)
+        ours_encode = max(ours_encode, len(corpus) / (time.perf_counter() - start))
         raw_rate = max(raw_rate, _best_rate(len(corpus), lambda: raw_encode(texts), 1))
-
-    vectors = retriever.encode_documents(corpus)
     retriever.add_vectors([d.id for d in corpus], vectors)
     raw_index = faiss.IndexFlatIP(vectors.shape[1])
     raw_index.add(vectors)

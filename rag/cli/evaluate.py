@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
-from rag.cli.index import add_dense_options, dense_config
+from rag.cli.index import add_retriever_options, retriever_config
 from rag.collection import build_index
 from rag.corpus import read_beir
 from rag.eval.qa import QA_SYSTEM_PROMPT, evaluate_qa
@@ -26,7 +26,7 @@ def add_parser(commands: Any) -> None:
     retrieval.add_argument("beir", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     retrieval.add_argument("--index", help="a built index of that corpus (default: build one in memory)")
     retrieval.add_argument("--kind", default="dense", help="retriever kind when building (default: dense)")
-    add_dense_options(retrieval)
+    add_retriever_options(retrieval)
     retrieval.add_argument("--split", default="test", help="qrels split (default: test)")
     retrieval.add_argument("--depth", type=int, default=100, help="hits per query (default 100)")
     retrieval.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
@@ -46,7 +46,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     if args.index:
         retriever = load_index(args.index)
     else:
-        retriever = build("retriever", args.kind, dense_config(args))
+        retriever = build("retriever", args.kind, retriever_config(args))
         retriever.add(read_beir(args.beir))
     report = evaluate_retrieval(
         retriever, args.beir, split=args.split, k=args.depth, measures=args.measures, run_path=args.run

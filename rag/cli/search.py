@@ -9,6 +9,7 @@ from typing import Any
 
 from rag.docstore import Docstore
 from rag.indexes import load_index
+from rag.indexes.base import check_queries
 
 
 def add_parser(commands: Any) -> None:
@@ -21,6 +22,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_queries(args.queries, args.k)  # before loading anything
     retriever = load_index(args.index)
     results = retriever.search(args.queries, k=args.k)
     store_path = getattr(retriever, "docstore_path", None)

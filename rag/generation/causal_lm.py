@@ -21,7 +21,7 @@ from transformers import DynamicCache
 
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.base import GenerationParams, Generator
-from rag.generation.prompt import build_messages, parse_citations
+from rag.generation.prompt import SYSTEM_PROMPT, build_messages, parse_citations
 from rag.generation.sampling import next_token
 from rag.registry import register
 from rag.types import Answer, Document, Timings
@@ -44,6 +44,7 @@ class CausalLMConfig:
     top_k: int = 0
     seed: int | None = None
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
+    system_prompt: str = SYSTEM_PROMPT  # the instruction before the numbered passages
 
     def __post_init__(self) -> None:
         self.default_params()  # validates the decoding fields
@@ -148,7 +149,7 @@ class CausalLMGenerator(Generator):
         """Chat-templated prompt ids ``# [1, prompt_len]`` on the model's device."""
         if not question or not question.strip():
             raise EmptyQueryError("the question is empty")
-        messages = build_messages(question, passages)
+        messages = build_messages(question, passages, self.config.system_prompt)
         encoded = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
         )
