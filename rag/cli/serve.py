@@ -1,0 +1,89 @@
+"""``rag serve``: the REST API (FastAPI on uvicorn) over one or more collections.
+
+    rag serve --collection docs=my-collection/dense --generator smollm2-135m-instruct --port 8000
+
+Settings come from ``--config FILE`` (JSON), then ``RAG_*`` environment variables, then these flags.
+SIGINT/SIGTERM stop accepting connections and let in-flight requests finish (up to the request timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from rag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rag.serving.settings import ServeSettings
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("serve", help="serve search, answers and an OpenAI-compatible API over HTTP")
+    parser.add_argument(
+        "--collection",
+        action="append",
+        metavar="NAME=INDEX_DIR",
+        help="a collection to serve (repeatable); adds to those of the config file and RAG_COLLECTIONS",
+    )
+    parser.add_argument("--config", help="JSON file of settings (see docs/serving.md)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--generator", help="LLM: bundled name, folder or hub id; 'none' serves search only")
+    parser.add_argument("--device", help="generator device: cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch threads for the generator")
+    parser.add_argument(
+        "--token", dest="api_token", help="bearer token required by the API (or RAG_API_TOKEN)"
+    )
+    parser.add_argument("--queue-size", type=int, help="generations allowed to wait for the model")
+    parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.set_defaults(handler=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """The config file and ``RAG_*`` variables, overridden by the flags that were given."""
+    from rag.serving.settings import ServeSettings, parse_collections
+
+    base = ServeSettings.load(args.config)
+    collections = dict(base.collections)
+    for pair in args.collection or ():
+        collections.update(parse_collections(pair))
+    if not collections:
+        raise ConfigError("no collection to serve: pass --collection NAME=INDEX_DIR (or set RAG_COLLECTIONS)")
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "generator": args.generator,
+        "device": args.device,
+        "threads": args.threads,
+        "api_token": args.api_token,
+        "queue_size": args.queue_size,
+        "request_timeout_s": args.request_timeout_s,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if (args.generator or "").lower() == "none":
+        overrides["generator"] = None
+    return dataclasses.replace(base, collections=collections, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rag.serving.app import create_app
+
+    settings = settings_from_args(args)
+    app = create_app(settings)
+    print(
+        f"serving {', '.join(settings.collections)} on http://{settings.host}:{settings.port} (docs at /docs)"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+    )
+    return 0

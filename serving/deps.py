@@ -1,0 +1,90 @@
+"""``Annotated`` dependencies: the shared state, bearer-token auth and per-request limit checks."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from rag.serving.settings import ServeSettings
+from rag.serving.state import Collection, ServerState
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.rag
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def _check_token(state: ServerState, credentials: HTTPAuthorizationCredentials | None) -> None:
+    token = state.settings.api_token
+    if token is None:
+        return
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def require_read(
+    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Reads need the token when one is set, unless ``public_reads``."""
+    if not state.settings.public_reads:
+        _check_token(state, credentials)
+
+
+def require_write(
+    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Writes always need the token when one is set."""
+    _check_token(state, credentials)
+
+
+ReadAuth = Depends(require_read)
+WriteAuth = Depends(require_write)
+
+
+def find_collection(state: ServerState, name: str) -> Collection:
+    try:
+        return state.collections[name]
+    except KeyError:
+        known = ", ".join(sorted(state.collections)) or "none"
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"unknown collection {name!r}; served: {known}"
+        ) from None
+
+
+def check_query(settings: ServeSettings, text: str, what: str = "query") -> None:
+    if not text.strip():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the {what} is empty")
+    if len(text) > settings.max_query_chars:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the {what} has {len(text)} characters; the limit is {settings.max_query_chars}",
+        )
+
+
+def check_at_most(value: int, limit: int, what: str) -> None:
+    if value > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{what}={value} is above the limit of {limit}"
+        )
+
+
+def require_generator(state: ServerState) -> None:
+    if state.generator is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "this server was started without a generator (search only)"
+        )

@@ -1,0 +1,123 @@
+"""Run one generation for a request: retrieval, then tokens pulled from a worker thread one at a time.
+
+Between two tokens the loop checks the request's deadline and whether the client is still connected, so a
+timeout or a disconnect stops the model within one token. Every route that generates (``/v1/answer``, JSON or
+SSE, and ``/v1/chat/completions``) goes through :func:`stream_tokens`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+from starlette.requests import Request
+
+from rag.generation.base import GenerationParams
+from rag.generation.prompt import parse_citations
+from rag.serving.state import Collection, ServerState
+from rag.types import Document, Hit
+
+_END = object()
+
+
+class GenerationTimeout(Exception):
+    """The request's deadline passed before the answer was complete (HTTP 504)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected; generation stopped."""
+
+
+@dataclass
+class Generation:
+    """One request's retrieval and, once streamed, its answer."""
+
+    collection: Collection
+    question: str
+    params: GenerationParams
+    deadline: float  # time.monotonic() value
+    hits: list[Hit] = field(default_factory=list)
+    passages: list[Document] = field(default_factory=list)
+    retrieve_s: float = 0.0
+    pieces: list[str] = field(default_factory=list)
+    first_token_s: float = 0.0
+    generate_s: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces).strip()
+
+    @property
+    def citations(self) -> list[str]:
+        return parse_citations(self.text, self.passages)
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if len(self.pieces) >= self.params.max_new_tokens else "stop"
+
+
+async def prepare(
+    state: ServerState, collection: Collection, question: str, k: int, params: GenerationParams
+) -> Generation:
+    """Retrieve the passages (in a worker thread); the deadline starts now."""
+    generation = Generation(collection, question, params, time.monotonic() + state.settings.request_timeout_s)
+    start = time.perf_counter()
+    generation.hits, generation.passages = await anyio.to_thread.run_sync(collection.search, question, k)
+    generation.retrieve_s = time.perf_counter() - start
+    return generation
+
+
+async def stream_tokens(state: ServerState, generation: Generation, request: Request) -> AsyncIterator[str]:
+    """Yield answer pieces; raise ``QueueFullError``, ``GenerationTimeout`` or ``ClientGone`` on the way."""
+    assert state.generator is not None
+    remaining = generation.deadline - time.monotonic()
+    try:
+        async with state.gate.slot(timeout=max(remaining, 0.0)):
+            state.metrics.in_flight.set(state.gate.in_flight)
+            start = time.perf_counter()
+            pieces: Iterator[str] = await anyio.to_thread.run_sync(
+                state.generator.stream, generation.question, generation.passages, generation.params
+            )
+            try:
+                while True:
+                    if time.monotonic() > generation.deadline:
+                        raise GenerationTimeout(_timeout_message(state, "while generating"))
+                    if await request.is_disconnected():
+                        raise ClientGone("the client disconnected")
+                    piece = await anyio.to_thread.run_sync(next, pieces, _END)
+                    if piece is _END:
+                        break
+                    if not generation.pieces:
+                        generation.first_token_s = time.perf_counter() - start
+                    generation.pieces.append(piece)
+                    state.metrics.generated.inc()
+                    yield piece
+            finally:
+                generation.generate_s = time.perf_counter() - start
+                _close(pieces)
+    except TimeoutError:
+        raise GenerationTimeout(_timeout_message(state, "waiting for the model")) from None
+    finally:
+        state.metrics.in_flight.set(state.gate.in_flight)
+
+
+async def run_to_end(state: ServerState, generation: Generation, request: Request) -> Generation:
+    async for _ in stream_tokens(state, generation, request):
+        pass
+    return generation
+
+
+def _timeout_message(state: ServerState, where: str) -> str:
+    return f"the request took longer than its limit of {state.settings.request_timeout_s:g} s ({where})"
+
+
+def _close(pieces: Iterator[str]) -> None:
+    """Stop the decode loop (its KV cache is freed); a generator still running in a thread ends on its own."""
+    close = getattr(pieces, "close", None)
+    if close is None:
+        return
+    with contextlib.suppress(ValueError):  # "generator already executing": a cancelled thread holds it
+        close()

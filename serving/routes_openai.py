@@ -1,0 +1,117 @@
+"""OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models``; a model is a collection.
+
+Retrieval runs on the last user message and the answer is generated from the retrieved passages (earlier turns
+are not sent to the model). Responses carry two extra fields, ``citations`` (cited document ids) and
+``passages`` (the retrieved passages); in a stream they come with the last chunk. Works with the ``openai``
+client as is::
+
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="TOKEN-or-anything")
+    client.chat.completions.create(model="docs", messages=[{"role": "user", "content": "..."}])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import StreamingResponse
+
+from rag.generation.base import GenerationParams
+from rag.serving.deps import ReadAuth, StateDep, find_collection
+from rag.serving.gate import QueueFullError
+from rag.serving.generation import ClientGone, Generation, prepare, run_to_end, stream_tokens
+from rag.serving.routes_answer import check_generation_request
+from rag.serving.routes_search import passage
+from rag.serving.schemas import ChatCompletionRequest, ModelCard, ModelList
+from rag.serving.sse import SSE_HEADERS, error_detail, error_status, sse
+from rag.serving.state import ServerState
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ReadAuth])
+_STARTED = int(time.time())
+
+
+@router.get("/models")
+async def models(state: StateDep) -> ModelList:
+    """One model per served collection."""
+    return ModelList(data=[ModelCard(id=name, created=_STARTED) for name in sorted(state.collections)])
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, state: StateDep, request: Request
+) -> dict[str, Any] | StreamingResponse:
+    collection = find_collection(state, body.model)
+    question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
+    if not question.strip():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "the messages hold no user message with text"
+        )
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
+    params = GenerationParams(
+        max_new_tokens=max_tokens,
+        temperature=body.temperature or 0.0,
+        top_p=body.top_p or 1.0,
+        seed=body.seed,
+    )
+    generation = await prepare(state, collection, question, k, params)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.stream:
+        return StreamingResponse(
+            _chunks(state, generation, request, completion_id, body.model),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    await run_to_end(state, generation, request)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "finish_reason": generation.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        **_extras(generation),
+    }
+
+
+def _extras(g: Generation) -> dict[str, Any]:
+    return {
+        "citations": g.citations,
+        "passages": [passage(d, h).model_dump() for h, d in zip(g.hits, g.passages, strict=True)],
+    }
+
+
+async def _chunks(
+    state: ServerState, generation: Generation, request: Request, completion_id: str, model: str
+) -> AsyncIterator[str]:
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        return sse({**body, "choices": [choice], **extra})
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for piece in stream_tokens(state, generation, request):
+            yield chunk({"content": piece})
+    except ClientGone:
+        return
+    except Exception as error:  # the openai client raises APIError on a chunk with an "error" field
+        if error_status(error) >= 500 and not isinstance(error, QueueFullError):
+            log.exception("chat completion stream failed")
+        yield sse({"error": {"message": error_detail(error), "code": error_status(error)}})
+        return
+    yield chunk({}, generation.finish_reason, **_extras(generation))
+    yield sse("[DONE]")

@@ -1,0 +1,143 @@
+"""Request and response bodies of the REST API (pydantic); limits that depend on settings are checked in deps.
+
+Unknown fields are refused (``extra="forbid"``) on ragloom's own requests so a typo is a 422, not a default;
+the OpenAI-compatible request accepts and ignores the OpenAI fields ragloom does not use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchRequest(_Strict):
+    collection: str
+    query: str = Field(min_length=1)
+    k: int = Field(default=10, ge=1)
+
+
+class Passage(BaseModel):
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    score: float | None = None
+    rank: int | None = None
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    hits: list[Passage]
+    took_s: float
+
+
+class AnswerRequest(_Strict):
+    collection: str
+    question: str = Field(min_length=1)
+    k: int | None = Field(default=None, ge=1, description="passages given to the generator")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stream: bool = False
+
+
+class TimingsOut(BaseModel):
+    retrieve_s: float
+    first_token_s: float  # from the start of generation to the first token
+    generate_s: float  # from the start of generation to the last token
+    tokens: int  # text pieces streamed: one per token, except tokens that complete one character together
+
+
+class AnswerResponse(BaseModel):
+    collection: str
+    answer: str
+    citations: list[str]
+    passages: list[Passage]
+    finish_reason: Literal["stop", "length"]
+    timings: TimingsOut
+
+
+class DocumentIn(_Strict):
+    id: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class AddDocumentsRequest(_Strict):
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class AddDocumentsResponse(BaseModel):
+    collection: str
+    added: int
+    count: int
+
+
+class DeleteDocumentResponse(BaseModel):
+    collection: str
+    deleted: str
+    count: int
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    kind: str
+    documents: int
+
+
+class CollectionsResponse(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    collections: int
+    generator: str | None
+    in_flight: int
+
+
+# --- OpenAI-compatible -------------------------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # [{"type": "text", "text": ...}, ...]
+            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI fields ragloom ignores (user, stop, ...)
+
+    model: str = Field(description="a collection name, as listed by GET /v1/models")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    stream: bool = False
+    k: int | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ragloom"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,97 @@
+"""What the lifespan loads once and every request shares: collections, the generator, the model gate, metrics.
+
+>>> settings = ServeSettings(collections={"docs": "docs/dense"}, generator=None)  # doctest: +SKIP
+>>> state = ServerState.load(settings)                                           # doctest: +SKIP
+>>> hits, docs = state.collections["docs"].search("what is ragloom?", k=3)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.collection_updates import add_documents, delete_documents
+from rag.docstore import Docstore
+from rag.errors import ConfigError
+from rag.generation.base import Generator
+from rag.indexes import Retriever, load_index
+from rag.pipeline import Pipeline
+from rag.serving.gate import ModelGate
+from rag.serving.metrics import Metrics
+from rag.serving.settings import ServeSettings
+from rag.types import Document, Hit
+
+
+class Collection:
+    """One served index with its docstore and pipeline; a lock serialises its searches and updates."""
+
+    def __init__(self, name: str, index_dir: str | Path, generator: Generator | None, k: int) -> None:
+        self.name = name
+        self.index_dir = Path(index_dir)
+        self.retriever: Retriever = load_index(self.index_dir)
+        path = getattr(self.retriever, "docstore_path", None)
+        if path is None:
+            raise ConfigError(f"collection {name!r}: the index {self.index_dir} records no docstore")
+        self.docstore = Docstore(path)
+        # the pipeline serves the Python API (LangChain); routes pass a per-request k to search()
+        self.pipeline = (
+            Pipeline(self.retriever, generator, docstore=self.docstore, k=k) if generator else None
+        )
+        self.lock = threading.RLock()
+
+    @property
+    def kind(self) -> str:
+        return self.retriever.kind
+
+    def __len__(self) -> int:
+        return len(self.docstore)
+
+    def search(self, query: str, k: int) -> tuple[list[Hit], list[Document]]:
+        """Top-``k`` hits for ``query`` and their documents (blocking: run it in a worker thread)."""
+        with self.lock:
+            hits = self.retriever.search([query], k=k)[0]
+            return hits, self.docstore.get([h.doc_id for h in hits])
+
+    def add(self, docs: list[Document]) -> int:
+        with self.lock:
+            return add_documents(self.retriever, self.docstore, self.index_dir, docs)
+
+    def delete(self, doc_id: str) -> int:
+        with self.lock:
+            return delete_documents(self.retriever, self.docstore, self.index_dir, [doc_id])
+
+    def close(self) -> None:
+        self.docstore.close()
+
+
+@dataclass
+class ServerState:
+    settings: ServeSettings
+    collections: dict[str, Collection]
+    generator: Generator | None
+    gate: ModelGate
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def load(cls, settings: ServeSettings, metrics: Metrics | None = None) -> ServerState:
+        generator = None
+        if settings.generator:
+            from rag.registry import build
+
+            config = {"model": settings.generator, "device": settings.device, "threads": settings.threads}
+            generator = build("generator", "causal-lm", config)
+        collections: dict[str, Collection] = {}
+        try:
+            for name, index_dir in settings.collections.items():
+                collections[name] = Collection(name, index_dir, generator, settings.default_k)
+        except BaseException:
+            for collection in collections.values():
+                collection.close()
+            raise
+        gate = ModelGate(settings.model_concurrency, settings.queue_size)
+        return cls(settings, collections, generator, gate, metrics or Metrics())
+
+    def close(self) -> None:
+        for collection in self.collections.values():
+            collection.close()
