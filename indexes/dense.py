@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-from rag.indexes.base import Retriever, check_queries
-from rag.indexes.manifest import Manifest, atomic_directory, read_json, relative_docstore
 
 from rag.errors import ConfigError, IndexFormatError
+from rag.indexes.base import Retriever, check_queries
+from rag.indexes.manifest import Manifest, atomic_directory, read_json, relative_docstore
 from rag.models import folder_checksum, load_sentence_transformer, resolve_model
 from rag.registry import make_config, register
 from rag.types import Document, Hit

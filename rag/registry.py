@@ -24,7 +24,19 @@ T = TypeVar("T")
 _REGISTRY: dict[str, dict[str, tuple[type, type]]] = {}
 
 # Modules that register components; imported on first lookup so that importing rag stays cheap.
-_PROVIDERS = ("rag.indexes.dense", "rag.generation.causal_lm")
+_PROVIDERS = (
+    "rag.indexes.dense",
+    "rag.indexes.bm25",
+    "rag.indexes.hybrid",
+    "rag.indexes.splade",
+    "rag.indexes.pq",
+    "rag.indexes.vector_prf",
+    "rag.generation.causal_lm",
+    "rag.rerankers.listwise",
+    "rag.rerankers.first",
+    "rag.rerankers.icr",
+    "rag.rerankers.pointwise",
+)
 
 
 def register(kind: str, name: str, config_cls: type) -> Callable[[type[T]], type[T]]:
@@ -63,6 +75,13 @@ def make_config(config_cls: type[T], values: Mapping[str, Any]) -> T:
     return config_cls(**values)
 
 
-def build(kind: str, name: str, values: Mapping[str, Any] | None = None) -> Any:
+def build(kind: str, name: str, values: Mapping[str, Any] | object | None = None) -> Any:
+    """An instance of the component ``name``, from option values or a ready config of its type."""
     cls, config_cls = lookup(kind, name)
+    if isinstance(values, config_cls):
+        return cls(values)
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(
+            f"{kind} {name!r} takes a {config_cls.__name__} or a mapping, not {type(values).__name__}"
+        )
     return cls(make_config(config_cls, values or {}))

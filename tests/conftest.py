@@ -23,3 +23,16 @@ def shared_data() -> Path:
     if not (path / "scifact" / "corpus.jsonl").is_file():
         pytest.fail(f"evaluation data not found at {path}; set RAG_DATA_DIR")
     return path
+
+
+@pytest.fixture(scope="session")
+def scifact_dense(shared_data, minilm):
+    """MiniLM + exact inner product over all 5,183 SciFact abstracts (about 4 minutes to encode, once)."""
+    from rag.corpus import read_beir
+    from rag.indexes.dense import DenseConfig, DenseRetriever
+
+    retriever = DenseRetriever(
+        DenseConfig(encoder="minilm", factory="Flat", show_progress=False), encoder=minilm
+    )
+    retriever.add(read_beir(shared_data / "scifact"))
+    return retriever

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from rag.errors import ConfigError, EmptyQueryError, IndexFormatError
 from rag.indexes import load_index
 from rag.indexes.dense import DenseConfig, DenseRetriever
 from rag.indexes.manifest import MANIFEST, atomic_directory
-
-from rag.errors import ConfigError, EmptyQueryError, IndexFormatError
 from rag.types import Document
 
 DOCS = [

@@ -13,5 +13,28 @@ def _dense() -> Callable[..., SuiteResult]:
     return run
 
 
+def _serve() -> Callable[..., SuiteResult]:
+    from rag.bench.serve import run
+
+    return run
+
+
+def _rerank() -> Callable[..., SuiteResult]:
+    from rag.bench.rerank import run
+
+    return run
+
+
+def _retrieval() -> Callable[..., SuiteResult]:
+    from rag.bench.retrieval import run
+
+    return run
+
+
 # suite name -> loader of the suite's run function (imported lazily: suites load models)
-SUITES: dict[str, Callable[[], Callable[..., SuiteResult]]] = {"dense": _dense}
+SUITES: dict[str, Callable[[], Callable[..., SuiteResult]]] = {
+    "dense": _dense,
+    "serve": _serve,
+    "rerank": _rerank,
+    "retrieval": _retrieval,
+}

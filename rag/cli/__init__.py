@@ -17,10 +17,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from rag.cli import ask, bench, evaluate, index, models, search
+from rag.cli import ask, bench, evaluate, index, models, rerank, search, serve
 from rag.errors import RagError
 
-_COMMANDS = (index, search, ask, models, evaluate, bench)
+_COMMANDS = (index, search, ask, models, evaluate, bench, serve, rerank)
 
 
 def build_parser() -> argparse.ArgumentParser:
