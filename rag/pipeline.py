@@ -55,6 +55,8 @@ class Pipeline:
         self.generator = generator
         self.reranker = reranker
         self.docstore = docstore or _docstore_of(retriever)
+        if reranker is not None and getattr(reranker, "docstore", False) is None:
+            reranker.docstore = self.docstore  # type: ignore[attr-defined]  # LLM rerankers read passage text
         self.k = k
         self.fetch_k = max(fetch_k, k)
 

@@ -105,3 +105,38 @@ def test_user_errors_exit_with_documented_codes(argv, code, message, collection,
     assert err.startswith("rag: error:") and message in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "c").exists()  # a failed build leaves nothing behind
+
+
+def test_eval_qa_runs_the_pipeline_on_a_squad_file(tmp_path, capsys) -> None:
+    squad = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "Volcanoes",
+                "paragraphs": [
+                    {
+                        "context": "Lava from an erupting volcano can reach 1200 degrees Celsius.",
+                        "qas": [{"id": "q1", "question": "How hot can lava get?", "answers": [
+                            {"text": "1200 degrees Celsius", "answer_start": 42}]}],
+                    },
+                    {
+                        "context": "Sourdough bread rises thanks to wild yeast.",
+                        "qas": [{"id": "q2", "question": "What makes sourdough rise?", "answers": [
+                            {"text": "wild yeast", "answer_start": 32}]}],
+                    },
+                ],
+            }
+        ],
+    }  # fmt: skip
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad))
+    code = main(
+        ["eval", "qa", str(path), "--generator", "smollm2-135m-instruct", "-k", "1", "--max-new-tokens", "8"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "questions        2" in out
+    assert "gold in top-1    100.0%" in out  # each question retrieves its own paragraph
+    em = float(out.split("exact match")[1].split()[0])
+    f1 = float(out.split("F1")[1].split()[0])
+    assert 0 <= em <= f1 <= 100

@@ -17,8 +17,9 @@ from rag.pipeline import Pipeline
 
 # Extractive QA is scored on the answer span alone (SQuAD EM/F1), so ask for the shortest answer.
 QA_SYSTEM_PROMPT = (
-    "Answer the question using only the numbered passages. Reply with the shortest exact phrase from the "
-    "passages that answers it, then the number of the passage in square brackets, like: Paris [2]"
+    "Answer the question using only the numbered passages. Give only the answer: a short phrase (a name, "
+    "number, date or a few words) taken from the passages, followed by the passage number in square "
+    "brackets. Example: Question: What is the capital of France? Answer: Paris [2]"
 )
 
 _MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\]")

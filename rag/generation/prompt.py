@@ -22,6 +22,7 @@ from rag.types import Document
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages provided. "
+    "Answer briefly, in at most three sentences of your own words; do not copy whole passages. "
     "Cite the passages that support each statement with their numbers in square brackets, "
     "like [1] or [2][3]. If the passages do not contain the answer, say that you do not know."
 )
