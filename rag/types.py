@@ -40,11 +40,17 @@ class Timings:
     prefill_s: float = 0.0  # time to first token, from the start of generation
     decode_s: float = 0.0  # time of the tokens after the first
     new_tokens: int = 0  # the first token included
+    decode_steps: int = 0  # model forwards after the prefill (verification steps when drafting)
 
     @property
     def decode_tokens_per_s(self) -> float:
         """Tokens per second after the first (the first one's time is ``prefill_s``)."""
         return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens after the first per decoding forward: 1.0 if plain, the acceptance length if drafting."""
+        return (self.new_tokens - 1) / self.decode_steps if self.decode_steps > 0 else 0.0
 
     @property
     def total_s(self) -> float:

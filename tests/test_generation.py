@@ -237,7 +237,7 @@ def test_stream_pieces_concatenate_to_the_answer(generator: CausalLMGenerator) -
 def test_stream_holds_back_partial_characters(generator: CausalLMGenerator, monkeypatch) -> None:
     text = " Fuji is 富士山 🗻, café."  # byte-level BPE splits the CJK and emoji bytes across tokens
     ids = generator.tokenizer.encode(text, add_special_tokens=False)
-    monkeypatch.setattr(generator, "_decode", lambda input_ids, params: iter(ids))
+    monkeypatch.setattr(generator, "_decode", lambda input_ids, params, *rest: iter(ids))
     pieces = list(generator.stream("Where?", DOCS))
     assert "".join(pieces) == text.lstrip()
     assert not any("\ufffd" in piece for piece in pieces)

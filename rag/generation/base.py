@@ -19,6 +19,8 @@ class GenerationParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
+    cad_alpha: float = 0.0  # context-aware decoding strength; 0 = off (see rag.generation.cad)
+    draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (rag.generation.drafting)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -29,6 +31,10 @@ class GenerationParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if self.cad_alpha < 0:
+            raise ConfigError(f"cad_alpha must be >= 0, got {self.cad_alpha}")
+        if self.draft_tokens < 0:
+            raise ConfigError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
 
 
 class Generator(ABC):

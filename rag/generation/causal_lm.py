@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.base import GenerationParams, Generator
+from rag.generation.cad import ContextAwareDecoding, context_free_messages
+from rag.generation.kv_batch import KVBatch
 from rag.generation.prompt import SYSTEM_PROMPT, build_messages, parse_citations
 from rag.generation.sampling import next_token
 from rag.registry import register
@@ -43,6 +44,7 @@ class CausalLMConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    cad_alpha: float = 0.0  # context-aware decoding; 0 = off
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     system_prompt: str = SYSTEM_PROMPT  # the instruction before the numbered passages
 
@@ -58,6 +60,7 @@ class CausalLMConfig:
             top_p=self.top_p,
             top_k=self.top_k,
             seed=self.seed,
+            cad_alpha=self.cad_alpha,
         )
 
 
@@ -99,16 +102,21 @@ class CausalLMGenerator(Generator):
         params = params or self.config.default_params()
         start = time.perf_counter()
         input_ids = self._encode_prompt(question, passages, params)
+        context_free_ids = self._encode_context_free(question, params)
         ids: list[int] = []
         first_token_at = start
-        for token in self._decode(input_ids, params):
+        stats = DecodeStats()
+        for token in self._decode(input_ids, params, context_free_ids, stats):
             if not ids:
                 first_token_at = time.perf_counter()
             ids.append(token)
         end = time.perf_counter()
         text = self._detokenize(ids).strip()
         timings = Timings(
-            prefill_s=first_token_at - start, decode_s=end - first_token_at, new_tokens=len(ids)
+            prefill_s=first_token_at - start,
+            decode_s=end - first_token_at,
+            new_tokens=len(ids),
+            decode_steps=stats.decode_steps,
         )
         return Answer(
             text, citations=parse_citations(text, passages), passages=list(passages), timings=timings
@@ -124,15 +132,17 @@ class CausalLMGenerator(Generator):
         """
         params = params or self.config.default_params()
         input_ids = self._encode_prompt(question, passages, params)  # raises before the first next()
-        return self._stream_text(input_ids, params)
+        return self._stream_text(input_ids, params, self._encode_context_free(question, params))
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _stream_text(self, input_ids: torch.Tensor, params: GenerationParams) -> Iterator[str]:
+    def _stream_text(
+        self, input_ids: torch.Tensor, params: GenerationParams, context_free_ids: torch.Tensor | None = None
+    ) -> Iterator[str]:
         ids: list[int] = []
         emitted = 0  # characters of the (left-stripped) text already yielded
         text = ""
-        for token in self._decode(input_ids, params):
+        for token in self._decode(input_ids, params, context_free_ids):
             ids.append(token)
             text = self._detokenize(ids).lstrip()
             if text.endswith(_REPLACEMENT_CHAR):
@@ -149,11 +159,7 @@ class CausalLMGenerator(Generator):
         """Chat-templated prompt ids ``# [1, prompt_len]`` on the model's device."""
         if not question or not question.strip():
             raise EmptyQueryError("the question is empty")
-        messages = build_messages(question, passages, self.config.system_prompt)
-        encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
-        input_ids = encoded["input_ids"].to(self.model.device)  # [1, prompt_len]
+        input_ids = self._apply_template(build_messages(question, passages, self.config.system_prompt))
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and input_ids.shape[1] > limit - params.max_new_tokens:
             raise ConfigError(
@@ -162,29 +168,59 @@ class CausalLMGenerator(Generator):
             )
         return input_ids
 
+    def _encode_context_free(self, question: str, params: GenerationParams) -> torch.Tensor | None:
+        """The prompt without passages ``# [1, len]`` when CAD is on, else None."""
+        if params.cad_alpha == 0:
+            return None
+        return self._apply_template(context_free_messages(question, self.config.system_prompt))
+
+    def _apply_template(self, messages: list[dict[str, str]]) -> torch.Tensor:
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        return encoded["input_ids"].to(self.model.device)  # [1, len]
+
     @torch.inference_mode()
-    def _decode(self, input_ids: torch.Tensor, params: GenerationParams) -> Iterator[int]:
-        """Yield new token ids for the prompt ``input_ids # [1, prompt_len]``, the final eos included."""
+    def _decode(
+        self,
+        input_ids: torch.Tensor,  # [1, prompt_len]
+        params: GenerationParams,
+        context_free_ids: torch.Tensor | None = None,  # [1, len], the prompt without passages (CAD)
+        stats: DecodeStats | None = None,
+    ) -> Iterator[int]:
+        """Yield new token ids for the prompt ``input_ids``, the final eos included.
+
+        One forward for the prompt(s), then one per token. Given ``context_free_ids`` (``answer`` and
+        ``stream`` pass them when ``params.cad_alpha > 0``), that prompt is a second row of the same batch and
+        the two rows' logits are combined by context-aware decoding before the logits processors.
+        """
+        stats = stats if stats is not None else DecodeStats()
         rng = None
         if params.seed is not None and params.temperature > 0:
             rng = torch.Generator(device=self.model.device).manual_seed(params.seed)
-        cache = DynamicCache(config=self.model.config)
+        if params.cad_alpha > 0 and context_free_ids is None:
+            raise ConfigError("context-aware decoding needs the prompt without passages")
+        prompts = [input_ids[0]]
+        cad = None
+        if context_free_ids is not None:
+            cad = ContextAwareDecoding(params.cad_alpha)
+            prompts.append(context_free_ids[0])
+        batch = KVBatch(self.model, prompts)
+
+        def score(generated: list[int], logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [vocab]
+            combined = logits[0] if cad is None else cad(logits[0], logits[1])
+            return self._process_logits(input_ids, generated, combined)
+
         generated: list[int] = []
-        logits = self._forward(input_ids, cache)  # prefill: the whole prompt in one forward
+        logits = batch.prefill()  # [rows, vocab]: the whole prompt in one forward
         while True:
-            scores = self._process_logits(input_ids, generated, logits)
-            token = next_token(scores, params, rng)
+            token = next_token(score(generated, logits), params, rng)
             generated.append(token)
             yield token
             if token in self.eos_token_ids or len(generated) >= params.max_new_tokens:
                 return
-            step = torch.tensor([[token]], device=input_ids.device)  # [1, 1]
-            logits = self._forward(step, cache)
-
-    def _forward(self, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-        """Run ``input_ids # [1, n]`` past ``cache`` (extended in place); next-token logits ``# [vocab]``."""
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float()  # [1, 1, vocab] -> [vocab]
+            logits = batch.extend([token])[:, -1]  # [rows, vocab]
+            stats.decode_steps += 1
 
     def _process_logits(
         self,
@@ -204,6 +240,13 @@ class CausalLMGenerator(Generator):
 
     def _detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@dataclass
+class DecodeStats:
+    """Counters one decoding run fills in."""
+
+    decode_steps: int = 0  # model forwards after the prefill
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -38,6 +38,14 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def target_probs(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+    """The distribution a sampled token is drawn from: temperature → top-k → top-p → softmax ``# [vocab]``."""
+    logits = apply_temperature(logits.float(), params.temperature)
+    logits = top_k_filter(logits, params.top_k)
+    logits = top_p_filter(logits, params.top_p)
+    return torch.softmax(logits, dim=-1)
+
+
 def next_token(
     logits: torch.Tensor,  # [vocab]
     params: GenerationParams,
@@ -48,8 +56,5 @@ def next_token(
         raise ValueError(f"expected logits of shape [vocab], got {tuple(logits.shape)}")
     if params.temperature == 0:
         return int(torch.argmax(logits))
-    logits = apply_temperature(logits.float(), params.temperature)
-    logits = top_k_filter(logits, params.top_k)
-    logits = top_p_filter(logits, params.top_p)
-    probs = torch.softmax(logits, dim=-1)  # [vocab]
+    probs = target_probs(logits, params)  # [vocab]
     return int(torch.multinomial(probs, num_samples=1, generator=generator))
