@@ -4,10 +4,10 @@
     >>> app = create_app(ServeSettings(collections={"docs": "docs-collection/dense"}))  # doctest: +SKIP
     >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)                 # doctest: +SKIP
 
-Routes (all under ``/v1`` except health and metrics): ``POST /search``, ``POST /answer`` (JSON or SSE),
-``POST /chat/completions`` and ``GET /models`` (OpenAI-compatible), ``GET /collections``,
-``POST /collections/{name}/documents``, ``DELETE /collections/{name}/documents/{id}``; ``GET /healthz``,
-``GET /metrics``. See docs/serving.md for the status codes.
+Routes (all under ``/v1`` except health and metrics): ``POST /search``, ``POST /rerank``,
+``POST /answer`` (JSON or SSE), ``POST /chat/completions`` and ``GET /models`` (OpenAI-compatible),
+``GET /collections``, ``POST /collections/{name}/documents``, ``DELETE /collections/{name}/documents/{id}``;
+``GET /healthz``, ``GET /metrics``. See docs/serving.md for the status codes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from rag.errors import RagError
-from rag.serving import routes_answer, routes_collections, routes_openai, routes_search
+from rag.serving import routes_answer, routes_collections, routes_openai, routes_rerank, routes_search
 from rag.serving.deps import StateDep
 from rag.serving.gate import QueueFullError
 from rag.serving.generation import ClientGone, GenerationTimeout
@@ -54,7 +54,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         summary="Retrieval-augmented generation with citations: search, answer, OpenAI-compatible chat.",
         lifespan=lifespan,
     )
-    for module in (routes_search, routes_answer, routes_openai, routes_collections):
+    for module in (routes_search, routes_rerank, routes_answer, routes_openai, routes_collections):
         app.include_router(module.router)  # each module's router carries the /v1 prefix
 
     @app.get("/healthz", tags=["operations"])

@@ -36,6 +36,39 @@ class SearchResponse(BaseModel):
     took_s: float
 
 
+class RerankDocument(_Strict):
+    """A text to rerank, not read from the collection; its id defaults to its position ("0", "1", ...)."""
+
+    text: str = Field(min_length=1)
+    id: str | None = Field(default=None, min_length=1)
+    title: str = ""
+
+
+class RerankRequest(_Strict):
+    collection: str
+    query: str = Field(min_length=1)
+    k: int = Field(default=10, ge=1, description="hits returned, best first")
+    reranker: str | None = Field(
+        default=None, description="listwise, first, icr or pointwise; default: the server's --reranker"
+    )
+    documents: list[str | RerankDocument] | None = Field(
+        default=None,
+        min_length=1,
+        description="rerank these instead of a fresh search: a string is the id of a document of the "
+        "collection, an object a text of your own",
+    )
+    fetch_k: int | None = Field(
+        default=None, ge=1, description="hits retrieved and reranked when no documents are given"
+    )
+
+
+class RerankResponse(BaseModel):
+    collection: str
+    reranker: str
+    hits: list[Passage]
+    took_s: float
+
+
 class AnswerRequest(_Strict):
     collection: str
     question: str = Field(min_length=1)

@@ -8,6 +8,7 @@ Later sources win: defaults < config file < environment < explicit overrides (th
 
 Environment variables are the field names in upper case with a ``RAG_`` prefix; ``RAG_COLLECTIONS`` is
 ``name=index_dir`` pairs separated by commas, and ``RAG_GENERATOR=none`` serves search only.
+``RAG_RERANKER=pointwise`` gives ``POST /v1/rerank`` a default reranker (by default requests must name one).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ class ServeSettings:
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     api_token: str | None = None  # bearer token; None: no auth
     public_reads: bool = False  # with a token: let search/answer/list through without it (writes never)
+    reranker: str | None = None  # default of POST /v1/rerank (listwise, first, icr, pointwise); None: none
+    reranker_model: str | None = None  # causal LM of the rerankers; None: the generator's, shared
     default_k: int = 5  # passages given to the generator when a request names none
     max_body_bytes: int = 1_000_000
     max_query_chars: int = 2_000
     max_k: int = 100  # hits per search
     max_passages: int = 20  # passages per answer
+    max_rerank: int = 50  # candidates per rerank request (fetch_k, or documents given)
     max_tokens: int = 512  # the largest max_tokens a request may ask for
     default_max_tokens: int = 128
     request_timeout_s: float = 120.0  # generation stops and the request fails with 504 after this
@@ -58,6 +62,7 @@ class ServeSettings:
             "max_query_chars",
             "max_k",
             "max_passages",
+            "max_rerank",
             "max_tokens",
             "default_max_tokens",
             "model_concurrency",
@@ -75,6 +80,10 @@ class ServeSettings:
         if self.default_max_tokens > self.max_tokens:
             raise ConfigError(
                 f"default_max_tokens={self.default_max_tokens} is above max_tokens={self.max_tokens}"
+            )
+        if self.reranker and not (self.reranker_model or self.generator):
+            raise ConfigError(
+                f"reranker {self.reranker!r} needs a model: serve a generator or name a reranker_model"
             )
         for name in self.collections:
             if not name or "/" in name:

@@ -1,4 +1,5 @@
-"""What the lifespan loads once and every request shares: collections, the generator, the model gate, metrics.
+"""What the lifespan loads once and every request shares: collections, the generator (whose causal LM the
+rerankers share unless ``reranker_model`` names another), the model gate, metrics.
 
 >>> settings = ServeSettings(collections={"docs": "docs/dense"}, generator=None)  # doctest: +SKIP
 >>> state = ServerState.load(settings)                                           # doctest: +SKIP
@@ -8,8 +9,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rag.collection_updates import add_documents, delete_documents
 from rag.docstore import Docstore
@@ -17,6 +20,9 @@ from rag.errors import ConfigError
 from rag.generation.base import Generator
 from rag.indexes import Retriever, load_index
 from rag.pipeline import Pipeline
+from rag.registry import lookup, make_config
+from rag.rerankers.base import Reranker
+from rag.rerankers.lm import MemoryDocs
 from rag.serving.gate import ModelGate
 from rag.serving.metrics import Metrics
 from rag.serving.settings import ServeSettings
@@ -53,6 +59,12 @@ class Collection:
             hits = self.retriever.search([query], k=k)[0]
             return hits, self.docstore.get([h.doc_id for h in hits])
 
+    def documents(self, ids: Sequence[str]) -> tuple[list[Document], list[str]]:
+        """The documents with these ids, and the ids the collection does not hold (then no documents)."""
+        with self.lock:
+            missing = [i for i in ids if i not in self.docstore]
+            return ([] if missing else self.docstore.get(ids)), missing
+
     def add(self, docs: list[Document]) -> int:
         with self.lock:
             return add_documents(self.retriever, self.docstore, self.index_dir, docs)
@@ -72,15 +84,19 @@ class ServerState:
     generator: Generator | None
     gate: ModelGate
     metrics: Metrics = field(default_factory=Metrics)
+    reranker_lm: tuple[Any, Any] | None = None  # (model, tokenizer) of the rerankers; None: cannot rerank
 
     @classmethod
     def load(cls, settings: ServeSettings, metrics: Metrics | None = None) -> ServerState:
+        if settings.reranker is not None:
+            lookup("reranker", settings.reranker)  # an unknown default reranker fails at start-up
         generator = None
         if settings.generator:
             from rag.registry import build
 
             config = {"model": settings.generator, "device": settings.device, "threads": settings.threads}
             generator = build("generator", "causal-lm", config)
+        reranker_lm = _reranker_lm(settings, generator)
         collections: dict[str, Collection] = {}
         try:
             for name, index_dir in settings.collections.items():
@@ -90,8 +106,44 @@ class ServerState:
                 collection.close()
             raise
         gate = ModelGate(settings.model_concurrency, settings.queue_size)
-        return cls(settings, collections, generator, gate, metrics or Metrics())
+        return cls(settings, collections, generator, gate, metrics or Metrics(), reranker_lm)
+
+    @property
+    def reranker_model(self) -> str | None:
+        """The name of the causal LM the rerankers run on (None when the server has none)."""
+        return (self.settings.reranker_model or self.settings.generator) if self.reranker_lm else None
+
+    def reranker(self, name: str, docs: Sequence[Document]) -> Reranker:
+        """A fresh reranker ``name`` on the shared causal LM, reading ``docs`` (cheap: nothing is loaded).
+
+        One instance per request, so that concurrent requests never share its document source.
+        """
+        if self.reranker_lm is None:
+            raise ConfigError("this server has no model to rerank with")
+        cls, config_cls = lookup("reranker", name)
+        options = {
+            "model": self.reranker_model,
+            "device": self.settings.device,
+            "threads": self.settings.threads,
+        }
+        model, tokenizer = self.reranker_lm
+        return cls(
+            make_config(config_cls, options), model=model, tokenizer=tokenizer, docstore=MemoryDocs(docs)
+        )
 
     def close(self) -> None:
         for collection in self.collections.values():
             collection.close()
+
+
+def _reranker_lm(settings: ServeSettings, generator: Generator | None) -> tuple[Any, Any] | None:
+    """The generator's model and tokenizer when the rerankers use the same model, else a second one loaded."""
+    name = settings.reranker_model or settings.generator
+    if not name:
+        return None
+    model, tokenizer = getattr(generator, "model", None), getattr(generator, "tokenizer", None)
+    if name == settings.generator and model is not None and tokenizer is not None:
+        return model, tokenizer
+    from rag.models import load_causal_lm
+
+    return load_causal_lm(name, device=settings.device)

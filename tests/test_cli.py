@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -76,6 +77,60 @@ def test_eval_retrieval_on_a_tiny_beir_folder(tmp_path, capsys) -> None:
     assert run.read_text().splitlines()[0].startswith("q1 Q0 volcanoes.md 1 ")
 
 
+def write_beir(folder: Path, queries: dict[str, str], qrels: dict[str, str]) -> Path:
+    """A BEIR folder of the DOCS texts (ids are the file names); ``qrels`` maps query id -> relevant id."""
+    (folder / "qrels").mkdir(parents=True)
+    corpus = [{"_id": k, "title": "", "text": DOCS[k].split("\n")[-2] or DOCS[k]} for k in DOCS]
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in corpus))
+    (folder / "queries.jsonl").write_text(
+        "\n".join(json.dumps({"_id": q, "text": t}) for q, t in queries.items())
+    )
+    rows = "".join(f"{q}\t{d}\t1\r\n" for q, d in qrels.items())
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + rows)
+    return folder
+
+
+def printed_metrics(out: str) -> dict[str, tuple[float, float]]:
+    """measure -> (reranked, before), from lines such as ``nDCG@10    0.5000  (before reranking 0.4000)``."""
+    rows = [
+        line.split() for line in out.splitlines() if line.split()[:1] in (["nDCG@10"], ["R@100"], ["RR@10"])
+    ]
+    return {row[0]: (float(row[1]), float(row[-1].rstrip(")"))) for row in rows}
+
+
+def test_eval_retrieval_reranks_the_first_queries_with_an_llm(tmp_path, capsys) -> None:
+    queries = {"q1": "why do cats purr", "q2": "how does sourdough rise", "q3": "temperature of lava"}
+    qrels = {"q1": "notes/cats.txt", "q2": "bread.md", "q3": "volcanoes.md"}
+    beir = write_beir(tmp_path / "beir", queries, qrels)
+    run = tmp_path / "run.trec"
+    argv = ["eval", "retrieval", str(beir), "--reranker", "pointwise", "--reranker-model",
+            "smollm2-135m-instruct", "--rerank-depth", "3", "--limit", "2", "--run", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reranked   top 3 of each query with pointwise" in out
+    metrics = printed_metrics(out)
+    assert set(metrics) == {"nDCG@10", "R@100", "RR@10"}
+    for after, before in metrics.values():
+        assert 0.0 <= after <= 1.0 and 0.0 <= before <= 1.0
+    assert metrics["R@100"] == (1.0, 1.0)  # all three documents are in every reranked list
+    assert "queries    2  (search " in out and "ms/query, rerank " in out
+    lines = [line.split() for line in run.read_text().splitlines()]
+    assert {row[0] for row in lines} == {"q1", "q2"}  # --limit 2: the first two judged queries
+    for qid in ("q1", "q2"):
+        rows = [row for row in lines if row[0] == qid]
+        assert sorted(row[2] for row in rows) == sorted(DOCS) and [row[3] for row in rows] == ["1", "2", "3"]
+        assert all(float(a[4]) >= float(b[4]) for a, b in itertools.pairwise(rows))
+
+
+def test_eval_retrieval_reranks_with_the_docstore_of_an_index(collection, tmp_path, capsys) -> None:
+    beir = write_beir(tmp_path / "beir", {"q1": "how hot is lava"}, {"q1": "volcanoes.md#0"})
+    argv = ["eval", "retrieval", str(beir), "--index", str(collection / "dense"), "--reranker", "first",
+            "--reranker-model", "smollm2-135m-instruct", "--rerank-depth", "3"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = printed_metrics(capsys.readouterr().out)
+    assert metrics["R@100"] == (1.0, 1.0) and 0.0 < metrics["RR@10"][0] <= 1.0
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
@@ -86,6 +141,12 @@ def test_eval_retrieval_on_a_tiny_beir_folder(tmp_path, capsys) -> None:
         (["search", "{index}", "  "], 2, "empty"),
         (["ask", " ", "--index", "{index}"], 2, "empty"),
         (["bench", "nope"], 2, "unknown bench suite"),
+        (
+            ["eval", "retrieval", "{tmp}", "--reranker", "nope"],
+            2,
+            "unknown reranker 'nope'; known: first, icr",
+        ),
+        (["eval", "retrieval", "{tmp}", "--reranker", "icr", "--rerank-depth", "200"], 2, "--rerank-depth"),
     ],
 )
 def test_user_errors_exit_with_documented_codes(argv, code, message, collection, tmp_path, capsys) -> None:

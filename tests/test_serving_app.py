@@ -11,8 +11,11 @@ from fastapi.testclient import TestClient
 from rag.collection import build_index
 from rag.docstore import Docstore
 from rag.indexes import load_index
+from rag.rerankers.lm import LMRerankerConfig, MemoryDocs
+from rag.rerankers.pointwise import PointwiseReranker
 from rag.serving.app import create_app
 from rag.serving.settings import ServeSettings
+from rag.types import Document, Hit
 
 pytestmark = pytest.mark.slow  # loads the bundled small LLM
 
@@ -45,11 +48,13 @@ def client(index_dir: Path):
     settings = ServeSettings(
         collections={"tiny": str(index_dir)},
         generator="smollm2-135m-instruct",
+        reranker="pointwise",
         threads=1,
         api_token=TOKEN,
         max_body_bytes=4_000,
         max_query_chars=200,
         max_k=10,
+        max_rerank=4,
         max_passages=3,
         default_k=2,
         max_tokens=32,
@@ -77,6 +82,50 @@ def test_search_ranks_the_matching_document_first(client: TestClient) -> None:
     assert [h["rank"] for h in hits] == [1, 2]
     assert hits[0]["id"] == "paris" and hits[0]["title"] == "France"
     assert hits[0]["score"] > hits[1]["score"]
+
+
+def test_rerank_orders_a_fresh_search_as_the_reranker_does(client: TestClient) -> None:
+    query = "Why do cats purr?"
+    searched = client.post("/v1/search", json={"collection": "tiny", "query": query, "k": 4}).json()["hits"]
+    r = client.post("/v1/rerank", json={"collection": "tiny", "query": query, "k": 2, "fetch_k": 4})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["reranker"] == "pointwise"  # the server's default
+    assert [h["rank"] for h in out["hits"]] == [1, 2]
+    top = out["hits"][0]
+    assert (top["id"], top["title"], top["text"]) == ("cats", "Cats", "Cats purr when they are content.")
+    # the same order and scores as the reranker run directly on the search hits, with the generator's model
+    state = client.app.state.rag
+    model, tokenizer = state.reranker_lm
+    assert model is state.generator.model and tokenizer is state.generator.tokenizer  # shared, not reloaded
+    docs = [Document(h["id"], h["text"], title=h["title"]) for h in searched]
+    hits = [Hit(h["id"], h["score"], h["rank"], "dense") for h in searched]
+    reranker = PointwiseReranker(
+        LMRerankerConfig(model="smollm2-135m-instruct"),
+        model=model,
+        tokenizer=tokenizer,
+        docstore=MemoryDocs(docs),
+    )
+    expected = reranker.rerank(query, hits, k=2)
+    assert [h["id"] for h in out["hits"]] == [h.doc_id for h in expected]
+    assert [h["score"] for h in out["hits"]] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
+def test_rerank_given_ids_and_texts_with_a_named_reranker(client: TestClient) -> None:
+    documents = ["tea", "berlin", {"text": "Dogs bark at strangers.", "title": "Dogs"}, "cats"]
+    body = {"collection": "tiny", "query": "Why do cats purr?", "documents": documents, "reranker": "icr"}
+    r = client.post("/v1/rerank", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["reranker"] == "icr"
+    hits = out["hits"]
+    assert sorted(h["id"] for h in hits) == ["2", "berlin", "cats", "tea"]  # a text's id is its position
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    by_id = {h["id"]: h for h in hits}
+    assert by_id["2"]["title"] == "Dogs" and by_id["2"]["text"] == "Dogs bark at strangers."
+    assert by_id["berlin"]["text"] == "Berlin is the capital of Germany."  # read from the collection
+    assert hits[0]["id"] == "cats"
 
 
 def test_answer_json_cites_retrieved_passages(client: TestClient) -> None:
@@ -205,6 +254,47 @@ def test_collections_health_and_metrics(client: TestClient) -> None:
             422,
             "",
         ),
+        ("post", "/v1/rerank", {"collection": "nope", "query": "x"}, 404, "unknown collection 'nope'"),
+        ("post", "/v1/rerank", {"collection": "tiny", "query": "  "}, 422, "the query is empty"),
+        ("post", "/v1/rerank", {"collection": "tiny", "query": "x", "k": 11}, 422, "k=11 is above the limit"),
+        (
+            "post",
+            "/v1/rerank",
+            {"collection": "tiny", "query": "x", "reranker": "nope"},
+            422,
+            "unknown reranker 'nope'; known: first, icr, listwise, pointwise",
+        ),
+        ("post", "/v1/rerank", {"collection": "tiny", "query": "x", "fetch_k": 5}, 422, "fetch_k=5 is above"),
+        ("post", "/v1/rerank", {"collection": "tiny", "query": "x", "k": 3, "fetch_k": 2}, 422, "below k=3"),
+        (
+            "post",
+            "/v1/rerank",
+            {"collection": "tiny", "query": "x", "documents": ["tea", "cats", "paris", "berlin", "tea"]},
+            422,
+            "documents=5 is above the limit of 4",
+        ),
+        (
+            "post",
+            "/v1/rerank",
+            {"collection": "tiny", "query": "x", "documents": ["tea", {"text": "y", "id": "tea"}]},
+            422,
+            "document id 'tea' appears twice",
+        ),
+        (
+            "post",
+            "/v1/rerank",
+            {"collection": "tiny", "query": "x", "documents": ["tea", "ghost"]},
+            404,
+            "not in collection 'tiny': 'ghost'",
+        ),
+        (
+            "post",
+            "/v1/rerank",
+            {"collection": "tiny", "query": "x", "documents": ["tea"], "fetch_k": 3},
+            422,
+            "fetch_k applies to a fresh search",
+        ),
+        ("post", "/v1/rerank", {"collection": "tiny", "query": "x", "documents": [{"title": "t"}]}, 422, ""),
         ("post", "/v1/collections/nope/documents", {"documents": [{"id": "a", "text": "b"}]}, 404, "unknown"),
         ("post", "/v1/collections/tiny/documents", {"documents": []}, 422, ""),
         ("delete", "/v1/collections/tiny/documents/ghost", None, 404, "'ghost' is not in collection 'tiny'"),
@@ -236,6 +326,7 @@ def test_malformed_json_and_oversize_body(client: TestClient) -> None:
 def test_token_is_required(client: TestClient, headers: dict[str, str]) -> None:
     for method, path, body in [
         ("POST", "/v1/search", {"collection": "tiny", "query": "tea"}),
+        ("POST", "/v1/rerank", {"collection": "tiny", "query": "tea"}),
         ("GET", "/v1/collections", None),
         ("GET", "/v1/models", None),
         ("POST", "/v1/collections/tiny/documents", {"documents": [{"id": "x", "text": "y"}]}),
@@ -300,6 +391,27 @@ def test_public_reads_still_protect_writes_and_search_only_refuses_answers(index
         assert r.status_code == 401
         r = c.post("/v1/answer", json={"collection": "tiny", "question": "tea?"})
         assert r.status_code == 503 and "without a generator" in r.json()["detail"]
+        r = c.post("/v1/rerank", json={"collection": "tiny", "query": "tea", "reranker": "pointwise"})
+        assert r.status_code == 503 and "no model to rerank with" in r.json()["detail"]
+
+
+def test_search_only_server_reranks_with_its_own_model_when_named(index_dir: Path) -> None:
+    settings = ServeSettings(
+        collections={"tiny": str(index_dir)},
+        generator=None,
+        reranker_model="smollm2-135m-instruct",
+        threads=1,
+    )
+    with TestClient(create_app(settings)) as c:
+        body = {"collection": "tiny", "query": "How is green tea made?", "documents": ["paris", "tea"]}
+        r = c.post("/v1/rerank", json=body)
+        assert r.status_code == 422, r.text  # no default reranker, none named
+        assert "no reranker is configured on this server" in r.json()["detail"]
+        assert "pointwise" in r.json()["detail"]
+        r = c.post("/v1/rerank", json=body | {"reranker": "pointwise", "k": 1})
+        assert r.status_code == 200, r.text
+        assert [(h["id"], h["rank"]) for h in r.json()["hits"]] == [("tea", 1)]
+        assert c.app.state.rag.reranker_lm is not None and c.app.state.rag.generator is None
 
 
 def test_timeout_stops_generation_with_504(index_dir: Path) -> None:

@@ -195,6 +195,9 @@ def test_full_queue_503_then_disconnects_stop_generation(http: httpx.Client, liv
     assert "queue is full" in refused.json()["detail"]
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     assert http.post("/v1/chat/completions", json=chat).status_code == 503
+    rerank = {"collection": "tiny", "query": "tea", "reranker": "pointwise"}
+    refused = http.post("/v1/rerank", json=rerank)  # reranking waits in the same queue
+    assert refused.status_code == 503 and "queue is full" in refused.json()["detail"]
     assert http.post("/v1/search", json={"collection": "tiny", "query": "tea"}).status_code == 200  # no queue
 
     for stream, client in zip(streams, clients, strict=True):  # both clients hang up mid-stream

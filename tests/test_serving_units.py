@@ -17,6 +17,7 @@ from rag.indexes import load_index
 from rag.indexes.dense import DenseConfig, DenseRetriever
 from rag.serving.gate import ModelGate, QueueFullError
 from rag.serving.settings import ServeSettings
+from rag.serving.state import ServerState
 from rag.types import Document
 
 # --- settings -----------------------------------------------------------------------------------------------
@@ -39,6 +40,8 @@ def test_settings_merge_file_then_env_then_flags(tmp_path: Path) -> None:
         ({"RAG_COLLECTIONS": "noequals"}, "is not NAME=INDEX_DIR"),
         ({"RAG_MAX_TOKENS": "0"}, "max_tokens must be at least 1"),
         ({"RAG_MAX_PASSAGES": "2"}, "default_k=5 is above max_passages=2"),
+        ({"RAG_MAX_RERANK": "0"}, "max_rerank must be at least 1"),
+        ({"RAG_RERANKER": "first", "RAG_GENERATOR": "none"}, "reranker 'first' needs a model"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
@@ -62,6 +65,25 @@ def test_serve_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings_from_args(args)
     assert s.collections == {"a": "/x/dense", "b": "/y/dense"}
     assert (s.port, s.generator, s.queue_size, s.api_token) == (9000, None, 0, "from-env")
+
+
+def test_reranker_settings_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"RAG_RERANKER": "icr", "RAG_RERANKER_MODEL": "smollm2-135m-instruct", "RAG_MAX_RERANK": "8"}
+    s = ServeSettings.load(env=env)
+    assert (s.reranker, s.reranker_model, s.max_rerank) == ("icr", "smollm2-135m-instruct", 8)
+    assert ServeSettings.load(env={"RAG_RERANKER": "none"}).reranker is None
+    assert ServeSettings().reranker is None and ServeSettings().reranker_model is None  # defaults
+    monkeypatch.setenv("RAG_RERANKER", "icr")
+    args = ["serve", "--collection", "a=/x/dense", "--reranker", "first", "--reranker-model", "m"]
+    s = settings_from_args(build_parser().parse_args(args))
+    assert (s.reranker, s.reranker_model) == ("first", "m")
+    s = settings_from_args(build_parser().parse_args(["serve", "--collection", "a=/x", "--reranker", "none"]))
+    assert s.reranker is None
+
+
+def test_an_unknown_default_reranker_stops_the_start() -> None:
+    with pytest.raises(ConfigError, match="unknown reranker 'nope'; known: first, icr, listwise, pointwise"):
+        ServerState.load(ServeSettings(generator=None, reranker="nope", reranker_model="not-loaded"))
 
 
 def test_serve_without_collections_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,7 @@
-"""``rag eval retrieval`` (BEIR folder, ir-measures) and ``rag eval qa`` (SQuAD file, EM/F1)."""
+"""``rag eval retrieval`` (BEIR folder, ir-measures, optionally LLM-reranked); ``rag eval qa`` (SQuAD, EM/F1).
+
+rag eval retrieval data/scifact --index scifact/dense --reranker first --rerank-depth 20 --limit 50
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,16 @@ from rag.cli.generation_options import add_generation_options, generation_params
 from rag.cli.index import add_retriever_options, retriever_config
 from rag.collection import build_index
 from rag.corpus import read_beir
+from rag.docstore import Docstore
+from rag.errors import ConfigError
 from rag.eval.qa import QA_SYSTEM_PROMPT, evaluate_qa
 from rag.eval.retrieval import DEFAULT_MEASURES, evaluate_retrieval
 from rag.indexes import Retriever, load_index
 from rag.pipeline import Pipeline
-from rag.registry import build
+from rag.registry import build, lookup
+from rag.rerankers.base import Reranker
+from rag.rerankers.lm import DocumentSource, MemoryDocs
+from rag.types import Document
 
 
 def add_parser(commands: Any) -> None:
@@ -30,7 +38,16 @@ def add_parser(commands: Any) -> None:
     retrieval.add_argument("--split", default="test", help="qrels split (default: test)")
     retrieval.add_argument("--depth", type=int, default=100, help="hits per query (default 100)")
     retrieval.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
-    retrieval.add_argument("--run", help="write the run to this TREC run file")
+    retrieval.add_argument("--run", help="write the run (reranked, with --reranker) to this TREC run file")
+    retrieval.add_argument("--limit", type=int, default=0, help="first N judged queries (default 0 = all)")
+    retrieval.add_argument(
+        "--reranker",
+        help="rerank each query's top hits with this LLM reranker: listwise, first, icr, pointwise",
+    )
+    retrieval.add_argument(
+        "--rerank-depth", type=int, default=20, help="hits reranked per query (default 20; at most --depth)"
+    )
+    retrieval.add_argument("--reranker-model", help="causal LM of the reranker (default: the reranker's)")
     retrieval.set_defaults(handler=run_retrieval)
 
     qa = verbs.add_parser("qa", help="exact match and F1 on a SQuAD-format file, with the pipeline")
@@ -42,19 +59,63 @@ def add_parser(commands: Any) -> None:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
+    if args.reranker is not None:  # refuse a bad name or depth before building or loading anything
+        lookup("reranker", args.reranker)
+        if not 1 <= args.rerank_depth <= args.depth:
+            raise ConfigError(
+                f"--rerank-depth must be between 1 and --depth ({args.depth}), got {args.rerank_depth}"
+            )
+    if args.limit < 0:
+        raise ConfigError(f"--limit must be 0 (all) or more, got {args.limit}")
     retriever: Retriever
+    corpus: list[Document] | None = None
     if args.index:
         retriever = load_index(args.index)
     else:
         retriever = build("retriever", args.kind, retriever_config(args))
-        retriever.add(read_beir(args.beir))
-    report = evaluate_retrieval(
-        retriever, args.beir, split=args.split, k=args.depth, measures=args.measures, run_path=args.run
-    )
+        corpus = list(read_beir(args.beir))
+        retriever.add(corpus)
+    reranker: Reranker | None = None
+    docstore: DocumentSource | None = None
+    if args.reranker is not None:
+        reranker = build(
+            "reranker", args.reranker, {"model": args.reranker_model} if args.reranker_model else {}
+        )
+        docstore = _docstore(retriever, args.beir, corpus)
+    try:
+        report = evaluate_retrieval(
+            retriever,
+            args.beir,
+            split=args.split,
+            k=args.depth,
+            measures=args.measures,
+            run_path=args.run,
+            limit=args.limit or None,
+            reranker=reranker,
+            docstore=docstore,
+            rerank_depth=args.rerank_depth,
+        )
+    finally:
+        if isinstance(docstore, Docstore):
+            docstore.close()
+    before = report.retriever_metrics
+    if before is not None:
+        print(f"reranked   top {args.rerank_depth} of each query with {args.reranker}")
     for name, value in report.metrics.items():
-        print(f"{name:<10} {value:.4f}")
-    print(f"queries    {report.queries}  ({report.ms_per_query:.1f} ms/query)")
+        print(f"{name:<10} {value:.4f}" + (f"  (before reranking {before[name]:.4f})" if before else ""))
+    timing = f"{report.ms_per_query:.1f} ms/query"
+    if before is not None:
+        timing = f"search {timing}, rerank {report.rerank_ms_per_query:.1f} ms/query"
+    print(f"queries    {report.queries}  ({timing})")
     return 0
+
+
+def _docstore(retriever: Retriever, beir: str, corpus: list[Document] | None) -> DocumentSource:
+    """Where the reranker reads passages: the index's docstore, else the BEIR corpus held in memory."""
+    path = getattr(retriever, "docstore_path", None)
+    if path is not None:
+        return Docstore(path)
+    return MemoryDocs(corpus if corpus is not None else read_beir(beir))
 
 
 def run_qa(args: argparse.Namespace) -> int:

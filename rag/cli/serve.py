@@ -30,6 +30,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--generator", help="LLM: bundled name, folder or hub id; 'none' serves search only")
+    parser.add_argument(
+        "--reranker", help="default reranker of /v1/rerank: listwise, first, icr or pointwise (default: none)"
+    )
+    parser.add_argument(
+        "--reranker-model", help="causal LM of the rerankers (default: the generator's, shared with it)"
+    )
     parser.add_argument("--device", help="generator device: cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch threads for the generator")
     parser.add_argument(
@@ -57,6 +63,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         "host": args.host,
         "port": args.port,
         "generator": args.generator,
+        "reranker": args.reranker,
+        "reranker_model": args.reranker_model,
         "device": args.device,
         "threads": args.threads,
         "api_token": args.api_token,
@@ -64,8 +72,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         "request_timeout_s": args.request_timeout_s,
     }
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    if (args.generator or "").lower() == "none":
-        overrides["generator"] = None
+    for name in ("generator", "reranker"):
+        if (getattr(args, name) or "").lower() == "none":
+            overrides[name] = None
     return dataclasses.replace(base, collections=collections, **overrides)
 
 

@@ -1,4 +1,11 @@
-"""Retrieval evaluation on a BEIR folder with ir-measures (nDCG@10, Recall@100, MRR@10 by default)."""
+"""Retrieval evaluation on a BEIR folder with ir-measures (nDCG@10, Recall@100, MRR@10 by default).
+
+    >>> report = evaluate_retrieval(retriever, "data/scifact")  # doctest: +SKIP
+    >>> report.metrics["nDCG@10"]  # doctest: +SKIP
+
+With ``reranker=`` the top ``rerank_depth`` hits of every query are reranked and the reranked run is scored;
+``report.retriever_metrics`` keeps the scores before reranking.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,11 @@ import ir_measures
 from tqdm.auto import tqdm
 
 from rag.corpus import read_beir_qrels, read_beir_queries
-from rag.errors import CorpusError
+from rag.errors import ConfigError, CorpusError
 from rag.indexes.base import Retriever
+from rag.rerankers.base import Reranker
+from rag.rerankers.lm import DocumentSource
+from rag.rerankers.run import rerank_run
 from rag.types import Hit
 
 DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
@@ -20,13 +30,19 @@ DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
 
 @dataclass(frozen=True)
 class RetrievalReport:
-    metrics: dict[str, float]  # measure name -> mean over queries
+    metrics: dict[str, float]  # measure name -> mean over queries (of the reranked run when reranked)
     queries: int
-    seconds: float
+    seconds: float  # searching
+    retriever_metrics: dict[str, float] | None = None  # before reranking; None when nothing was reranked
+    rerank_seconds: float = 0.0
 
     @property
     def ms_per_query(self) -> float:
         return 1000 * self.seconds / max(self.queries, 1)
+
+    @property
+    def rerank_ms_per_query(self) -> float:
+        return 1000 * self.rerank_seconds / max(self.queries, 1)
 
 
 def run_queries(
@@ -58,6 +74,21 @@ def write_trec_run(run: dict[str, list[Hit]], path: str | Path, tag: str = "ragl
                 out.write(f"{qid} Q0 {hit.doc_id} {hit.rank} {hit.score:.6f} {tag}\n")
 
 
+def judged_queries(
+    beir_folder: str | Path, split: str = "test", limit: int | None = None
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Text and qrels of the judged queries of ``split``, in qrels order (the first ``limit`` when given)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"the query limit must be at least 1, got {limit}")
+    qrels = read_beir_qrels(beir_folder, split)
+    all_queries = read_beir_queries(beir_folder)
+    missing = sorted(set(qrels) - set(all_queries))
+    if missing:
+        raise CorpusError(f"{beir_folder}: {len(missing)} judged queries have no text, e.g. {missing[0]!r}")
+    chosen = list(qrels)[:limit] if limit is not None else list(qrels)
+    return {qid: all_queries[qid] for qid in chosen}, {qid: qrels[qid] for qid in chosen}
+
+
 def evaluate_retrieval(
     retriever: Retriever,
     beir_folder: str | Path,
@@ -67,17 +98,30 @@ def evaluate_retrieval(
     measures: Sequence[str] = DEFAULT_MEASURES,
     run_path: str | Path | None = None,
     progress: bool = True,
+    limit: int | None = None,
+    reranker: Reranker | None = None,
+    docstore: DocumentSource | None = None,
+    rerank_depth: int = 20,
 ) -> RetrievalReport:
-    """Search the judged queries of ``split`` and score the run against its qrels."""
-    qrels = read_beir_qrels(beir_folder, split)
-    all_queries = read_beir_queries(beir_folder)
-    missing = sorted(set(qrels) - set(all_queries))
-    if missing:
-        raise CorpusError(f"{beir_folder}: {len(missing)} judged queries have no text, e.g. {missing[0]!r}")
-    queries = {qid: all_queries[qid] for qid in qrels}
+    """Search the judged queries of ``split`` (the first ``limit``) and score the run against its qrels.
+
+    With a ``reranker``, the first ``rerank_depth`` hits of each query are reranked (reading their text from
+    ``docstore`` when the reranker has none) and the reranked run is the one scored and written.
+    """
+    if reranker is not None and not 1 <= rerank_depth <= k:
+        raise ConfigError(f"the rerank depth must be between 1 and the search depth {k}, got {rerank_depth}")
+    queries, qrels = judged_queries(beir_folder, split, limit)
     start = time.perf_counter()
     run = run_queries(retriever, queries, k=k, progress=progress)
     seconds = time.perf_counter() - start
+    retriever_metrics, rerank_seconds = None, 0.0
+    if reranker is not None:
+        retriever_metrics = score_run(run, qrels, measures)
+        start = time.perf_counter()
+        run = rerank_run(reranker, run, queries, docstore, depth=rerank_depth, progress=progress)
+        rerank_seconds = time.perf_counter() - start
     if run_path is not None:
         write_trec_run(run, run_path)
-    return RetrievalReport(score_run(run, qrels, measures), len(queries), seconds)
+    return RetrievalReport(
+        score_run(run, qrels, measures), len(queries), seconds, retriever_metrics, rerank_seconds
+    )
