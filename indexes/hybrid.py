@@ -1,4 +1,4 @@
-"""Hybrid retrieval: fuse the rankings of several retrievers (reciprocal-rank fusion or min-max scores).
+"""Hybrid retrieval: fuse the rankings of several retrievers (reciprocal ranks, min-max or z-scores).
 
     >>> from rag.indexes.bm25 import BM25Retriever
     >>> from rag.indexes.hybrid import HybridConfig, HybridRetriever
@@ -15,6 +15,9 @@ Fusion of one query over parts i with weights w_i (equal by default), each part 
 - ``rrf``: score(d) = sum_i w_i / (rrf_k + rank_i(d)); documents a part did not return add nothing.
 - ``minmax``: score(d) = sum_i w_i * (s_i(d) - min_i) / (max_i - min_i) over part i's fetched list; a
   document a part did not return counts 0 for it.
+- ``zscore``: score(d) = sum_i w_i * (s_i(d) - mean_i) / std_i over part i's fetched list; a document a part
+  did not return counts as that part's lowest fetched score. Parts are put on a common scale by their
+  spread rather than their range, so one outlying top score does not squash the rest of a list.
 
 A hybrid index is a folder with a manifest naming its parts by path, each part a complete index of its own
 kind. ``rag index build --kind hybrid --set 'parts=["bm25", "dense"]'`` builds fresh parts of those kinds
@@ -61,16 +64,36 @@ def minmax_fuse(rankings: Sequence[Ranking], weights: Sequence[float], rrf_k: in
     return fused
 
 
+def zscore_fuse(rankings: Sequence[Ranking], weights: Sequence[float], rrf_k: int = 60) -> dict[str, float]:
+    """Weighted sum of z-scores per part and query; a missing document gets the part's lowest z-score.
+
+    Implemented as w_i * (s - min_i) / std_i, which ranks the same as the z-score sum (it adds the same
+    constant to every document) and lets missing documents contribute 0. ``rrf_k`` is unused.
+    """
+    fused: dict[str, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        scores = [s for _, s in ranking]
+        low, mean = min(scores), sum(scores) / len(scores)
+        std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
+        for doc_id, score in ranking:
+            norm = (score - low) / std if std > 0 else 1.0
+            fused[doc_id] = fused.get(doc_id, 0.0) + weight * norm
+    return fused
+
+
 FUSIONS: dict[str, Callable[[Sequence[Ranking], Sequence[float], int], dict[str, float]]] = {
     "rrf": rrf_fuse,
     "minmax": minmax_fuse,
+    "zscore": zscore_fuse,
 }
 
 
 @dataclass(frozen=True)
 class HybridConfig:
     parts: tuple[Any, ...] = ()  # kinds (or {"kind": ..., **config}) of parts to build fresh
-    method: str = "rrf"  # "rrf" or "minmax"
+    method: str = "rrf"  # "rrf", "minmax" or "zscore"
     weights: tuple[float, ...] = ()  # one per part; empty: equal weights
     rrf_k: int = 60
     fetch_k: int = 100  # hits fetched from each part before fusing

@@ -12,7 +12,7 @@ from rag.errors import ConfigError
 from rag.eval.retrieval import evaluate_retrieval
 from rag.indexes import load_index
 from rag.indexes.bm25 import BM25Config, BM25Retriever
-from rag.indexes.hybrid import HybridConfig, HybridRetriever, minmax_fuse, rrf_fuse
+from rag.indexes.hybrid import HybridConfig, HybridRetriever, minmax_fuse, rrf_fuse, zscore_fuse
 from rag.indexes.manifest import MANIFEST
 from rag.types import Document, Hit
 
@@ -37,6 +37,18 @@ def test_minmax_normalises_each_part() -> None:
     assert minmax_fuse([[("a", 3.0)]], [1.0]) == {"a": 1.0}  # a single hit normalises to 1
 
 
+def test_zscore_scales_by_spread_and_gives_missing_documents_the_lowest_score() -> None:
+    # part 1: scores 10, 6, 2 -> std sqrt(32/3), min 2; part 2: scores 0.9, 0.5 -> std 0.2, min 0.5
+    fused = zscore_fuse([[("a", 10.0), ("b", 6.0), ("c", 2.0)], [("c", 0.9), ("a", 0.5)]], [1.0, 2.0])
+    std = (32 / 3) ** 0.5
+    assert fused == pytest.approx({"a": 8 / std + 0.0, "b": 4 / std, "c": 0.0 + 2 * 0.4 / 0.2})
+    # shifting or scaling one part's scores changes nothing
+    assert zscore_fuse([[("a", 103.0), ("b", 101.0)], [("b", 5.0)]], [1.0, 1.0]) == pytest.approx(
+        zscore_fuse([[("a", 3.0), ("b", 1.0)], [("b", 0.5)]], [1.0, 1.0])
+    )
+    assert zscore_fuse([[("a", 3.0)]], [1.0]) == {"a": 1.0}  # a single hit (no spread) counts 1
+
+
 def test_fuse_orders_by_fused_score_and_breaks_ties_by_id() -> None:
     hybrid = HybridRetriever(HybridConfig(), parts=[BM25Retriever(), BM25Retriever()])
     hits = hybrid.fuse([[Hit("x", 5, 1, "bm25"), Hit("y", 4, 2, "bm25")], [Hit("y", 1, 1, "bm25")]], k=5)
@@ -45,6 +57,7 @@ def test_fuse_orders_by_fused_score_and_breaks_ties_by_id() -> None:
 
 
 def test_config_errors() -> None:
+    assert HybridConfig(method="zscore").method == "zscore"
     with pytest.raises(ConfigError, match="unknown fusion"):
         HybridConfig(method="max")
     with pytest.raises(ConfigError, match="at least two parts"):
