@@ -98,6 +98,10 @@ class DenseRetriever(Retriever):
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def ids_of_labels(self, labels: np.ndarray) -> list[str | None]:
+        """The document id of each faiss label ([n] int64); None for a deleted document."""
+        return [self._ids[label] for label in labels.tolist()]
+
     # -- updates -------------------------------------------------------------------------------------------
 
     def add(self, docs: Iterable[Document]) -> int:

@@ -13,8 +13,9 @@ Each variant is a small class naming its faiss factory string:
 
 The quantizers are trained on the vectors of the first ``add`` (at least 2^nbits of them). The index is a
 ``DenseRetriever`` (saved in ``dense/``) under a manifest that records bytes per vector and the compression
-ratio against float32. A query encoder tuned against the codes (``rag index tune-pq``, JPQ) is saved in
-``query_encoder/`` and used for queries only; documents keep the codes of the original encoder.
+ratio against float32. A query encoder tuned against the codes (``rag index tune-pq``, JPQ, see
+``rag.indexes.pq_tuning``) is saved in ``query_encoder/`` and used for queries only; documents keep the codes
+of the original encoder, and the manifest's ``extra.query_encoder_tuning`` records the data and settings.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class PQRetriever(Retriever):
         self.dense = dense or DenseRetriever(self._dense_config(), encoder=encoder)
         self._configure(self.dense.index)
         self.query_encoder: SentenceTransformer | None = None  # JPQ-tuned; None: the document encoder
+        self.tuning: dict[str, Any] | None = None  # how the query encoder was tuned (pq_tuning.tune_pq)
         self.docstore_path: Path | None = None
 
     def factory(self) -> str:
@@ -169,6 +171,7 @@ class PQRetriever(Retriever):
                     "compression_ratio": self.compression_ratio,
                     "index_bytes": self.index_bytes(),
                     "tuned_query_encoder": self.query_encoder is not None,
+                    "query_encoder_tuning": self.tuning,
                 },
             ).write(work)
 
@@ -185,6 +188,7 @@ class PQRetriever(Retriever):
             from sentence_transformers import SentenceTransformer
 
             retriever.query_encoder = SentenceTransformer(str(directory / _QUERY_ENCODER_DIR), device="cpu")
+            retriever.tuning = manifest.extra.get("query_encoder_tuning")
         retriever.docstore_path = manifest.docstore_path(directory)
         return retriever
 
