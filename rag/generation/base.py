@@ -37,6 +37,15 @@ class GenerationParams:
             raise ConfigError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
 
 
+@dataclass
+class DecodeStats:
+    """Counters one decoding run fills in."""
+
+    decode_steps: int = 0  # model forwards after the prefill (verification steps when drafting)
+    drafted_tokens: int = 0  # tree nodes verified, the roots not counted
+    accepted_tokens: int = 0  # drafted tokens accepted
+
+
 class Generator(ABC):
     @abstractmethod
     def answer(

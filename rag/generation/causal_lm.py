@@ -19,11 +19,13 @@ from typing import Any
 import torch
 
 from rag.errors import ConfigError, EmptyQueryError
-from rag.generation.base import GenerationParams, Generator
+from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
+from rag.generation.drafting import RetrievalDrafter
 from rag.generation.kv_batch import KVBatch
 from rag.generation.prompt import SYSTEM_PROMPT, build_messages, parse_citations
 from rag.generation.sampling import next_token
+from rag.generation.speculative import DraftProposer, speculative_decode
 from rag.registry import register
 from rag.types import Answer, Document, Timings
 
@@ -45,11 +47,16 @@ class CausalLMConfig:
     top_k: int = 0
     seed: int | None = None
     cad_alpha: float = 0.0  # context-aware decoding; 0 = off
+    draft_tokens: int = 0  # retrieval-augmented drafting: longest draft per step; 0 = off
+    draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
+    draft_min_ngram: int = 1
+    draft_branches: int = 3  # distinct drafts merged into the tree verified per step
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     system_prompt: str = SYSTEM_PROMPT  # the instruction before the numbered passages
 
     def __post_init__(self) -> None:
         self.default_params()  # validates the decoding fields
+        self.drafter()  # and the drafter's
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
 
@@ -61,7 +68,11 @@ class CausalLMConfig:
             top_k=self.top_k,
             seed=self.seed,
             cad_alpha=self.cad_alpha,
+            draft_tokens=self.draft_tokens,
         )
+
+    def drafter(self) -> RetrievalDrafter:
+        return RetrievalDrafter(self.draft_max_ngram, self.draft_min_ngram, self.draft_branches)
 
 
 @register("generator", "causal-lm", CausalLMConfig)
@@ -69,7 +80,8 @@ class CausalLMGenerator(Generator):
     """Answers with a chat-templated causal LM: one prefill forward, then one forward per new token.
 
     Pass ``model`` and ``tokenizer`` to share an already-loaded model; otherwise ``config.model`` is loaded.
-    ``processors`` are applied in order to the next-token scores before a token is picked.
+    ``processors`` are applied in order to the next-token scores before a token is picked. ``drafter``
+    proposes the drafts when ``params.draft_tokens > 0`` (default: ``config.drafter()``).
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class CausalLMGenerator(Generator):
         model: Any = None,
         tokenizer: Any = None,
         processors: Sequence[LogitsProcessor] = (),
+        drafter: DraftProposer | None = None,
     ) -> None:
         self.config = config or CausalLMConfig()
         if (model is None) != (tokenizer is None):
@@ -92,6 +105,7 @@ class CausalLMGenerator(Generator):
         self.model = model
         self.tokenizer = tokenizer
         self.processors = tuple(processors)
+        self.drafter = drafter or self.config.drafter()
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
 
     # -- public API ---------------------------------------------------------------------------------
@@ -192,7 +206,8 @@ class CausalLMGenerator(Generator):
 
         One forward for the prompt(s), then one per token. Given ``context_free_ids`` (``answer`` and
         ``stream`` pass them when ``params.cad_alpha > 0``), that prompt is a second row of the same batch and
-        the two rows' logits are combined by context-aware decoding before the logits processors.
+        the two rows' logits are combined by context-aware decoding before the logits processors. With
+        ``params.draft_tokens > 0`` the speculative loop takes over (:mod:`rag.generation.speculative`).
         """
         stats = stats if stats is not None else DecodeStats()
         rng = None
@@ -211,6 +226,11 @@ class CausalLMGenerator(Generator):
             combined = logits[0] if cad is None else cad(logits[0], logits[1])
             return self._process_logits(input_ids, generated, combined)
 
+        if params.draft_tokens > 0:
+            prompt = input_ids[0].tolist()
+            eos = self.eos_token_ids
+            yield from speculative_decode(batch, score, self.drafter, prompt, params, eos, rng, stats)
+            return
         generated: list[int] = []
         logits = batch.prefill()  # [rows, vocab]: the whole prompt in one forward
         while True:
@@ -240,13 +260,6 @@ class CausalLMGenerator(Generator):
 
     def _detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-@dataclass
-class DecodeStats:
-    """Counters one decoding run fills in."""
-
-    decode_steps: int = 0  # model forwards after the prefill
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
