@@ -182,8 +182,10 @@ def test_cli_tunes_deterministically(untuned, beir_slice, tmp_path, capsys) -> N
     report = tune_pq(retriever, queries, qrels, config)
     cli = load_index(tmp_path / "cli")
     assert report.loss_after == manifest.extra["query_encoder_tuning"]["report"]["loss_after"]
-    np.testing.assert_array_equal(
-        read_codes(cli.dense.index).centroids, read_codes(retriever.dense.index).centroids
+    # Same training (the loss matches exactly); the centroids may differ in the last float32 bit once
+    # faiss has stored them, depending on how its threads split the reductions.
+    np.testing.assert_allclose(
+        read_codes(cli.dense.index).centroids, read_codes(retriever.dense.index).centroids, rtol=0, atol=1e-6
     )
 
 
