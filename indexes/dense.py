@@ -143,7 +143,7 @@ class DenseRetriever(Retriever):
             self._ids[label] = None
         self._gpu_index = self._id_table = None
         try:
-            self.index.remove_ids(np.asarray(labels, dtype=np.int64))
+            remove_labels(self.index, np.asarray(labels, dtype=np.int64))
         except RuntimeError:  # HNSW and some others cannot remove: hide the labels at search time
             self._hidden.update(labels)
         return len(labels)
@@ -228,3 +228,26 @@ class DenseRetriever(Retriever):
         retriever.docstore_path = manifest.docstore_path(directory)
         retriever.build_seconds = manifest.build_seconds
         return retriever
+
+
+def remove_labels(index: faiss.IndexIDMap2, labels: np.ndarray) -> None:
+    """Remove ``labels`` from ``index`` and keep its id map true for inverted-file indexes.
+
+    ``IndexIDMap2.remove_ids`` compacts its id map (inner id -> label) as if the inner index renumbered the
+    vectors it keeps, which flat and PQ indexes do but IVF lists do not: their entries keep the old inner
+    ids. This renumbers the entries of every list the way the id map was compacted.
+    """
+    ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index.index))
+    old_map = faiss.vector_to_array(index.id_map) if ivf is not None else None
+    index.remove_ids(labels)
+    if ivf is None:
+        return
+    renumber = np.cumsum(~np.isin(old_map, labels)) - 1  # old inner id -> new inner id, for kept entries
+    lists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if size == 0:
+            continue
+        ids = renumber[faiss.rev_swig_ptr(lists.get_ids(list_no), size)].astype(np.int64)
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size).copy()
+        lists.update_entries(list_no, 0, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
