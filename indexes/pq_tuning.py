@@ -15,9 +15,12 @@ document) is a softmax cross-entropy over the scores of the query against *every
 
     loss = -log softmax(<T q, D_c> / temperature)[positive]     D_c: [n, d] decoded from the codes
 
-so every document of the index is a negative (the query's other relevant documents are masked out). This
-costs one ``[batch, d] x [d, n]`` product per step, which is cheap for a corpus of thousands to a few hundred
-thousand documents; each step's reconstruction holds ``n * d`` floats (and their gradient with centroids).
+so every document of the index is a negative (the query's other relevant documents are masked out). The
+scores never decode the documents: the query's sub-vectors against the centroids give
+``[batch, M, ksub]`` lookup tables, which the PQ kernel (:func:`rag.kernels.pq_adc`, Triton on a GPU) gathers
+at the codes and sums; its backward scatters the score gradients back into the tables. A step holds
+``batch * n`` scores, which is cheap for a corpus of thousands to a few hundred thousand documents (IVF-PQ
+adds one ``[batch, d] x [d, n]`` product with the documents' coarse centroids).
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ def _training_pairs(
 
 
 class _Trainer:
-    """The training loop: full-corpus softmax over the reconstructed documents."""
+    """The training loop: full-corpus softmax over the documents' PQ scores."""
 
     def __init__(
         self,
@@ -197,13 +200,21 @@ class _Trainer:
         self.relevant[pairs[:, 0], pairs[:, 1]] = True
         self.steps = 0
 
-    def documents(self) -> torch.Tensor:
-        """[n, d]: the decoded documents (coarse centroid + concatenated sub-centroids)."""
+    def scores(self, q: torch.Tensor) -> torch.Tensor:
+        """[b, n]: ``<q, offset + concat_m C[m, code_m]>`` for every document, without decoding any.
+
+        The query's sub-vectors against every centroid give lookup tables ``[b, M, ksub]``; the PQ kernel
+        gathers them at the codes and sums (asymmetric distance). Gradients reach ``q`` and the centroids
+        through the tables.
+        """
         import torch
 
-        m = torch.arange(self.centroids.shape[0], device=self.codes.device)
-        decoded = self.centroids[m, self.codes].flatten(1)  # [n, M, dsub] -> [n, d]
-        return decoded if self.offsets is None else decoded + self.offsets
+        from rag.kernels import pq_adc
+
+        subspaces, _, dsub = self.centroids.shape
+        tables = torch.einsum("bmd,mkd->bmk", q.reshape(len(q), subspaces, dsub), self.centroids)
+        scores = pq_adc(tables, self.codes)
+        return scores if self.offsets is None else scores + q @ self.offsets.T
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), d] unit query vectors, rotated as the index rotates them."""
@@ -218,14 +229,14 @@ class _Trainer:
         q = F.normalize(self.model(features)["sentence_embedding"], dim=-1)
         return q if self.rotation is None else q @ self.rotation.T
 
-    def losses(self, batch: np.ndarray, q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-        """[len(batch)] cross-entropy of each pair's document among all documents."""
+    def losses(self, batch: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+        """[len(batch)] cross-entropy of each pair's document among all documents, from its [b, n] scores."""
         import torch
         import torch.nn.functional as F
 
-        query_rows = torch.as_tensor(batch[:, 0], device=q.device)
-        targets = torch.as_tensor(batch[:, 1], device=q.device)
-        logits = q @ docs.T / self.config.temperature  # [b, n]
+        query_rows = torch.as_tensor(batch[:, 0], device=scores.device)
+        targets = torch.as_tensor(batch[:, 1], device=scores.device)
+        logits = scores / self.config.temperature  # [b, n]
         others = self.relevant[query_rows].clone()
         others[torch.arange(len(batch)), targets] = False
         return F.cross_entropy(logits.masked_fill(others, float("-inf")), targets, reduction="none")
@@ -255,7 +266,7 @@ class _Trainer:
                 for start in range(0, len(order), c.batch_size):
                     batch = self.pairs[order[start : start + c.batch_size]]
                     q = self.encode([self.texts[i] for i in batch[:, 0]])
-                    loss = self.losses(batch, q, self.documents()).mean()
+                    loss = self.losses(batch, self.scores(q)).mean()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -275,12 +286,11 @@ class _Trainer:
 
         self.model.eval()
         with torch.no_grad():
-            docs = self.documents()
             q = torch.cat(
                 [self.encode(self.texts[i : i + batch_size]) for i in range(0, len(self.texts), batch_size)]
             )
-            losses = self.losses(self.pairs, q[self.pairs[:, 0]], docs)
-            scores = q @ docs.T  # [queries, n]
+            scores = self.scores(q)  # [queries, n]
+            losses = self.losses(self.pairs, scores[self.pairs[:, 0]])
             targets = torch.as_tensor(self.pairs[:, 1])
             target_scores = scores[self.pairs[:, 0], targets]
             recall = ((scores[self.pairs[:, 0]] > target_scores[:, None]).sum(dim=1) < 10).float().mean()

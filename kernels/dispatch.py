@@ -1,4 +1,13 @@
-"""One dispatcher per kernel: Triton for CUDA tensors when Triton is importable, else the torch reference."""
+"""One dispatcher per kernel: Triton for CUDA tensors when Triton is importable, else the torch reference.
+
+The choice is made per call from the input tensor's device, so a CPU run never imports Triton and nothing
+compiles or probes hardware at import: the Triton modules are imported on the first call that needs them,
+and Triton compiles a kernel on its first launch.
+
+>>> import torch
+>>> use_triton(torch.zeros(1))  # a CPU tensor always takes the reference
+False
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,8 @@ import importlib.util
 
 import torch
 
+from rag.kernels.cad_combine_ref import cad_combine_reference
+from rag.kernels.pq_adc_ref import pq_adc_reference
 from rag.kernels.segmented_attention_ref import segmented_attention_reference
 
 
@@ -32,4 +43,26 @@ def segmented_attention(
     sm_scale: float | None = None,
 ) -> torch.Tensor:
     """Segmented attention merged by log-sum-exp; see ``segmented_attention_reference`` for the formula."""
+    if use_triton(q):
+        from rag.kernels.segmented_attention_triton import segmented_attention_triton
+
+        return segmented_attention_triton(q, k, v, segment_ids, temperature, lse_scale, mask, sm_scale)
     return segmented_attention_reference(q, k, v, segment_ids, temperature, lse_scale, mask, sm_scale)
+
+
+def pq_adc(tables: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``[Q, N]`` PQ scores from ``[Q, M, ksub]`` lookup tables at ``[N, M]`` codes; see ``pq_adc_ref``."""
+    if use_triton(tables):
+        from rag.kernels.pq_adc_triton import pq_adc_triton
+
+        return pq_adc_triton(tables, codes)
+    return pq_adc_reference(tables, codes)
+
+
+def cad_combine(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(1 + α)·log_softmax(a) − α·log_softmax(b)`` along the last dimension, float32; see the reference."""
+    if use_triton(a):
+        from rag.kernels.cad_combine_triton import cad_combine_triton
+
+        return cad_combine_triton(a, b, alpha)
+    return cad_combine_reference(a, b, alpha)

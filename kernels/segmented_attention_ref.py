@@ -43,26 +43,58 @@ def segmented_attention_reference(
 
     Returns:
         ``[B, Hq, Lq, D]`` in ``q``'s dtype; a query row that sees no key gets zeros.
+
+    The merge weight of segment ``s`` times the softmax within it is one probability per key,
+    ``p_j = exp(logit_j + c_s)`` with ``c_s = a[s]·lse_s − logsumexp_s'(a[s']·lse_s') − lse_s``, so the whole
+    call is one ``q·kᵀ`` product, one log-sum-exp per run of keys of one segment (a contiguous slice) and one
+    ``p·v`` product: no per-segment copies of the keys, and grouped-query heads share their key head
+    without repeating it.
+
+    >>> q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8)
+    >>> ones = torch.ones(2)
+    >>> out = segmented_attention_reference(q, k, k, torch.tensor([0, 0, 1, 1, 0]), ones, ones)
+    >>> torch.allclose(out, torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ k, atol=1e-6)
+    True
     """
     check_segmented_inputs(q, k, v, segment_ids, temperature, lse_scale)
-    scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key/value head serves a group of query heads
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    qf, kf, vf = q.float(), k.float(), v.float()
-    logits = (qf @ kf.transpose(-1, -2)) * scale / temperature.float()[segment_ids]  # [B, H, Lq, Lk]
+    batch, heads, lq, dim = q.shape
+    kv_heads, lk, segments = k.shape[1], k.shape[2], temperature.shape[0]
+    scale = dim**-0.5 if sm_scale is None else sm_scale
+    # runs of consecutive keys of one segment: APE's [prefix | passages | question] is 3 runs of 2 segments
+    run_segment, run_length = torch.unique_consecutive(segment_ids, return_counts=True)
+    runs = run_segment.tolist()
+    bounds = [0, *torch.cumsum(run_length, 0).tolist()]
+    # grouped-query attention: the queries of a key head's group become extra rows of one product
+    qf = q.float().reshape(batch, kv_heads, (heads // kv_heads) * lq, dim)
+    logits = torch.matmul(qf, k.float().transpose(-1, -2)).view(batch, heads, lq, lk)  # [B, Hq, Lq, Lk]
+    logits.mul_((scale / temperature.float())[segment_ids])
     if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    outputs, lses = [], []
-    for s in range(temperature.shape[0]):
-        columns = (segment_ids == s).nonzero().squeeze(1)
-        seg_logits = logits.index_select(-1, columns)
-        lse = torch.logsumexp(seg_logits, dim=-1, keepdim=True)  # -inf for an empty or fully masked segment
-        probs = torch.exp(seg_logits - lse).nan_to_num(0.0)  # (-inf) - (-inf) rows become zeros
-        outputs.append(probs @ vf.index_select(-2, columns))
-        lses.append(lse * lse_scale[s].float())
-    merge = torch.softmax(torch.stack(lses), dim=0).nan_to_num(0.0)  # [S, B, H, Lq, 1]; no key at all -> 0
-    return (merge * torch.stack(outputs)).sum(dim=0).to(q.dtype)
+        logits.masked_fill_(~mask, float("-inf"))
+    run_lse = [torch.logsumexp(logits[..., bounds[r] : bounds[r + 1]], dim=-1) for r in range(len(runs))]
+    empty = torch.full((batch, heads, lq), float("-inf"), device=q.device)
+    lse = torch.stack(  # [S, B, Hq, Lq]: -inf for an empty or fully masked segment
+        [
+            _logsumexp_of([x for x, r in zip(run_lse, runs, strict=True) if r == s], empty)
+            for s in range(segments)
+        ]
+    )
+    merged = lse * lse_scale.float().view(-1, 1, 1, 1)
+    offset = merged - torch.logsumexp(merged, dim=0) - lse  # log(merge weight) - lse, per segment
+    offset.masked_fill_(lse == float("-inf"), float("-inf"))  # no key in the segment (or the row): p = 0
+    per_key = offset.index_select(0, run_segment).permute(1, 2, 3, 0).repeat_interleave(run_length, dim=-1)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        p = (logits + per_key).exp()  # autograd keeps the logits the log-sum-exps were taken of
+    else:
+        p = logits.add_(per_key).exp_()  # [B, Hq, Lq, Lk]
+    out = torch.matmul(p.view(batch, kv_heads, -1, lk), v.float())  # [B, Hk, G*Lq, D]
+    return out.view(batch, heads, lq, dim).to(q.dtype)
+
+
+def _logsumexp_of(parts: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """log(Σ exp) of same-shaped tensors, elementwise; ``empty`` (all -inf) for none."""
+    if len(parts) <= 1:
+        return parts[0] if parts else empty
+    return torch.logsumexp(torch.stack(parts), dim=0)
 
 
 def check_segmented_inputs(
@@ -82,3 +114,8 @@ def check_segmented_inputs(
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}; expected ({k.shape[2]},)")
     if temperature.dim() != 1 or temperature.shape != lse_scale.shape:
         raise ValueError("temperature and lse_scale must be 1-D, one value per segment")
+    if (
+        segment_ids.numel()
+        and not 0 <= int(segment_ids.min()) <= int(segment_ids.max()) < temperature.shape[0]
+    ):
+        raise ValueError(f"segment_ids must lie in 0 .. {temperature.shape[0] - 1}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rag.errors import ConfigError
+from rag.kernels import cad_combine
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,7 @@ class ContextAwareDecoding:
         """``(1 + α)·log_softmax(with) − α·log_softmax(without)``, same shape."""
         if with_context.shape != without_context.shape:
             raise ValueError(f"shapes differ: {tuple(with_context.shape)} vs {tuple(without_context.shape)}")
-        log_p = with_context.float().log_softmax(dim=-1)
-        log_q = without_context.float().log_softmax(dim=-1)
-        return (1 + self.alpha) * log_p - self.alpha * log_q
+        return cad_combine(with_context, without_context, self.alpha)  # Triton on CUDA, else torch
 
 
 def context_free_messages(question: str, system_prompt: str) -> list[dict[str, str]]:
