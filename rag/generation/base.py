@@ -21,6 +21,9 @@ class GenerationParams:
     seed: int | None = None
     cad_alpha: float = 0.0  # context-aware decoding strength; 0 = off (see rag.generation.cad)
     draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (rag.generation.drafting)
+    parallel_contexts: bool = False  # passages encoded apart and cached (rag.generation.parallel_prefill)
+    ape_temperature: float = 1.0  # APE attention temperature on the passages; 1 = none
+    ape_scale: float = 1.0  # APE scaling factor of the passages' log-sum-exp; 1 = none
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -35,6 +38,10 @@ class GenerationParams:
             raise ConfigError(f"cad_alpha must be >= 0, got {self.cad_alpha}")
         if self.draft_tokens < 0:
             raise ConfigError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
+        if not 0 < self.ape_temperature <= 1:
+            raise ConfigError(f"ape_temperature must be in (0, 1], got {self.ape_temperature}")
+        if not 0 < self.ape_scale <= 1:
+            raise ConfigError(f"ape_scale must be in (0, 1], got {self.ape_scale}")
 
 
 @dataclass
@@ -44,6 +51,9 @@ class DecodeStats:
     decode_steps: int = 0  # model forwards after the prefill (verification steps when drafting)
     drafted_tokens: int = 0  # tree nodes verified, the roots not counted
     accepted_tokens: int = 0  # drafted tokens accepted
+    passages_encoded: int = 0  # parallel contexts: passage blocks computed (cold)
+    passages_from_memory: int = 0  # loaded from the store's memory tier
+    passages_from_disk: int = 0  # loaded from the store's directory
 
 
 class Generator(ABC):

@@ -23,6 +23,9 @@ from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.kv_batch import KVBatch
+from rag.generation.parallel_prefill import ParallelPrefill, model_identity
+from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
+from rag.generation.passage_kv_store import PassageKVStore
 from rag.generation.prompt import SYSTEM_PROMPT, build_messages, parse_citations
 from rag.generation.sampling import next_token
 from rag.generation.speculative import DraftProposer, speculative_decode
@@ -51,6 +54,12 @@ class CausalLMConfig:
     draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
     draft_min_ngram: int = 1
     draft_branches: int = 3  # distinct drafts merged into the tree verified per step
+    parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
+    ape_temperature: float = 1.0  # APE attention temperature on the passages
+    ape_scale: float = 1.0  # APE scaling factor of the passages' log-sum-exp
+    passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
+    passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
+    passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     system_prompt: str = SYSTEM_PROMPT  # the instruction before the numbered passages
 
@@ -59,6 +68,8 @@ class CausalLMConfig:
         self.drafter()  # and the drafter's
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.passage_cache_mb < 0 or self.passage_cache_disk_mb < 0:
+            raise ConfigError("passage_cache_mb and passage_cache_disk_mb must be >= 0")
 
     def default_params(self) -> GenerationParams:
         return GenerationParams(
@@ -69,6 +80,14 @@ class CausalLMConfig:
             seed=self.seed,
             cad_alpha=self.cad_alpha,
             draft_tokens=self.draft_tokens,
+            parallel_contexts=self.parallel_contexts,
+            ape_temperature=self.ape_temperature,
+            ape_scale=self.ape_scale,
+        )
+
+    def passage_store(self) -> PassageKVStore:
+        return PassageKVStore(
+            self.passage_cache_mb << 20, self.passage_cache_dir, self.passage_cache_disk_mb << 20
         )
 
     def drafter(self) -> RetrievalDrafter:
@@ -81,7 +100,10 @@ class CausalLMGenerator(Generator):
 
     Pass ``model`` and ``tokenizer`` to share an already-loaded model; otherwise ``config.model`` is loaded.
     ``processors`` are applied in order to the next-token scores before a token is picked. ``drafter``
-    proposes the drafts when ``params.draft_tokens > 0`` (default: ``config.drafter()``).
+    proposes the drafts when ``params.draft_tokens > 0`` (default: ``config.drafter()``). ``passage_store``
+    keeps the passage KV blocks of parallel-context requests (default: ``config.passage_store()``); the first
+    such request switches the model to the APE attention wrapper (:mod:`rag.generation.ape_attention`),
+    which computes exactly as before for every other forward.
     """
 
     def __init__(
@@ -92,6 +114,7 @@ class CausalLMGenerator(Generator):
         tokenizer: Any = None,
         processors: Sequence[LogitsProcessor] = (),
         drafter: DraftProposer | None = None,
+        passage_store: PassageKVStore | None = None,
     ) -> None:
         self.config = config or CausalLMConfig()
         if (model is None) != (tokenizer is None):
@@ -107,6 +130,8 @@ class CausalLMGenerator(Generator):
         self.processors = tuple(processors)
         self.drafter = drafter or self.config.drafter()
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.passage_store = passage_store or self.config.passage_store()
+        self._model_id: str | None = None  # model_identity(), computed on the first parallel request
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -116,11 +141,12 @@ class CausalLMGenerator(Generator):
         params = params or self.config.default_params()
         start = time.perf_counter()
         input_ids = self._encode_prompt(question, passages, params)
+        parallel = self._split_prompt(question, passages, params)
         context_free_ids = self._encode_context_free(question, params)
         ids: list[int] = []
         first_token_at = start
         stats = DecodeStats()
-        for token in self._decode(input_ids, params, context_free_ids, stats):
+        for token in self._decode(input_ids, params, context_free_ids, stats, parallel):
             if not ids:
                 first_token_at = time.perf_counter()
             ids.append(token)
@@ -146,17 +172,22 @@ class CausalLMGenerator(Generator):
         """
         params = params or self.config.default_params()
         input_ids = self._encode_prompt(question, passages, params)  # raises before the first next()
-        return self._stream_text(input_ids, params, self._encode_context_free(question, params))
+        parallel = self._split_prompt(question, passages, params)
+        return self._stream_text(input_ids, params, self._encode_context_free(question, params), parallel)
 
     # -- internals ----------------------------------------------------------------------------------
 
     def _stream_text(
-        self, input_ids: torch.Tensor, params: GenerationParams, context_free_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        params: GenerationParams,
+        context_free_ids: torch.Tensor | None = None,
+        parallel: ParallelPrompt | None = None,
     ) -> Iterator[str]:
         ids: list[int] = []
         emitted = 0  # characters of the (left-stripped) text already yielded
         text = ""
-        for token in self._decode(input_ids, params, context_free_ids):
+        for token in self._decode(input_ids, params, context_free_ids, None, parallel):
             ids.append(token)
             text = self._detokenize(ids).lstrip()
             if text.endswith(_REPLACEMENT_CHAR):
@@ -182,6 +213,14 @@ class CausalLMGenerator(Generator):
             )
         return input_ids
 
+    def _split_prompt(
+        self, question: str, passages: Sequence[Document], params: GenerationParams
+    ) -> ParallelPrompt | None:
+        """The prompt cut for parallel prefill if ``params.parallel_contexts`` and passages, else None."""
+        if not params.parallel_contexts or not passages:
+            return None
+        return split_prompt(self.tokenizer, question, passages, self.config.system_prompt, self.model.device)
+
     def _encode_context_free(self, question: str, params: GenerationParams) -> torch.Tensor | None:
         """The prompt without passages ``# [1, len]`` when CAD is on, else None."""
         if params.cad_alpha == 0:
@@ -201,6 +240,7 @@ class CausalLMGenerator(Generator):
         params: GenerationParams,
         context_free_ids: torch.Tensor | None = None,  # [1, len], the prompt without passages (CAD)
         stats: DecodeStats | None = None,
+        parallel: ParallelPrompt | None = None,  # the prompt cut for parallel prefill, or None: sequential
     ) -> Iterator[int]:
         """Yield new token ids for the prompt ``input_ids``, the final eos included.
 
@@ -208,6 +248,8 @@ class CausalLMGenerator(Generator):
         ``stream`` pass them when ``params.cad_alpha > 0``), that prompt is a second row of the same batch and
         the two rows' logits are combined by context-aware decoding before the logits processors. With
         ``params.draft_tokens > 0`` the speculative loop takes over (:mod:`rag.generation.speculative`).
+        Given ``parallel``, the passages come from the passage KV store
+        (:mod:`rag.generation.parallel_prefill`) and ``input_ids`` is replaced by its pieces, concatenated.
         """
         stats = stats if stats is not None else DecodeStats()
         rng = None
@@ -220,7 +262,11 @@ class CausalLMGenerator(Generator):
         if context_free_ids is not None:
             cad = ContextAwareDecoding(params.cad_alpha)
             prompts.append(context_free_ids[0])
-        batch = KVBatch(self.model, prompts)
+        if parallel is None:
+            batch = KVBatch(self.model, prompts)
+        else:
+            input_ids = parallel.input_ids
+            batch = self._parallel_prefill(params).batch(parallel, prompts[1:], stats)
 
         def score(generated: list[int], logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [vocab]
             combined = logits[0] if cad is None else cad(logits[0], logits[1])
@@ -241,6 +287,12 @@ class CausalLMGenerator(Generator):
                 return
             logits = batch.extend([token])[:, -1]  # [rows, vocab]
             stats.decode_steps += 1
+
+    def _parallel_prefill(self, params: GenerationParams) -> ParallelPrefill:
+        if self._model_id is None:
+            self._model_id = model_identity(self.model, self.tokenizer)
+        store, model_id = self.passage_store, self._model_id
+        return ParallelPrefill(self.model, store, model_id, params.ape_temperature, params.ape_scale)
 
     def _process_logits(
         self,

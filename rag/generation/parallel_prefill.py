@@ -1,0 +1,221 @@
+"""Parallel prefill (the APE idea): passages encoded once, independently, reused from a KV store.
+
+Layout of the cache, for a prompt cut by :func:`~rag.generation.parallel_prompt.split_prompt`::
+
+    columns   [ prefix (P) | passage 1 | passage 2 | ... | question + answer ... ]
+    positions   0 .. P-1     P .. P+L1-1  P .. P+L2-1        P+max(L) ...
+
+The prefix is encoded once; each passage is encoded after the prefix alone (not after the other passages),
+all passages starting at position P. Keys are cached after RoPE, so a block is valid wherever it is loaded.
+Blocks missing from the store are encoded together in one forward with a block-diagonal mask, then stored.
+The question and every answer token then attend over all columns with APE attention
+(:mod:`rag.generation.ape_attention`): the passages form one segment with APE's temperature and scale.
+
+With context-aware decoding, the context-free prompt is a second row whose cached columns are all masked:
+its passage segment is empty, so its attention is the ordinary one over its own tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
+from rag.generation.base import DecodeStats
+from rag.generation.kv_batch import KVBatch
+from rag.generation.parallel_prompt import ParallelPrompt
+from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
+
+_PREFIX_BLOCK = ""  # the passage text under which the prefix's own block is stored
+
+
+def model_identity(model: Any, tokenizer: Any) -> str:
+    """A fingerprint of the weights and config: a cached block is reused only by the model that made it.
+
+    Hashes the config, the tokenizer's vocabulary size and class, and every parameter's name, shape, dtype
+    and first and last 256 values (cheap for any model size, and any fine-tuning changes them).
+    """
+    digest = hashlib.sha256()
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(f"{type(tokenizer).__name__}:{len(tokenizer)}".encode())
+    for name, parameter in model.named_parameters():
+        flat = parameter.detach().reshape(-1)
+        sample = torch.cat([flat[:256], flat[-256:]]).float().cpu().contiguous()
+        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ParallelKVBatch(KVBatch):
+    """A :class:`KVBatch` whose cache starts with the prefix and passage blocks.
+
+    ``cached_valid`` ``# [rows, cached]`` says which cached columns each row sees; ``start`` ``# [rows]`` is
+    the position of each row's first uncached token; ``prompts`` are the uncached tails (the question part,
+    and the context-free prompt for CAD). ``lengths`` holds each row's next position, which is what
+    :meth:`KVBatch.extend` needs (positions here are not the count of cached tokens).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        cache: DynamicCache,
+        cached_valid: torch.Tensor,  # [rows, cached] bool
+        start: torch.Tensor,  # [rows] long
+        prompts: Sequence[torch.Tensor],  # each [tail_len_r]
+        segments: ApeSegments,
+    ) -> None:
+        super().__init__(model, prompts)
+        self.cache = cache
+        self.segments = segments
+        self._cached_valid = cached_valid
+        self._start = start
+        self._prefilled = False
+
+    def prefill(self) -> torch.Tensor:
+        """Run the tails over the cached blocks; next-token logits ``# [rows, vocab]``."""
+        if self._prefilled:
+            raise RuntimeError("prefill() runs once")
+        self._prefilled = True
+        width = self._ids.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()  # [width, width]
+        tail = causal[None, None] & self._valid[:, None, None, :]  # [rows, 1, width, width]
+        past = self._cached_valid[:, None, None, :].expand(-1, 1, width, -1)  # [rows, 1, width, cached]
+        allowed = torch.cat([past, tail], dim=-1)  # [rows, 1, width, cached + width]
+        positions = self._start[:, None] + (self._valid.cumsum(dim=1) - 1).clamp(min=0)  # [rows, width]
+        logits = self._run(self._ids, allowed, positions, logits_to_keep=1)  # [rows, 1, vocab]
+        self.lengths = self._start + self._valid.sum(dim=1)
+        self._valid = torch.cat([self._cached_valid, self._valid], dim=1)  # [rows, cached + width]
+        return logits[:, -1]
+
+    def _run(
+        self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, logits_to_keep: int
+    ) -> torch.Tensor:
+        with ape_segments(self.segments):
+            return super()._run(ids, allowed, positions, logits_to_keep)
+
+
+@dataclass
+class ParallelPrefill:
+    """Loads or encodes the prefix and passage blocks of a prompt and builds its :class:`ParallelKVBatch`."""
+
+    model: Any
+    store: PassageKVStore
+    model_id: str  # see model_identity
+    temperature: float = 1.0  # APE attention temperature on the passage segment
+    scale: float = 1.0  # APE scaling factor of the passage segment's log-sum-exp
+
+    def __post_init__(self) -> None:
+        enable_ape_attention(self.model)
+
+    def batch(
+        self,
+        prompt: ParallelPrompt,
+        extra_rows: Sequence[torch.Tensor] = (),  # each [len]: whole prompts with no passages (CAD)
+        stats: DecodeStats | None = None,
+    ) -> ParallelKVBatch:
+        prefix, passages = self.blocks(prompt, stats)
+        blocks = [prefix, *passages]
+        rows = 1 + len(extra_rows)
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(prefix.keys)):
+            k = torch.cat([b.keys[layer] for b in blocks], dim=1)[None]  # [1, kv_heads, cached, head_dim]
+            v = torch.cat([b.values[layer] for b in blocks], dim=1)[None]
+            cache.update(
+                k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), layer
+            )
+        cached = sum(b.tokens for b in blocks)
+        device = prompt.prefix_ids.device
+        cached_valid = torch.zeros(rows, cached, dtype=torch.bool, device=device)  # [rows, cached]
+        cached_valid[0] = True  # the context-free rows see none of the cached columns
+        start = torch.zeros(rows, dtype=torch.long, device=device)  # [rows]
+        start[0] = prefix.tokens + max(b.tokens for b in passages)
+        segments = ApeSegments(prefix.tokens, cached, self.temperature, self.scale)
+        tails = [prompt.question_ids, *extra_rows]
+        return ParallelKVBatch(self.model, cache, cached_valid, start, tails, segments)
+
+    @torch.inference_mode()
+    def blocks(
+        self, prompt: ParallelPrompt, stats: DecodeStats | None = None
+    ) -> tuple[PassageKV, list[PassageKV]]:
+        """The prefix block and one block per passage, from the store or encoded (and then stored)."""
+        stats = stats if stats is not None else DecodeStats()
+        prefix_text = _with_ids(prompt.prefix_text, prompt.prefix_ids)
+        prefix_key = PassageKey.of(self.model_id, prefix_text, _PREFIX_BLOCK)
+        prefix, _ = self.store.get(prefix_key)
+        if prefix is None:
+            prefix = self._encode(prompt.prefix_ids, None, [len(prompt.prefix_ids)])[0]
+            self.store.put(prefix_key, prefix)
+        keys = [
+            PassageKey.of(self.model_id, prefix_text, _with_ids(text, ids))
+            for text, ids in zip(prompt.passage_texts, prompt.passage_ids, strict=True)
+        ]
+        found: list[PassageKV | None] = []
+        for key in keys:
+            block, source = self.store.get(key)
+            found.append(block)
+            if source == "memory":
+                stats.passages_from_memory += 1
+            elif source == "disk":
+                stats.passages_from_disk += 1
+        missing = [i for i, block in enumerate(found) if block is None]
+        if missing:
+            ids = torch.cat([prompt.passage_ids[i] for i in missing])  # [sum of missing lengths]
+            lengths = [len(prompt.passage_ids[i]) for i in missing]
+            for i, block in zip(missing, self._encode(ids, prefix, lengths), strict=True):
+                found[i] = block
+                self.store.put(keys[i], block)
+            stats.passages_encoded += len(missing)
+        return prefix, [block for block in found if block is not None]
+
+    def _encode(self, ids: torch.Tensor, prefix: PassageKV | None, lengths: list[int]) -> list[PassageKV]:
+        """Encode ``ids`` ``# [n]``, pieces of ``lengths`` each attending to ``prefix`` and itself only.
+
+        Every piece starts at the position right after the prefix. One forward; returns one block per piece.
+        """
+        device = ids.device
+        cache = DynamicCache(config=self.model.config)
+        past = 0
+        if prefix is not None:
+            past = prefix.tokens
+            for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+                cache.update(k[None], v[None], layer)
+        piece = torch.repeat_interleave(
+            torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
+        )
+        starts = torch.cumsum(torch.tensor([0, *lengths[:-1]], device=device), dim=0)  # [pieces]
+        offset = torch.arange(len(ids), device=device) - starts[piece]  # [n] position within the piece
+        allowed_new = (piece[:, None] == piece[None, :]) & (offset[:, None] >= offset[None, :])  # [n, n]
+        allowed = torch.cat([torch.ones(len(ids), past, dtype=torch.bool, device=device), allowed_new], dim=1)
+        dtype = self.model.dtype
+        mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype, device=device)  # [1, 1, n, past + n]
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        self.model(
+            input_ids=ids[None],
+            attention_mask=mask,
+            position_ids=(past + offset)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        blocks = []
+        for start, length in zip(starts.tolist(), lengths, strict=True):
+            columns = slice(past + start, past + start + length)
+            blocks.append(
+                PassageKV(
+                    tuple(
+                        layer.keys[0, :, columns].clone() for layer in cache.layers
+                    ),  # [kv_heads, len, dim]
+                    tuple(layer.values[0, :, columns].clone() for layer in cache.layers),
+                )
+            )
+        return blocks
+
+
+def _with_ids(text: str, ids: torch.Tensor) -> str:
+    """What a block's key hashes: its text and its token ids (a block is valid only for those tokens)."""
+    return f"{text}\x00{ids.tolist()}"

@@ -1,0 +1,200 @@
+"""Parallel-encoded cached contexts (APE): the prompt cut, APE attention, cold/warm equality, composition."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import pytest
+import torch
+
+import rag.generation.parallel_prompt
+import rag.generation.passage_kv_store
+from rag.errors import ConfigError
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
+from rag.generation.base import DecodeStats
+from rag.generation.kv_batch import KVBatch
+from rag.generation.parallel_prompt import split_prompt, split_text
+from rag.generation.passage_kv_store import PassageKVStore
+from rag.types import Document
+
+PASSAGES = [
+    Document("fr", "Paris is the capital and largest city of France, on the Seine.", title="France"),
+    Document(
+        "de", "Berlin is the capital of Germany. It has about 3.7 million inhabitants.", title="Germany"
+    ),
+    Document("it", "Rome, the capital of Italy, was founded in 753 BC according to legend.", title="Italy"),
+]
+QUESTION = "What is the capital of France?"
+
+
+@pytest.mark.parametrize("module", [rag.generation.parallel_prompt, rag.generation.passage_kv_store])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_params_validate_ape_fields() -> None:
+    for bad in ({"ape_temperature": 0.0}, {"ape_temperature": 1.5}, {"ape_scale": 0.0}, {"ape_scale": 2.0}):
+        with pytest.raises(ConfigError):
+            GenerationParams(**bad)
+    assert GenerationParams(parallel_contexts=True, ape_temperature=0.5, ape_scale=0.8).ape_scale == 0.8
+    with pytest.raises(ConfigError):
+        CausalLMConfig(passage_cache_mb=-1)
+
+
+def test_split_text_refuses_a_template_that_hides_the_passages() -> None:
+    with pytest.raises(ConfigError):
+        split_text("system\nPassages:\n\n[1] A\n\nQuestion: q", ["[1] B"])
+
+
+def test_segment_ids_mark_the_passage_columns() -> None:
+    ids = ApeSegments(2, 5).segment_ids(7, torch.device("cpu"))
+    assert ids.tolist() == [0, 0, 1, 1, 1, 0, 0]
+
+
+# -- on SmolLM2 ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    from rag.models import load_causal_lm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
+    torch.set_num_threads(threads)
+
+
+def make_generator(model_and_tokenizer, store: PassageKVStore | None = None, **config) -> CausalLMGenerator:
+    model, tokenizer = model_and_tokenizer
+    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=16, **config)
+    return CausalLMGenerator(
+        config, model=model, tokenizer=tokenizer, passage_store=store or PassageKVStore()
+    )
+
+
+def decode(gen: CausalLMGenerator, passages, params: GenerationParams, stats: DecodeStats | None = None):
+    ids = gen._encode_prompt(QUESTION, passages, params)
+    context_free = gen._encode_context_free(QUESTION, params)
+    parallel = gen._split_prompt(QUESTION, passages, params)
+    return list(gen._decode(ids, params, context_free, stats, parallel))
+
+
+@pytest.mark.slow
+def test_the_prompt_pieces_are_the_sequential_prompt(model_and_tokenizer) -> None:
+    gen = make_generator(model_and_tokenizer)
+    prompt = split_prompt(gen.tokenizer, QUESTION, PASSAGES, gen.config.system_prompt, torch.device("cpu"))
+    sequential = gen._encode_prompt(QUESTION, PASSAGES, GenerationParams())
+    assert torch.equal(prompt.input_ids, sequential)
+    assert prompt.prefix_text.endswith("Passages:\n\n")
+    assert [t.split("\n")[0] for t in prompt.passage_texts] == ["[1] France", "[2] Germany", "[3] Italy"]
+    decoded = gen.tokenizer.decode(prompt.question_ids)
+    assert decoded.startswith("Question: What is the capital") and decoded.endswith("assistant\n")
+
+
+@pytest.mark.slow
+def test_ape_wrapper_leaves_other_forwards_unchanged(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")["input_ids"]
+    length = ids.shape[1]
+    blocked = ~torch.ones(length, length, dtype=torch.bool).tril()
+    mask = torch.zeros(1, 1, length, length).masked_fill_(blocked, torch.finfo(torch.float32).min)
+    with torch.inference_mode():
+        before = model(ids).logits
+        enable_ape_attention(model)
+        assert model.config._attn_implementation == "ragloom_ape_eager"
+        after = model(ids).logits
+        with ape_segments(ApeSegments(3, 6)):  # temperature 1, scale 1: ordinary attention
+            segmented = model(ids, attention_mask=mask).logits
+        with ape_segments(ApeSegments(3, 6, temperature=0.5, scale=0.5)):
+            ape = model(ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
+    torch.testing.assert_close(segmented, before, atol=1e-4, rtol=0)
+    assert (
+        ape[0, 6:] - before[0, 6:]
+    ).abs().max() > 1e-2  # APE changes the queries after the passage columns
+
+
+@pytest.mark.slow
+def test_single_passage_with_temperature_and_scale_one_equals_sequential(model_and_tokenizer) -> None:
+    gen = make_generator(model_and_tokenizer)
+    sequential = GenerationParams(max_new_tokens=16)
+    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True)
+    for doc in PASSAGES:
+        ids = gen._encode_prompt(QUESTION, [doc], sequential)
+        expected = list(gen._decode(ids, sequential))
+        assert decode(gen, [doc], parallel) == expected, doc.id
+        # the logits of the prefill and of every answer step agree to float32 tolerance
+        plain = KVBatch(gen.model, [ids[0]])
+        prompt = gen._split_prompt(QUESTION, [doc], parallel)
+        cached = gen._parallel_prefill(parallel).batch(prompt)
+        with torch.inference_mode():
+            torch.testing.assert_close(cached.prefill(), plain.prefill(), atol=2e-4, rtol=0)
+            steps = torch.tensor(expected[:-1])
+            torch.testing.assert_close(
+                cached.extend(steps.tolist()), plain.extend(steps.tolist()), atol=2e-4, rtol=0
+            )
+
+
+@pytest.mark.slow
+def test_warm_memory_and_warm_disk_equal_cold(model_and_tokenizer, tmp_path: Path) -> None:
+    params = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8, ape_scale=0.9)
+    cold_stats, memory_stats, disk_stats = DecodeStats(), DecodeStats(), DecodeStats()
+    gen = make_generator(model_and_tokenizer, PassageKVStore(directory=tmp_path))
+    cold = decode(gen, PASSAGES, params, cold_stats)
+    warm_memory = decode(gen, PASSAGES, params, memory_stats)
+    disk_gen = make_generator(model_and_tokenizer, PassageKVStore(directory=tmp_path))  # empty memory tier
+    warm_disk = decode(disk_gen, PASSAGES, params, disk_stats)
+    assert warm_memory == cold and warm_disk == cold
+    assert (cold_stats.passages_encoded, cold_stats.passages_from_memory) == (3, 0)
+    assert (memory_stats.passages_encoded, memory_stats.passages_from_memory) == (0, 3)
+    assert (disk_stats.passages_encoded, disk_stats.passages_from_disk) == (0, 3)
+    assert len(list(tmp_path.iterdir())) == 4  # the prefix block and three passages
+
+
+@pytest.mark.slow
+def test_a_changed_prefix_or_model_misses_the_cache(model_and_tokenizer) -> None:
+    store = PassageKVStore()
+    params = GenerationParams(max_new_tokens=4, parallel_contexts=True)
+    decode(make_generator(model_and_tokenizer, store), PASSAGES, params)
+    stats = DecodeStats()
+    decode(
+        make_generator(model_and_tokenizer, store, system_prompt="Answer in French."), PASSAGES, params, stats
+    )
+    assert stats.passages_encoded == 3
+    other_model = make_generator(model_and_tokenizer, store)
+    other_model._model_id = "another model"
+    stats = DecodeStats()
+    decode(other_model, PASSAGES, params, stats)
+    assert stats.passages_encoded == 3
+
+
+@pytest.mark.slow
+def test_parallel_contexts_compose_with_cad_and_drafting(model_and_tokenizer) -> None:
+    gen = make_generator(model_and_tokenizer)
+    doc = [PASSAGES[0]]
+    cad = GenerationParams(max_new_tokens=12, cad_alpha=0.5)
+    expected = decode(gen, doc, cad)  # sequential CAD
+    assert (
+        decode(gen, doc, GenerationParams(max_new_tokens=12, cad_alpha=0.5, parallel_contexts=True))
+        == expected
+    )
+    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8)
+    drafted = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8, draft_tokens=6)
+    stats = DecodeStats()
+    assert decode(gen, PASSAGES, drafted, stats) == decode(gen, PASSAGES, parallel)  # drafting stays lossless
+    assert stats.accepted_tokens > 0
+    both = GenerationParams(max_new_tokens=12, parallel_contexts=True, cad_alpha=0.5, draft_tokens=6)
+    assert decode(gen, doc, both) == expected
+
+
+@pytest.mark.slow
+def test_parallel_contexts_stream_and_answer(model_and_tokenizer) -> None:
+    gen = make_generator(model_and_tokenizer)
+    params = GenerationParams(max_new_tokens=16, parallel_contexts=True)
+    answer = gen.answer(QUESTION, PASSAGES, params)
+    pieces = list(gen.stream(QUESTION, PASSAGES, params))
+    assert len(pieces) > 1 and "".join(pieces).strip() == answer.text
+    assert "Paris" in answer.text and answer.timings.new_tokens > 1
