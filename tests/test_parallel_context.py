@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import doctest
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 import rag.generation.parallel_prompt
 import rag.generation.passage_kv_store
+from rag.cli.generation_options import add_generation_options, generation_params, generator_config
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
@@ -42,6 +44,16 @@ def test_params_validate_ape_fields() -> None:
     assert GenerationParams(parallel_contexts=True, ape_temperature=0.5, ape_scale=0.8).ape_scale == 0.8
     with pytest.raises(ConfigError):
         CausalLMConfig(passage_cache_mb=-1)
+
+
+def test_cli_options_reach_the_params_and_the_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_generation_options(parser)
+    args = parser.parse_args(["--parallel-contexts", "--ape-temperature", "0.5", "--passage-cache-dir", "kv"])
+    params = generation_params(args)
+    assert (params.parallel_contexts, params.ape_temperature, params.ape_scale) == (True, 0.5, 1.0)
+    assert generator_config(args)["passage_cache_dir"] == "kv"
+    assert generation_params(parser.parse_args([])).parallel_contexts is False
 
 
 def test_split_text_refuses_a_template_that_hides_the_passages() -> None:

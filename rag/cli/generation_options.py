@@ -18,10 +18,23 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
     parser.add_argument("--seed", type=int, help="seed for sampling")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument(
+        "--parallel-contexts",
+        action="store_true",
+        help="encode passages apart and reuse their cached KV (APE); see docs/architecture.md",
+    )
+    parser.add_argument("--ape-temperature", type=float, default=1.0, help="APE temperature on the passages")
+    parser.add_argument("--ape-scale", type=float, default=1.0, help="APE scaling factor of the passages")
+    parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
 
 
 def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    return {"model": args.generator, "device": args.device, **extra}
+    return {
+        "model": args.generator,
+        "device": args.device,
+        "passage_cache_dir": args.passage_cache_dir,
+        **extra,
+    }
 
 
 def generation_params(args: argparse.Namespace) -> GenerationParams:
@@ -31,4 +44,7 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         top_p=args.top_p,
         top_k=args.top_k,
         seed=args.seed,
+        parallel_contexts=args.parallel_contexts,
+        ape_temperature=args.ape_temperature,
+        ape_scale=args.ape_scale,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rag.generation.base import GenerationParams, Generator
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
+from rag.generation.passage_kv_store import PassageKVStore
 from rag.generation.prompt import build_messages, parse_citations
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "CausalLMGenerator",
     "GenerationParams",
     "Generator",
+    "PassageKVStore",
     "build_messages",
     "parse_citations",
 ]
