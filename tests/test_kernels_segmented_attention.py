@@ -190,3 +190,15 @@ def test_reference_is_differentiable() -> None:
     expected = torch.autograd.grad(expected_out, (q, k, v), upstream)
     for grad, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(grad, want)
+
+
+@pytest.mark.parametrize("query_tokens", [20, 1])
+def test_bench_baseline_computes_the_same_attention(query_tokens: int) -> None:
+    """``rag bench kernels`` times the reference against APE's two-call formulation of the same numbers."""
+    from rag.bench.kernels import LSE_SCALE, TEMPERATURE, ape_inputs, unfused_ape_attention
+
+    q, k, v, ids, t, a, mask, context = ape_inputs(query_tokens)
+    torch.testing.assert_close(
+        segmented_attention_reference(q, k, v, ids, t, a, mask),
+        unfused_ape_attention(q, k, v, context, mask, TEMPERATURE, LSE_SCALE),
+    )

@@ -25,6 +25,12 @@ def _rerank() -> Callable[..., SuiteResult]:
     return run
 
 
+def _kernels() -> Callable[..., SuiteResult]:
+    from rag.bench.kernels import run
+
+    return run
+
+
 def _retrieval() -> Callable[..., SuiteResult]:
     from rag.bench.retrieval import run
 
@@ -37,4 +43,5 @@ SUITES: dict[str, Callable[[], Callable[..., SuiteResult]]] = {
     "serve": _serve,
     "rerank": _rerank,
     "retrieval": _retrieval,
+    "kernels": _kernels,
 }
