@@ -67,7 +67,7 @@ def pq_adc_forward_triton(tables: torch.Tensor, codes: torch.Tensor) -> torch.Te
     """``[Q, N]`` float32: ``Σ_m tables[q, m, codes[n, m]]``."""
     check_adc_inputs(tables, codes)
     queries, subspaces, _ = tables.shape
-    docs = codes.shape[0]
+    docs, codes = codes.shape[0], codes.to(tables.device)
     scores = torch.empty(queries, docs, dtype=torch.float32, device=tables.device)
     block_q, block_n = 16, 64
     grid = (triton.cdiv(queries, block_q), triton.cdiv(docs, block_n))

@@ -123,6 +123,7 @@ def segmented_attention_triton(
     batch, heads, lq, dim = q.shape
     lk, segments = k.shape[2], temperature.shape[0]
     scale = dim**-0.5 if sm_scale is None else sm_scale
+    segment_ids, temperature, lse_scale = (x.to(q.device) for x in (segment_ids, temperature, lse_scale))
     order = torch.argsort(segment_ids, stable=True).to(torch.int32)  # [Lk]: keys grouped by segment
     counts = torch.bincount(segment_ids, minlength=segments)
     bounds = torch.zeros(segments + 1, dtype=torch.int32, device=q.device)

@@ -74,3 +74,25 @@ def test_bad_inputs_are_refused() -> None:
         cad_combine(torch.zeros(2, 3), torch.zeros(2, 4), 0.5)
     with pytest.raises(ValueError, match="alpha"):
         cad_combine(torch.zeros(2, 3), torch.zeros(2, 3), -1.0)
+
+
+def test_dispatchers_route_to_triton_when_it_applies(monkeypatch) -> None:
+    """With ``use_triton`` true (a CUDA tensor), each dispatcher runs the Triton kernel, not the reference."""
+    from rag.kernels import dispatch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(dispatch, "use_triton", lambda tensor: True)
+    for name in ("cad_combine_reference", "pq_adc_reference", "segmented_attention_reference"):
+        monkeypatch.setattr(dispatch, name, refuse)
+    a, b = (x.to(DEVICE) for x in logits((2, 50), seed=4))
+    torch.testing.assert_close(dispatch.cad_combine(a, b, 0.5), cad_combine_reference(a, b, 0.5))
+    tables, codes = torch.randn(3, 2, 5, device=DEVICE), torch.randint(0, 5, (7, 2), device=DEVICE)
+    torch.testing.assert_close(
+        dispatch.pq_adc(tables, codes), tables[:, 0, codes[:, 0]] + tables[:, 1, codes[:, 1]]
+    )
+    q, k = torch.randn(1, 2, 3, 16, device=DEVICE), torch.randn(1, 1, 4, 16, device=DEVICE)
+    ones, ids = torch.ones(2, device=DEVICE), torch.tensor([0, 1, 1, 0], device=DEVICE)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 4, -1) @ k  # t = a = 1: plain attention
+    torch.testing.assert_close(dispatch.segmented_attention(q, k, k, ids, ones, ones), expected)
