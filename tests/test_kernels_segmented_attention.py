@@ -87,6 +87,12 @@ def make_case(name: str, seed: int = 0):
         lk = len(ids)
         mask = torch.ones(lq, lk, dtype=torch.bool)
         mask[:, lk - lq :] = torch.ones(lq, lq, dtype=torch.bool).tril()
+    elif name == "long":  # several query blocks, segments spanning several key blocks (online rescaling)
+        b, hq, hk, lq, d = 1, 2, 1, 37, 16
+        ids = [0] * 70 + [1] * 45 + [0] * lq
+        lk = len(ids)
+        mask = torch.ones(lq, lk, dtype=torch.bool)
+        mask[:, lk - lq :] = torch.ones(lq, lq, dtype=torch.bool).tril()
     else:
         raise ValueError(name)
     segments = max(ids) + 1 if name != "empty_segment" else 4
@@ -96,7 +102,7 @@ def make_case(name: str, seed: int = 0):
     return q, k, v, torch.tensor(ids), temperature, lse_scale, mask
 
 
-CASES = ["one_token", "gqa_causal", "empty_segment", "interleaved", "masked_rows", "ape"]
+CASES = ["one_token", "gqa_causal", "empty_segment", "interleaved", "masked_rows", "ape", "long"]
 
 
 @pytest.mark.parametrize("name", CASES)
