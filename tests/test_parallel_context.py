@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rag.generation.kv_int8
 import rag.generation.parallel_prompt
 import rag.generation.passage_kv_store
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
@@ -31,7 +32,9 @@ PASSAGES = [
 QUESTION = "What is the capital of France?"
 
 
-@pytest.mark.parametrize("module", [rag.generation.parallel_prompt, rag.generation.passage_kv_store])
+@pytest.mark.parametrize(
+    "module", [rag.generation.parallel_prompt, rag.generation.passage_kv_store, rag.generation.kv_int8]
+)
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -164,6 +167,30 @@ def test_warm_memory_and_warm_disk_equal_cold(model_and_tokenizer, tmp_path: Pat
     assert (memory_stats.passages_encoded, memory_stats.passages_from_memory) == (0, 3)
     assert (disk_stats.passages_encoded, disk_stats.passages_from_disk) == (0, 3)
     assert len(list(tmp_path.iterdir())) == 4  # the prefix block and three passages
+
+
+@pytest.mark.slow
+def test_int8_blocks_warm_equal_cold_and_stay_close_to_float(model_and_tokenizer, tmp_path: Path) -> None:
+    params = GenerationParams(max_new_tokens=12, parallel_contexts=True)
+
+    def int8_generator() -> CausalLMGenerator:
+        store = PassageKVStore(directory=tmp_path)
+        return make_generator(model_and_tokenizer, store, passage_cache_int8=True)
+
+    gen = int8_generator()
+    cold = decode(gen, PASSAGES, params)
+    assert decode(gen, PASSAGES, params) == cold
+    disk_gen = int8_generator()
+    stats = DecodeStats()
+    assert decode(disk_gen, PASSAGES, params, stats) == cold and stats.passages_from_disk == 3
+    float_gen = make_generator(model_and_tokenizer)
+    prompt = gen._split_prompt(QUESTION, PASSAGES, params)
+    with torch.inference_mode():
+        int8_logits = gen._parallel_prefill(params).batch(prompt).prefill()[0]
+        float_logits = float_gen._parallel_prefill(params).batch(prompt).prefill()[0]
+    assert int(int8_logits.argmax()) == int(float_logits.argmax())
+    difference = (int8_logits.log_softmax(-1) - float_logits.log_softmax(-1)).abs()
+    assert 0 < difference.max() < 0.5
 
 
 @pytest.mark.slow

@@ -152,3 +152,20 @@ def test_concurrent_writers_of_one_key_leave_a_loadable_file(tmp_path: Path) -> 
         expected.append(torch.randn(4, 256, 64, generator=g))
     assert any(torch.equal(found.keys[0], e) for e in expected)  # one writer's complete block
     assert [p.name for p in tmp_path.iterdir()] == [reader.path(PassageKey.of("m", "p", "shared")).name]
+
+
+def test_int8_blocks_are_about_a_quarter_of_the_size_and_round_trip_through_disk(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    original = PassageKV((torch.randn(2, 16, 64, generator=g),), (torch.randn(2, 16, 64, generator=g),))
+    small = original.quantized()
+    assert small.is_int8 and small.keys[0].dtype == torch.int8
+    assert small.nbytes < original.nbytes * 0.3  # int8 values plus one float scale per channel or token
+    restored = small.dequantized()
+    for x, y, scale in zip(original.keys, restored.keys, small.key_scales, strict=True):
+        assert (x - y).abs().le(scale / 2 + 1e-7).all()  # at most half a quantisation step per element
+    PassageKVStore(directory=tmp_path).put(key("q"), small)
+    found, source = PassageKVStore(directory=tmp_path).get(key("q"))
+    assert source == "disk" and found.is_int8 and same(found, small)
+    assert all(torch.equal(a, b) for a, b in zip(found.value_scales, small.value_scales, strict=True))
+    with pytest.raises(ValueError):
+        PassageKV.from_tensors({"k.0": torch.zeros(1, 1, 1)})

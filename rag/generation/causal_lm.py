@@ -60,6 +60,7 @@ class CausalLMConfig:
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
+    passage_cache_int8: bool = False  # keep passage KV blocks as int8: 4x smaller, answers change slightly
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     system_prompt: str = SYSTEM_PROMPT  # the instruction before the numbered passages
 
@@ -292,7 +293,14 @@ class CausalLMGenerator(Generator):
         if self._model_id is None:
             self._model_id = model_identity(self.model, self.tokenizer)
         store, model_id = self.passage_store, self._model_id
-        return ParallelPrefill(self.model, store, model_id, params.ape_temperature, params.ape_scale)
+        return ParallelPrefill(
+            self.model,
+            store,
+            model_id,
+            params.ape_temperature,
+            params.ape_scale,
+            self.config.passage_cache_int8,
+        )
 
     def _process_logits(
         self,

@@ -108,6 +108,7 @@ class ParallelPrefill:
     model_id: str  # see model_identity
     temperature: float = 1.0  # APE attention temperature on the passage segment
     scale: float = 1.0  # APE scaling factor of the passage segment's log-sum-exp
+    int8: bool = False  # store blocks as int8 (rag.generation.kv_int8); cold runs use the int8 blocks too
 
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
@@ -145,19 +146,22 @@ class ParallelPrefill:
         """The prefix block and one block per passage, from the store or encoded (and then stored)."""
         stats = stats if stats is not None else DecodeStats()
         prefix_text = _with_ids(prompt.prefix_text, prompt.prefix_ids)
-        prefix_key = PassageKey.of(self.model_id, prefix_text, _PREFIX_BLOCK)
+        mode = "\x00int8" if self.int8 else ""
+        prefix_key = PassageKey.of(self.model_id, prefix_text, _PREFIX_BLOCK + mode)
         prefix, _ = self.store.get(prefix_key)
         if prefix is None:
-            prefix = self._encode(prompt.prefix_ids, None, [len(prompt.prefix_ids)])[0]
-            self.store.put(prefix_key, prefix)
+            prefix = self._keep(
+                prefix_key, self._encode(prompt.prefix_ids, None, [len(prompt.prefix_ids)])[0]
+            )
+        prefix = prefix.dequantized(self.model.dtype)
         keys = [
-            PassageKey.of(self.model_id, prefix_text, _with_ids(text, ids))
+            PassageKey.of(self.model_id, prefix_text, _with_ids(text, ids) + mode)
             for text, ids in zip(prompt.passage_texts, prompt.passage_ids, strict=True)
         ]
         found: list[PassageKV | None] = []
         for key in keys:
             block, source = self.store.get(key)
-            found.append(block)
+            found.append(None if block is None else block.dequantized(self.model.dtype))
             if source == "memory":
                 stats.passages_from_memory += 1
             elif source == "disk":
@@ -167,10 +171,15 @@ class ParallelPrefill:
             ids = torch.cat([prompt.passage_ids[i] for i in missing])  # [sum of missing lengths]
             lengths = [len(prompt.passage_ids[i]) for i in missing]
             for i, block in zip(missing, self._encode(ids, prefix, lengths), strict=True):
-                found[i] = block
-                self.store.put(keys[i], block)
+                found[i] = self._keep(keys[i], block).dequantized(self.model.dtype)
             stats.passages_encoded += len(missing)
         return prefix, [block for block in found if block is not None]
+
+    def _keep(self, key: PassageKey, block: PassageKV) -> PassageKV:
+        """Store ``block`` (as int8 if so configured) and return what was stored."""
+        stored = block.quantized() if self.int8 else block
+        self.store.put(key, stored)
+        return stored
 
     def _encode(self, ids: torch.Tensor, prefix: PassageKV | None, lengths: list[int]) -> list[PassageKV]:
         """Encode ``ids`` ``# [n]``, pieces of ``lengths`` each attending to ``prefix`` and itself only.

@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rag.errors import ConfigError
+from rag.generation import kv_int8
 
 _SUFFIX = ".safetensors"
 _TMP_PREFIX = ".tmp-"
@@ -66,10 +67,16 @@ class PassageKey:
 
 @dataclass(frozen=True)
 class PassageKV:
-    """One block: per layer, keys and values ``# [kv_heads, tokens, head_dim]`` (no batch dimension)."""
+    """One block: per layer, keys and values ``# [kv_heads, tokens, head_dim]`` (no batch dimension).
+
+    An int8 block (:meth:`quantized`) also holds the scales of :mod:`rag.generation.kv_int8`;
+    :meth:`dequantized` gives the float block the model attends over.
+    """
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
+    key_scales: tuple[torch.Tensor, ...] | None = None  # each [kv_heads, 1, head_dim] for an int8 block
+    value_scales: tuple[torch.Tensor, ...] | None = None  # each [kv_heads, tokens, 1]
 
     def __post_init__(self) -> None:
         if not self.keys or len(self.keys) != len(self.values):
@@ -80,29 +87,63 @@ class PassageKV:
                 raise ValueError(
                     f"layer shapes {tuple(k.shape)}, {tuple(v.shape)} are not [heads, {tokens}, dim]"
                 )
+        if (self.key_scales is None) != (self.value_scales is None):
+            raise ValueError("an int8 block needs both key and value scales")
 
     @property
     def tokens(self) -> int:
         return self.keys[0].shape[1]
 
     @property
+    def is_int8(self) -> bool:
+        return self.key_scales is not None
+
+    @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        return sum(t.numel() * t.element_size() for t in self.to_tensors().values())
+
+    def quantized(self) -> PassageKV:
+        keys = [kv_int8.quantize(k, kv_int8.KEY_DIM) for k in self.keys]
+        values = [kv_int8.quantize(v, kv_int8.VALUE_DIM) for v in self.values]
+        return PassageKV(
+            tuple(q for q, _ in keys),
+            tuple(q for q, _ in values),
+            tuple(s for _, s in keys),
+            tuple(s for _, s in values),
+        )
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> PassageKV:
+        if self.key_scales is None or self.value_scales is None:
+            return self
+        return PassageKV(
+            tuple(kv_int8.dequantize(q, s, dtype) for q, s in zip(self.keys, self.key_scales, strict=True)),
+            tuple(
+                kv_int8.dequantize(q, s, dtype) for q, s in zip(self.values, self.value_scales, strict=True)
+            ),
+        )
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"k.{i}": k.contiguous() for i, k in enumerate(self.keys)}
         tensors.update({f"v.{i}": v.contiguous() for i, v in enumerate(self.values)})
+        if self.key_scales is not None and self.value_scales is not None:
+            tensors.update({f"ks.{i}": s.contiguous() for i, s in enumerate(self.key_scales)})
+            tensors.update({f"vs.{i}": s.contiguous() for i, s in enumerate(self.value_scales)})
         return tensors
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> PassageKV:
-        layers = len(tensors) // 2
-        if len(tensors) != 2 * layers or any(f"k.{i}" not in tensors for i in range(layers)):
+        layers = sum(name.startswith("k.") for name in tensors)
+        names = [f"{kind}.{i}" for kind in ("k", "v") for i in range(layers)]
+        int8 = "ks.0" in tensors
+        if int8:
+            names += [f"{kind}.{i}" for kind in ("ks", "vs") for i in range(layers)]
+        if not layers or sorted(names) != sorted(tensors):
             raise ValueError("not a passage KV block")
-        return cls(
-            tuple(tensors[f"k.{i}"] for i in range(layers)),
-            tuple(tensors[f"v.{i}"] for i in range(layers)),
-        )
+
+        def group(kind: str) -> tuple[torch.Tensor, ...]:
+            return tuple(tensors[f"{kind}.{i}"] for i in range(layers))
+
+        return cls(group("k"), group("v"), *((group("ks"), group("vs")) if int8 else ()))
 
 
 class PassageKVStore:
