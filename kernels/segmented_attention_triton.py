@@ -1,12 +1,14 @@
 """Triton segmented attention: flash-attention over key segments, merged by log-sum-exp in the same program.
 
 Same signature and formula as :func:`rag.kernels.segmented_attention_ref.segmented_attention_reference`.
-One program owns a block of query rows of one (batch, query head). It walks the segments one after the
-other (the wrapper sorts the keys by segment once, so a segment is a contiguous run of the sorted order) and,
-inside a segment, the key blocks with the usual online softmax (running max ``m``, running sum ``l``, running
-output ``acc``). At the end of a segment its log-sum-exp ``lse_s = m + log l`` and output ``acc / l`` enter a
-second online softmax, over the scaled log-sum-exps ``a[s]·lse_s``, which is the merge. Grouped-query heads
-read the key/value head of their group. Imported by the dispatcher or a test only (it imports Triton).
+One program owns a block of query rows of one (batch, key/value head): the rows of all the query heads of
+that head's group, so grouped-query heads load each key and value block once (a decoding step with 7 query
+heads per key head fills 7 rows of a block, not 1). The program walks the segments one after the other (the
+wrapper sorts the keys by segment once, so a segment is a contiguous run of the sorted order) and, inside a
+segment, the key blocks with the usual online softmax (running max ``m``, running sum ``l``, running output
+``acc``). At the end of a segment its log-sum-exp ``lse_s = m + log l`` and output ``acc / l`` enter a
+second online softmax, over the scaled log-sum-exps ``a[s]·lse_s``, which is the merge. Imported by the
+dispatcher or a test only (it imports Triton).
 
 Run it on CPU tensors under the interpreter (``TRITON_INTERPRET=1`` set before this module is imported).
 """
@@ -23,7 +25,7 @@ from rag.kernels.segmented_attention_ref import check_segmented_inputs
 @triton.jit
 def _segmented_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, order_ptr, bounds_ptr, temperature_ptr, lse_scale_ptr, mask_ptr,
-    sm_scale, heads, group, lq, dim, segments,
+    sm_scale, kv_heads, group, lq, dim, segments,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
@@ -32,16 +34,17 @@ def _segmented_attention_kernel(
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     block_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    kv_h = h // group
+    b = tl.program_id(1) // kv_heads
+    kv_h = tl.program_id(1) % kv_heads
+    # rows r of this key/value head: query head kv_h * group + r // lq, query position r % lq
     rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    h = kv_h * group + rows // lq  # [BLOCK_M]
+    rows_q = rows % lq  # [BLOCK_M]
     cols_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    row_ok = rows < lq
+    row_ok = rows < group * lq
     d_ok = cols_d < dim
     q = tl.load(
-        q_ptr + b * sqb + h * sqh + rows[:, None] * sqm + cols_d[None, :] * sqd,
+        q_ptr + b * sqb + h[:, None] * sqh + rows_q[:, None] * sqm + cols_d[None, :] * sqd,
         mask=row_ok[:, None] & d_ok[None, :],
         other=0.0,
     ).to(tl.float32)  # [BLOCK_M, BLOCK_D]
@@ -70,7 +73,7 @@ def _segmented_attention_kernel(
             keep = row_ok[:, None] & col_ok[None, :]
             if HAS_MASK:
                 visible = tl.load(
-                    mask_ptr + b * smb + h * smh + rows[:, None] * smm + keys[None, :] * smn,
+                    mask_ptr + b * smb + h[:, None] * smh + rows_q[:, None] * smm + keys[None, :] * smn,
                     mask=keep,
                     other=0,
                 )
@@ -102,7 +105,7 @@ def _segmented_attention_kernel(
         merge_max = new_max
     out = out / tl.where(merge_sum > 0.0, merge_sum, 1.0)[:, None]  # a row that sees no key: zeros
     tl.store(
-        out_ptr + b * sob + h * soh + rows[:, None] * som + cols_d[None, :] * sod,
+        out_ptr + b * sob + h[:, None] * soh + rows_q[:, None] * som + cols_d[None, :] * sod,
         out.to(out_ptr.dtype.element_ty),
         mask=row_ok[:, None] & d_ok[None, :],
     )
@@ -134,12 +137,13 @@ def segmented_attention_triton(
     else:
         mask_arg = mask.to(torch.bool).expand(batch, heads, lq, lk).view(torch.uint8)
         mask_strides = mask_arg.stride()
-    block_m = 16 if lq <= 16 else 32
-    grid = (triton.cdiv(lq, block_m), batch * heads)
+    kv_heads, group = k.shape[1], heads // k.shape[1]
+    block_m = 16 if group * lq <= 16 else 32
+    grid = (triton.cdiv(group * lq, block_m), batch * kv_heads)
     _segmented_attention_kernel[grid](
         q, k, v, out, order, bounds,
         temperature.float().contiguous(), lse_scale.float().contiguous(), mask_arg,
-        float(scale), heads, heads // k.shape[1], lq, dim, segments,
+        float(scale), kv_heads, group, lq, dim, segments,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
         HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=32,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
