@@ -31,6 +31,12 @@ def _kernels() -> Callable[..., SuiteResult]:
     return run
 
 
+def _generate() -> Callable[..., SuiteResult]:
+    from rag.bench.generate import run
+
+    return run
+
+
 def _retrieval() -> Callable[..., SuiteResult]:
     from rag.bench.retrieval import run
 
@@ -44,4 +50,5 @@ SUITES: dict[str, Callable[[], Callable[..., SuiteResult]]] = {
     "rerank": _rerank,
     "retrieval": _retrieval,
     "kernels": _kernels,
+    "generate": _generate,
 }

