@@ -54,7 +54,7 @@ def test_cli_options_reach_the_params_and_the_config() -> None:
     add_generation_options(parser)
     args = parser.parse_args(["--parallel-contexts", "--ape-temperature", "0.5", "--passage-cache-dir", "kv"])
     params = generation_params(args)
-    assert (params.parallel_contexts, params.ape_temperature, params.ape_scale) == (True, 0.5, 1.0)
+    assert (params.parallel_contexts, params.ape_temperature, params.ape_scale) == (True, 0.5, 0.8)
     assert generator_config(args)["passage_cache_dir"] == "kv"
     assert generation_params(parser.parse_args([])).parallel_contexts is False
 
@@ -136,7 +136,7 @@ def test_ape_wrapper_leaves_other_forwards_unchanged(model_and_tokenizer) -> Non
 def test_single_passage_with_temperature_and_scale_one_equals_sequential(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
     sequential = GenerationParams(max_new_tokens=16)
-    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True)
+    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=1.0, ape_scale=1.0)
     for doc in PASSAGES:
         ids = gen._encode_prompt(QUESTION, [doc], sequential)
         expected = list(gen._decode(ids, sequential))
@@ -216,16 +216,14 @@ def test_parallel_contexts_compose_with_cad_and_drafting(model_and_tokenizer) ->
     doc = [PASSAGES[0]]
     cad = GenerationParams(max_new_tokens=12, cad_alpha=0.5)
     expected = decode(gen, doc, cad)  # sequential CAD
-    assert (
-        decode(gen, doc, GenerationParams(max_new_tokens=12, cad_alpha=0.5, parallel_contexts=True))
-        == expected
-    )
+    exact = {"parallel_contexts": True, "ape_temperature": 1.0, "ape_scale": 1.0}  # equal to sequential
+    assert decode(gen, doc, GenerationParams(max_new_tokens=12, cad_alpha=0.5, **exact)) == expected
     parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8)
     drafted = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8, draft_tokens=6)
     stats = DecodeStats()
     assert decode(gen, PASSAGES, drafted, stats) == decode(gen, PASSAGES, parallel)  # drafting stays lossless
     assert stats.accepted_tokens > 0
-    both = GenerationParams(max_new_tokens=12, parallel_contexts=True, cad_alpha=0.5, draft_tokens=6)
+    both = GenerationParams(max_new_tokens=12, cad_alpha=0.5, draft_tokens=6, **exact)
     assert decode(gen, doc, both) == expected
 
 

@@ -23,8 +23,8 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         action="store_true",
         help="encode passages apart and reuse their cached KV (APE); see docs/architecture.md",
     )
-    parser.add_argument("--ape-temperature", type=float, default=1.0, help="APE temperature on the passages")
-    parser.add_argument("--ape-scale", type=float, default=1.0, help="APE scaling factor of the passages")
+    parser.add_argument("--ape-temperature", type=float, default=0.8, help="APE temperature on the passages")
+    parser.add_argument("--ape-scale", type=float, default=0.8, help="APE scaling factor of the passages")
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
 
 

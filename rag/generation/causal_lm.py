@@ -55,8 +55,8 @@ class CausalLMConfig:
     draft_min_ngram: int = 1
     draft_branches: int = 3  # distinct drafts merged into the tree verified per step
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
-    ape_temperature: float = 1.0  # APE attention temperature on the passages
-    ape_scale: float = 1.0  # APE scaling factor of the passages' log-sum-exp
+    ape_temperature: float = 0.8  # APE attention temperature on the passages
+    ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir

@@ -153,7 +153,7 @@ class ParallelPrefill:
             prefix = self._keep(
                 prefix_key, self._encode(prompt.prefix_ids, None, [len(prompt.prefix_ids)])[0]
             )
-        prefix = prefix.dequantized(self.model.dtype)
+        prefix = self._ready(prefix)
         keys = [
             PassageKey.of(self.model_id, prefix_text, _with_ids(text, ids) + mode)
             for text, ids in zip(prompt.passage_texts, prompt.passage_ids, strict=True)
@@ -161,7 +161,7 @@ class ParallelPrefill:
         found: list[PassageKV | None] = []
         for key in keys:
             block, source = self.store.get(key)
-            found.append(None if block is None else block.dequantized(self.model.dtype))
+            found.append(None if block is None else self._ready(block))
             if source == "memory":
                 stats.passages_from_memory += 1
             elif source == "disk":
@@ -171,9 +171,13 @@ class ParallelPrefill:
             ids = torch.cat([prompt.passage_ids[i] for i in missing])  # [sum of missing lengths]
             lengths = [len(prompt.passage_ids[i]) for i in missing]
             for i, block in zip(missing, self._encode(ids, prefix, lengths), strict=True):
-                found[i] = self._keep(keys[i], block).dequantized(self.model.dtype)
+                found[i] = self._ready(self._keep(keys[i], block))
             stats.passages_encoded += len(missing)
         return prefix, [block for block in found if block is not None]
+
+    def _ready(self, block: PassageKV) -> PassageKV:
+        """The float block the model attends over, on the model's device."""
+        return block.to(self.model.device).dequantized(self.model.dtype)
 
     def _keep(self, key: PassageKey, block: PassageKV) -> PassageKV:
         """Store ``block`` (as int8 if so configured) and return what was stored."""

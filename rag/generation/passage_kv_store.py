@@ -122,6 +122,13 @@ class PassageKV:
             ),
         )
 
+    def to(self, device: torch.device | str) -> PassageKV:
+        """The block on ``device`` (a disk hit is loaded on the CPU)."""
+        if self.keys[0].device == torch.device(device):
+            return self
+        tensors = {name: t.to(device) for name, t in self.to_tensors().items()}
+        return PassageKV.from_tensors(tensors)
+
     def to_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"k.{i}": k.contiguous() for i, k in enumerate(self.keys)}
         tensors.update({f"v.{i}": v.contiguous() for i, v in enumerate(self.values)})
