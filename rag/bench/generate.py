@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,14 @@ class RagloomMode:
     ``store`` selects the prefill: None is the sequential prefill of the whole prompt; ``"cold"``,
     ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel_contexts``)
     with nothing cached, with every block in the store's memory tier, and with every block in its directory.
+    ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``).
     """
 
     name: str
     cad: bool = False
     draft: bool = False
     store: str | None = None
+    int8: bool = False
 
 
 # The ragloom modes, in the order each prompt runs them (after the transformers baselines). Parallel-cached
@@ -79,6 +81,7 @@ MODES: tuple[RagloomMode, ...] = (
     RagloomMode("ragloom parallel, cold", store="cold"),
     RagloomMode("ragloom parallel, warm memory", store="memory"),
     RagloomMode("ragloom parallel, warm disk", store="disk"),
+    RagloomMode("ragloom parallel, warm memory, int8", store="memory", int8=True),
     RagloomMode("ragloom all combined", cad=True, draft=True, store="memory"),
 )
 
@@ -94,6 +97,10 @@ IDENTICAL: tuple[tuple[str, str], ...] = (
     ("generate(prompt_lookup_num_tokens)", BASELINE),
     ("generate(assistant_model)", BASELINE),
     ("ragloom plain", BASELINE),
+)
+# (mode, the mode it is compared with) where differences are expected and counted: int8 blocks change answers.
+COMPARED: tuple[tuple[str, str], ...] = (
+    ("ragloom parallel, warm memory, int8", "ragloom parallel, warm memory"),
 )
 
 
@@ -191,31 +198,36 @@ class _ModelBench:
     """The generators and baselines of one loaded model, for both prompt shapes."""
 
     def __init__(self, name: str, lm: Any, tokenizer: Any, workdir: Path, settings: dict[str, Any]):
+        self.name, self.lm, self.tokenizer = name, lm, tokenizer
+        self.workdir = workdir
         self.settings = settings
-        self.gens: dict[tuple[str, str | None], CausalLMGenerator] = {}
-        for shape, system_prompt in (("short", QA_SYSTEM_PROMPT), ("long", LONG_SYSTEM_PROMPT)):
-            config = CausalLMConfig(model=name, system_prompt=system_prompt)
-            stores = {
-                None: None,
-                "cold": PassageKVStore(memory_bytes=0),
-                "memory": PassageKVStore(memory_bytes=1 << 30),
-                "disk": PassageKVStore(
-                    memory_bytes=0, directory=workdir / f"kv-{name.replace('/', '_')}-{shape}"
-                ),
-            }
-            for store_name, store in stores.items():
-                self.gens[shape, store_name] = CausalLMGenerator(
-                    config, model=lm, tokenizer=tokenizer, passage_store=store
-                )
-        eos = self.gens["short", None].eos_token_ids
+        self.gens: dict[tuple[str, str | None, bool], CausalLMGenerator] = {}
+        eos = self.generator("short", None).eos_token_ids
         lookup = (("prompt_lookup_num_tokens", settings["prompt_lookup"]),)
         self.baselines = [
             TransformersGenerate(BASELINE, lm, eos),
             TransformersGenerate("generate(prompt_lookup_num_tokens)", lm, eos, lookup),
         ]
 
-    def params(self, mode: RagloomMode, max_new_tokens: int) -> GenerationParams:
-        return GenerationParams(
+    def generator(self, shape: str, store: str | None, int8: bool = False) -> CausalLMGenerator:
+        """The generator of one prompt shape (its system prompt) and passage store, made on first use."""
+        key = (shape, store, int8)
+        if key not in self.gens:
+            system_prompt = QA_SYSTEM_PROMPT if shape == "short" else LONG_SYSTEM_PROMPT
+            config = CausalLMConfig(model=self.name, system_prompt=system_prompt, passage_cache_int8=int8)
+            directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
+            self.gens[key] = CausalLMGenerator(
+                config,
+                model=self.lm,
+                tokenizer=self.tokenizer,
+                passage_store=_passage_store(store, directory),
+            )
+        return self.gens[key]
+
+    def params(self, gen: CausalLMGenerator, mode: RagloomMode, max_new_tokens: int) -> GenerationParams:
+        """The generator's default parameters (e.g. APE's) with this mode's parts switched on."""
+        return replace(
+            gen.config.default_params(),
             max_new_tokens=max_new_tokens,
             cad_alpha=self.settings["cad_alpha"] if mode.cad else 0.0,
             draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
@@ -223,25 +235,38 @@ class _ModelBench:
         )
 
     def prompt_ids(self, prompt: Prompt) -> torch.Tensor:
-        gen = self.gens[prompt.shape, None]
+        gen = self.generator(prompt.shape, None)
         return gen._encode_prompt(prompt.question, prompt.passages, GenerationParams())  # [1, prompt_len]
 
     def answer(self, prompt: Prompt, max_new_tokens: int) -> dict[str, tuple[Measurement, str]]:
         """Every mode on one prompt, in order; the warm stores are filled (untimed) first."""
         input_ids = self.prompt_ids(prompt)
-        for store in ("memory", "disk"):
-            prime = GenerationParams(max_new_tokens=1, parallel_contexts=True)
-            run_ragloom(self.gens[prompt.shape, store], prompt, input_ids, prime)
-        decode = self.gens[prompt.shape, None]._detokenize
+        warm = {(mode.store, mode.int8) for mode in MODES if mode.store in ("memory", "disk")}
+        for store, int8 in sorted(warm):
+            gen = self.generator(prompt.shape, store, int8)
+            prime = replace(gen.config.default_params(), max_new_tokens=1, parallel_contexts=True)
+            run_ragloom(gen, prompt, input_ids, prime)
+        decode = self.generator(prompt.shape, None)._detokenize
         out: dict[str, tuple[Measurement, str]] = {}
         for baseline in self.baselines:
             m = baseline.run(input_ids, max_new_tokens)
             out[baseline.name] = (m, decode(m.tokens).strip())
         for mode in MODES:
-            gen = self.gens[prompt.shape, mode.store]
-            m = run_ragloom(gen, prompt, input_ids, self.params(mode, max_new_tokens))
+            gen = self.generator(prompt.shape, mode.store, mode.int8)
+            m = run_ragloom(gen, prompt, input_ids, self.params(gen, mode, max_new_tokens))
             out[mode.name] = (m, decode(m.tokens).strip())
         return out
+
+
+def _passage_store(store: str | None, directory: Path) -> PassageKVStore | None:
+    """Nothing kept ("cold"), a memory tier only ("memory"), a directory only ("disk"); None: the default."""
+    if store == "cold":
+        return PassageKVStore(memory_bytes=0)
+    if store == "memory":
+        return PassageKVStore(memory_bytes=1 << 30)
+    if store == "disk":
+        return PassageKVStore(memory_bytes=0, directory=directory)
+    return None
 
 
 def collect(
@@ -264,6 +289,7 @@ def collect(
         "cad_alpha": cad_alpha,
         "draft_tokens": draft_tokens,
         "prompt_lookup": prompt_lookup,
+        "ape": (CausalLMConfig().ape_temperature, CausalLMConfig().ape_scale),
         "load_start": os.getloadavg()[0],
         "threads": torch.get_num_threads(),
     }
@@ -416,7 +442,13 @@ def _identity_note(result: GenerateRun, run: ModelRun) -> str:
         counted = result.mismatches(run, mode, reference)
         if counted is not None:
             checks.append(f"{mode} vs {reference}: {counted[0]} of {counted[1]} prompts differ")
-    return f"{run.model}, greedy token identity (both shapes): " + "; ".join(checks) + "."
+    changed = []
+    for mode, reference in COMPARED:
+        counted = result.mismatches(run, mode, reference)
+        if counted is not None:
+            changed.append(f"{mode} vs {reference}: {counted[0]} of {counted[1]} prompts' tokens differ")
+    note = f"{run.model}, greedy token identity (both shapes): " + "; ".join(checks) + "."
+    return note + (" Expected to differ: " + "; ".join(changed) + "." if changed else "")
 
 
 def run(
@@ -462,8 +494,9 @@ def report(result: GenerateRun) -> SuiteResult:
         "gold answers. Long: an instruction to explain in detail with quotes, at most "
         f"{s['long_tokens']} new tokens, speed only.",
         f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {s['draft_tokens']} tokens per step "
-        "(n-grams 3..1 over prompt and answer, 3 branches); parallel contexts with APE temperature 1 and "
-        "scale 1 (the defaults); warm memory / warm disk: every passage block in the store's memory tier / "
+        "(n-grams 3..1 over prompt and answer, 3 branches); parallel contexts with APE temperature "
+        f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
+        "int8; warm memory / warm disk: every passage block in the store's memory tier / "
         "only in its directory (read back through the OS page cache), filled by an untimed request just "
         "before; all combined = parallel warm memory + CAD + drafting; "
         f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`. ragloom's draft-model drafting "
