@@ -120,7 +120,7 @@ class InContextReranker(LMReranker):
             self.forward_passes += 1
             self.model(
                 input_ids=torch.tensor([prompt.prefix + prompt.calibration], device=device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -129,7 +129,7 @@ class InContextReranker(LMReranker):
             self.forward_passes += 1
             self.model(
                 input_ids=torch.tensor([prompt.query], device=device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )

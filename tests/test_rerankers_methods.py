@@ -77,15 +77,15 @@ class FakeLM(torch.nn.Module):
     def get_decoder(self) -> FakeLM:
         return self
 
-    def forward(self, input_ids: torch.Tensor, past_key_values=None, **_: object) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, cache=None, **_: object) -> SimpleNamespace:
         self.calls += 1
         history = new = input_ids[0].tolist()
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
+        if cache is None or cache.get_seq_length() == 0:
             self.prompt_len = len(new)
-        if past_key_values is not None:
+        if cache is not None:
             ids = input_ids.float()[None, :, :, None]  # [1, 1, new, 1]
             for layer in range(len(self.layers)):
-                keys, _ = past_key_values.update(ids, ids, layer)  # [1, 1, seq, 1]
+                keys, _ = cache.update(ids, ids, layer)  # [1, 1, seq, 1]
             history = keys[0, 0, :, 0].long().tolist()
         for layer in self.layers:
             layer["self_attn"](history, len(new))
@@ -316,9 +316,9 @@ def test_icr_ranks_by_calibrated_query_attention(tokenizer):
     # Without calibration the bias toward "celebrity" wins: the raw attention of the query ranks d1 first.
     prompt = reranker.build_prompt(query, docs.get([h.doc_id for h in hits]))
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prompt.prefix]), past_key_values=cache)
+    model(input_ids=torch.tensor([prompt.prefix]), cache=cache)
     with reranker._attention_rows(len(prompt.query), len(prompt.prefix)) as raw:
-        model(input_ids=torch.tensor([prompt.query]), past_key_values=cache)
+        model(input_ids=torch.tensor([prompt.query]), cache=cache)
     raw_scores = [float(raw[0][a:b].sum()) for a, b in prompt.spans]
     assert max(range(6), key=raw_scores.__getitem__) == 1
 

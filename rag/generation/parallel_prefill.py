@@ -211,7 +211,7 @@ class ParallelPrefill:
             input_ids=ids[None],
             attention_mask=mask,
             position_ids=(past + offset)[None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
