@@ -46,9 +46,7 @@ class ListwiseReranker(ListwiseBase):
         new: list[int] = []
         while len(new) < max_new_tokens:
             self.forward_passes += 1
-            logits = self.model(
-                input_ids=step, cache=cache, use_cache=True, logits_to_keep=1
-            ).logits
+            logits = self.model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits
             token = int(logits[0, -1].argmax())  # [1, 1, vocab] -> the best id
             if token in stop:
                 break
