@@ -52,6 +52,17 @@ def test_ask_prints_answer_sources_and_timings(collection, capsys) -> None:
     assert "time to first token" in out and "tok/s" in out
 
 
+def test_ask_with_cad_and_drafting(collection, capsys) -> None:
+    argv = ["ask", "How hot can lava get?", "--index", str(collection / "dense"),
+            "--generator", "smollm2-135m-instruct", "-k", "2", "--max-new-tokens", "16"]  # fmt: skip
+    assert main(argv) == 0
+    plain = capsys.readouterr().out.split("Sources:")[0]
+    assert main([*argv, "--draft-tokens", "6"]) == 0  # greedy drafting is lossless: the same answer
+    assert capsys.readouterr().out.split("Sources:")[0] == plain
+    assert main([*argv, "--cad-alpha", "0.5"]) == 0
+    assert "time to first token" in capsys.readouterr().out
+
+
 def test_models_list_and_requirements(capsys) -> None:
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
@@ -140,6 +151,8 @@ def test_eval_retrieval_reranks_with_the_docstore_of_an_index(collection, tmp_pa
         (["index", "build", "{good_corpus}", "{tmp}/c", "--encoder", "no-such-model"], 5, "unknown model"),
         (["search", "{index}", "  "], 2, "empty"),
         (["ask", " ", "--index", "{index}"], 2, "empty"),
+        (["ask", "x", "--index", "{index}", "--cad-alpha", "-1"], 2, "cad_alpha must be >= 0"),
+        (["ask", "x", "--index", "{index}", "--draft-tokens", "-2"], 2, "draft_tokens must be >= 0"),
         (["bench", "nope"], 2, "unknown bench suite"),
         (
             ["eval", "retrieval", "{tmp}", "--reranker", "nope"],

@@ -36,8 +36,8 @@ def make_pipeline(args: argparse.Namespace) -> Pipeline:
 def run(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise ConfigError("the question is empty")
+    params = generation_params(args)  # bad parameters fail before any model loads
     pipeline = make_pipeline(args)
-    params = generation_params(args)
     if args.stream:
         start = time.perf_counter()
         for piece in pipeline.stream(args.question, params):

@@ -119,6 +119,7 @@ def _docstore(retriever: Retriever, beir: str, corpus: list[Document] | None) ->
 
 
 def run_qa(args: argparse.Namespace) -> int:
+    params = generation_params(args)  # bad parameters fail before indexing or loading a model
     with tempfile.TemporaryDirectory(prefix="rag-eval-qa-") as tmp:
         index = args.index
         if index is None:
@@ -126,7 +127,7 @@ def run_qa(args: argparse.Namespace) -> int:
             index = str(Path(tmp, "dense"))
         generator = build("generator", "causal-lm", generator_config(args, system_prompt=QA_SYSTEM_PROMPT))
         pipeline = Pipeline(load_index(index), generator, k=args.k)
-        report = evaluate_qa(pipeline, args.squad, limit=args.limit or None, params=generation_params(args))
+        report = evaluate_qa(pipeline, args.squad, limit=args.limit or None, params=params)
     print(f"questions        {len(report.records)}")
     print(f"exact match      {report.em:.1f}")
     print(f"F1               {report.f1:.1f}")

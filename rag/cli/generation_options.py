@@ -19,9 +19,21 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument("--seed", type=int, help="seed for sampling")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument(
+        "--cad-alpha",
+        type=float,
+        default=0.0,
+        help="context-aware decoding strength (0 = off); see docs/generation.md",
+    )
+    parser.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=0,
+        help="retrieval-augmented drafting: longest drafted run verified per step (0 = off)",
+    )
+    parser.add_argument(
         "--parallel-contexts",
         action="store_true",
-        help="encode passages apart and reuse their cached KV (APE); see docs/architecture.md",
+        help="encode passages apart and reuse their cached KV (APE); see docs/generation.md",
     )
     parser.add_argument("--ape-temperature", type=float, default=0.8, help="APE temperature on the passages")
     parser.add_argument("--ape-scale", type=float, default=0.8, help="APE scaling factor of the passages")
@@ -44,6 +56,8 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         top_p=args.top_p,
         top_k=args.top_k,
         seed=args.seed,
+        cad_alpha=args.cad_alpha,
+        draft_tokens=args.draft_tokens,
         parallel_contexts=args.parallel_contexts,
         ape_temperature=args.ape_temperature,
         ape_scale=args.ape_scale,
