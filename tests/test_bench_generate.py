@@ -9,6 +9,7 @@ import pytest
 
 import rag.bench.generate as generate
 import rag.bench.generate_baselines
+import rag.bench.generate_report as generate_report
 from rag.bench import SUITES
 from rag.bench.generate_baselines import Measurement
 
@@ -32,13 +33,13 @@ def test_summarise_takes_medians_and_pools_decode_time() -> None:
         (Measurement([6], first_token_s=2.0, total_s=2.0), "Berlin"),
     ]
     golds = [["Paris"], ["Rome"], ["Bonn", "Berlin"]]
-    s = generate.summarise(answers, golds)
+    s = generate_report.summarise(answers, golds)
     assert (s.ttft_s, s.e2e_s) == (2.0, 2.0)  # medians
     assert s.decode_tokens_per_s == pytest.approx(3 / 1.5)  # 3 tokens after the first in 1.5 s
     assert s.tokens_per_step == pytest.approx(3 / 2) and s.accepted_per_step == pytest.approx(1 / 2)
     assert s.em == pytest.approx(200 / 3)  # "in Rome" is not an exact match
     assert s.f1 == pytest.approx(100 * (1 + 2 / 3 + 1) / 3)
-    assert math.isnan(generate.summarise(answers, None).em)
+    assert math.isnan(generate_report.summarise(answers, None).em)
 
 
 def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypatch) -> None:
@@ -72,7 +73,7 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
     warm = run.answers["short", "ragloom parallel, warm disk"] + run.answers["long", "ragloom all combined"]
     assert all(m.passages_encoded == 0 for m, _ in warm)
 
-    suite = generate.report(result)
+    suite = generate_report.report(result)
     assert suite.suite == "generate"
     for mode in run.modes[1:]:
         rows = {r.measure: r for r in suite.rows if f"· {mode}:" in r.measure}

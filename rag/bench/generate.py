@@ -7,7 +7,8 @@ detail with quotes; speed only). Every mode answers the same prompt token ids wi
 ragloom's generator in each mode of :data:`MODES`, and the baselines a user would pick today, transformers
 ``generate()`` plain, with prompt-lookup decoding and with an assistant model
 (:mod:`rag.bench.generate_baselines`). Modes run one after the other on each prompt (prompt-major), so load
-changes on the machine hit every mode alike.
+changes on the machine hit every mode alike. :mod:`rag.bench.generate_report` turns the answers into the
+table.
 
     rag bench generate                     # the defaults below (the 1.5B row only if it is installed)
     python -c "from rag.bench.generate import run; print(run(['smollm2-135m-instruct'], 2, 2).markdown())"
@@ -15,9 +16,7 @@ changes on the machine hit every mode alike.
 
 from __future__ import annotations
 
-import math
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,12 +27,11 @@ from typing import Any
 import torch
 
 from rag.bench.generate_baselines import Measurement, TransformersGenerate
-from rag.bench.report import Row, SuiteResult
+from rag.bench.report import SuiteResult
 from rag.collection import build_index
 from rag.corpus import read_squad_questions
 from rag.docstore import Docstore
-from rag.eval.qa import QA_SYSTEM_PROMPT, strip_citations
-from rag.eval.squad_metrics import exact_match, f1_score
+from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.passage_kv_store import PassageKVStore
@@ -84,9 +82,6 @@ MODES: tuple[RagloomMode, ...] = (
     RagloomMode("ragloom parallel, warm memory, int8", store="memory", int8=True),
     RagloomMode("ragloom all combined", cad=True, draft=True, store="memory"),
 )
-
-_MODES_BY_NAME = {mode.name: mode for mode in MODES}
-_NOT_RAGLOOM = RagloomMode("")
 
 # (mode, the mode it must match token for token): drafting and caches change speed, never greedy output.
 IDENTICAL: tuple[tuple[str, str], ...] = (
@@ -357,100 +352,6 @@ def _warm_up(bench: _ModelBench) -> None:
             gen.passage_store.clear_memory()
 
 
-# -- the report ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Summary:
-    """One (model, shape, mode) over its prompts."""
-
-    ttft_s: float  # median
-    e2e_s: float  # median
-    decode_tokens_per_s: float  # all tokens after the first / all time after the first token
-    new_tokens: float  # mean, the final eos included
-    tokens_per_step: float  # tokens after the first per decoding forward; nan if not counted
-    accepted_per_step: float  # accepted drafted tokens per verification forward; nan if not counted
-    em: float  # x100, nan for long answers
-    f1: float
-
-
-def summarise(answers: list[tuple[Measurement, str]], golds: list[list[str]] | None) -> Summary:
-    ms = [m for m, _ in answers]
-    decode_s = sum(m.decode_s for m in ms)
-    after_first = sum(len(m.tokens) - 1 for m in ms)
-    steps = sum(m.decode_steps for m in ms)
-    em = f1 = math.nan
-    if golds is not None:
-        predictions = [strip_citations(text) for _, text in answers]
-        em = 100 * statistics.fmean(exact_match(p, g) for p, g in zip(predictions, golds, strict=True))
-        f1 = 100 * statistics.fmean(f1_score(p, g) for p, g in zip(predictions, golds, strict=True))
-    return Summary(
-        ttft_s=statistics.median(m.first_token_s for m in ms),
-        e2e_s=statistics.median(m.total_s for m in ms),
-        decode_tokens_per_s=after_first / decode_s if decode_s > 0 else math.nan,
-        new_tokens=statistics.fmean(len(m.tokens) for m in ms),
-        tokens_per_step=after_first / steps if steps else math.nan,
-        accepted_per_step=sum(m.accepted_tokens for m in ms) / steps if steps else math.nan,
-        em=em,
-        f1=f1,
-    )
-
-
-# (row title, Summary field, unit) of every mode's rows; EM and F1 (the last two) for short answers only
-_MEASURES = (
-    ("time to first token (median)", "ttft_s", "s"),
-    ("decode", "decode_tokens_per_s", "tok/s"),
-    ("end to end (median)", "e2e_s", "s"),
-    ("EM", "em", ""),
-    ("F1", "f1", ""),
-)
-
-# (shape or "*", mode, Summary field) -> target, from issue 5's "done when"
-TARGETS: dict[tuple[str, str, str], str] = {
-    ("*", "ragloom parallel, warm memory", "ttft_s"): "<= 0.125× (8× faster)",
-    ("*", "ragloom parallel, warm disk", "ttft_s"): "<= 0.25× (4× faster)",
-    ("short", "ragloom parallel, warm memory", "em"): ">= 0.95×",
-    ("short", "ragloom parallel, warm memory", "f1"): ">= 0.95×",
-    ("short", "ragloom parallel, warm disk", "em"): ">= 0.95×",
-    ("short", "ragloom parallel, warm disk", "f1"): ">= 0.95×",
-    ("long", "ragloom drafting", "decode_tokens_per_s"): ">= 2.00×, > prompt lookup",
-    ("short", "ragloom all combined", "e2e_s"): "<= 0.33× (3× faster)",
-    ("*", "ragloom CAD", "decode_tokens_per_s"): ">= 0.77× (<= 1.3× time/token)",
-}
-
-
-def _target(shape: str, mode: str, measure: str) -> str:
-    return TARGETS.get((shape, mode, measure)) or TARGETS.get(("*", mode, measure), "")
-
-
-def _shape_note(run: ModelRun, shape: str, summaries: dict[str, Summary]) -> str:
-    tokens = ", ".join(f"{mode} {s.new_tokens:.1f}" for mode, s in summaries.items())
-    drafting = [mode.name for mode in MODES if mode.draft]
-    accepted = ", ".join(f"{mode} {summaries[mode].accepted_per_step:.2f}" for mode in drafting)
-    warm = [mode.name for mode in MODES if mode.store in ("memory", "disk")]
-    encoded = sum(m.passages_encoded for mode in warm for m, _ in run.answers[shape, mode])
-    return (
-        f"{run.model}, {shape}: mean new tokens per answer: {tokens}. Accepted drafted tokens per "
-        f"verification forward: {accepted}. Passage blocks encoded by the warm modes: {encoded} (0 = every "
-        "block came from the store)."
-    )
-
-
-def _identity_note(result: GenerateRun, run: ModelRun) -> str:
-    checks = []
-    for mode, reference in IDENTICAL:
-        counted = result.mismatches(run, mode, reference)
-        if counted is not None:
-            checks.append(f"{mode} vs {reference}: {counted[0]} of {counted[1]} prompts differ")
-    changed = []
-    for mode, reference in COMPARED:
-        counted = result.mismatches(run, mode, reference)
-        if counted is not None:
-            changed.append(f"{mode} vs {reference}: {counted[0]} of {counted[1]} prompts' tokens differ")
-    note = f"{run.model}, greedy token identity (both shapes): " + "; ".join(checks) + "."
-    return note + (" Expected to differ: " + "; ".join(changed) + "." if changed else "")
-
-
 def run(
     models: Sequence[str] = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct"),
     short: int = 10,
@@ -458,64 +359,6 @@ def run(
     **options: Any,
 ) -> SuiteResult:
     """Every mode on ``short`` + ``long`` XQuAD prompts with each installed model (see :func:`collect`)."""
+    from rag.bench.generate_report import report  # which imports this module
+
     return report(collect(models, short, long, **options))
-
-
-def report(result: GenerateRun) -> SuiteResult:
-    s = result.settings
-    rows: list[Row] = []
-    notes: list[str] = []
-    for run in result.runs:
-        for shape, prompts in result.prompts.items():
-            golds = [p.golds for p in prompts] if shape == "short" else None
-            summaries = {mode: summarise(run.answers[shape, mode], golds) for mode in run.modes}
-            base = summaries[BASELINE]
-            for mode in run.modes:
-                if mode == BASELINE:
-                    continue
-                m = summaries[mode]
-                label = f"{run.model}, {shape} · {mode}"
-                for title, field_name, unit in _MEASURES[: None if golds is not None else 3]:
-                    ours, theirs = getattr(m, field_name), getattr(base, field_name)
-                    target = _target(shape, mode, field_name)
-                    rows.append(Row(f"{label}: {title}", ours, theirs, unit, target))
-                if _MODES_BY_NAME.get(mode, _NOT_RAGLOOM).draft:
-                    rows.append(Row(f"{label}: tokens per decoding forward", m.tokens_per_step, 1.0, "", ""))
-            notes.append(_shape_note(run, shape, summaries))
-        notes += run.notes
-        notes.append(_identity_note(result, run))
-    n_short, n_long = len(result.prompts["short"]), len(result.prompts["long"])
-    gold = sum(p.gold_retrieved for p in result.prompts["short"])
-    notes += [
-        f"Prompts: {n_short} short-answer and {n_long} long-answer XQuAD-en questions spread evenly over "
-        f"the file, each with its top-{s['k']} paragraphs from a MiniLM Flat index of the 240 XQuAD "
-        f"paragraphs (the gold paragraph is among them for {gold} of the {n_short} short prompts). Short: "
-        f"the `rag eval qa` prompt, at most {s['short_tokens']} new tokens, SQuAD EM/F1 ×100 against the "
-        "gold answers. Long: an instruction to explain in detail with quotes, at most "
-        f"{s['long_tokens']} new tokens, speed only.",
-        f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {s['draft_tokens']} tokens per step "
-        "(n-grams 3..1 over prompt and answer, 3 branches); parallel contexts with APE temperature "
-        f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
-        "int8; warm memory / warm disk: every passage block in the store's memory tier / "
-        "only in its directory (read back through the OS page cache), filled by an untimed request just "
-        "before; all combined = parallel warm memory + CAD + drafting; "
-        f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`. ragloom's draft-model drafting "
-        "(retrieval + draft model) is not implemented, so not measured.",
-        "Every mode answers the same prompt token ids with the same model object (fp32, eager attention), "
-        "greedy; time to first token counts from the templated prompt ids (ragloom's timed work includes "
-        "cutting the prompt for parallel contexts and templating CAD's context-free prompt); decode tok/s "
-        "is all tokens after the first over all time after the first token; one untimed warm-up answer per "
-        "mode first.",
-        f"torch threads: {s['threads']}; 1-minute load average at the start {s['load_start']:.1f}, at the "
-        f"end {s.get('load_end', math.nan):.1f} (other processes share the CPU; modes run interleaved on "
-        "each prompt, so ratios within this run are comparable, absolute times are not).",
-    ]
-    notes += result.notes
-    models = ", ".join(r.model for r in result.runs) or "no model"
-    return SuiteResult(
-        suite="generate",
-        title=f"Generation modes on XQuAD RAG prompts: {models}",
-        baseline="transformers `model.generate()`, greedy, same prompt token ids, same model object",
-        rows=rows,
-        notes=notes,
-    )
