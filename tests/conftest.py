@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from rag.settings import data_dir
+
+if not torch.cuda.is_available():
+    # The Triton kernels run under the interpreter here. Triton reads the setting when its modules are first
+    # imported (transformers may import them early), so it is set before any test module loads.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
