@@ -51,7 +51,7 @@ def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypa
 @pytest.mark.slow
 def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens() -> None:
     model = "smollm2-135m-instruct"
-    result = generate.collect([model], short=2, long=2, k=2, short_tokens=16, long_tokens=48, progress=False)
+    result = generate.collect([model], short=1, long=1, k=2, short_tokens=16, long_tokens=48, progress=False)
     (run,) = result.runs
     assert run.modes[0] == generate.BASELINE and "generate(prompt_lookup_num_tokens)" in run.modes
     assert set(run.modes) >= {mode.name for mode in generate.MODES}
@@ -59,7 +59,7 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
     for shape in ("short", "long"):
         for mode in run.modes:
             measured = run.answers[shape, mode]
-            assert len(measured) == 2
+            assert len(measured) == 1
             assert all(m.tokens and 0 < m.first_token_s <= m.total_s for m, _ in measured)
     for mode, reference in (
         ("ragloom drafting", "ragloom plain"),
@@ -67,7 +67,7 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
         ("ragloom parallel, warm memory", "ragloom parallel, cold"),
         ("ragloom parallel, warm disk", "ragloom parallel, cold"),
     ):
-        assert result.mismatches(run, mode, reference) == (0, 4), mode
+        assert result.mismatches(run, mode, reference) == (0, 2), mode
     drafted = run.answers["long", "ragloom drafting"]
     assert sum(m.decode_steps for m, _ in drafted) < sum(len(m.tokens) - 1 for m, _ in drafted)
     warm = run.answers["short", "ragloom parallel, warm disk"] + run.answers["long", "ragloom all combined"]
@@ -84,5 +84,5 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
                 assert row.ragloom > 0 and row.baseline > 0, name
             if name.endswith(("EM", "F1")):
                 assert 0 <= row.ragloom <= 100, name
-    assert any("0 of 4 prompts differ" in note for note in suite.notes)
+    assert any("0 of 2 prompts differ" in note for note in suite.notes)
     assert "| measure | ragloom | baseline |" in suite.markdown()
