@@ -13,7 +13,7 @@ DEMO_QUESTION ?= How do I build an index with ragloom, and where are the documen
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile rag/models/catalog.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)  # --clear repairs a venv cut off mid-creation
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[test]"
