@@ -15,6 +15,7 @@ inside ``with ape_segments(...)``; only that forward takes the segmented path. N
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -46,6 +47,15 @@ class ApeSegments:
         ids = torch.zeros(key_length, dtype=torch.long, device=device)
         ids[self.passage_start : self.passage_end] = 1
         return ids
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - a handful of small frozen instances live per request
+    def kernel_inputs(self, key_length: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(segment ids, temperatures, log-sum-exp scales), built once per key length, not once a layer."""
+        return (
+            self.segment_ids(key_length, device),
+            torch.tensor([1.0, self.temperature], device=device),
+            torch.tensor([1.0, self.scale], device=device),
+        )
 
 
 _ACTIVE: ContextVar[ApeSegments | None] = ContextVar("ragloom_ape_segments", default=None)
@@ -101,9 +111,7 @@ def _make_wrapper(base: str) -> Callable[..., tuple[torch.Tensor, None]]:
             query,
             key,
             value,
-            segments.segment_ids(key.shape[2], key.device),
-            torch.tensor([1.0, segments.temperature], device=key.device),
-            torch.tensor([1.0, segments.scale], device=key.device),
+            *segments.kernel_inputs(key.shape[2], key.device),
             allowed,
             scaling,
         )  # [B, Hq, Lq, D]
