@@ -1,18 +1,13 @@
 """CAD combine: the torch reference against two log-softmaxes, and the Triton kernel against the reference.
 
-Without a GPU the Triton kernel runs under the interpreter: this module sets ``TRITON_INTERPRET=1`` before it
-imports the kernel.
+Without a GPU the Triton kernel runs under the interpreter: tests/conftest.py sets ``TRITON_INTERPRET=1``
+before anything imports Triton.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the import of the Triton module
 
 from rag.generation.cad import ContextAwareDecoding
 from rag.kernels import cad_combine

@@ -1,21 +1,17 @@
 """PQ asymmetric distance: torch reference and Triton kernel (forward and backward), and JPQ tuning on it.
 
-Without a GPU the Triton kernel runs under the interpreter: this module sets ``TRITON_INTERPRET=1`` before it
-imports the kernel.
+Without a GPU the Triton kernel runs under the interpreter: tests/conftest.py sets ``TRITON_INTERPRET=1``
+before anything imports Triton.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 
 import faiss
 import numpy as np
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the import of the Triton module
 
 from rag.indexes.pq_codes import read_codes
 from rag.indexes.pq_tuning import PQTuningConfig, _Trainer

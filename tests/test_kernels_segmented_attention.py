@@ -1,7 +1,7 @@
 """Segmented attention: the torch reference against a naive formula, the Triton kernel against the reference.
 
-Without a GPU the Triton kernel runs under the interpreter: this module sets ``TRITON_INTERPRET=1`` before it
-imports the kernel (``TRITON_INTERPRET=1 pytest tests/test_kernels_*.py`` does the same from outside).
+Without a GPU the Triton kernel runs under the interpreter: tests/conftest.py sets ``TRITON_INTERPRET=1``
+before anything imports Triton.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import sys
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the import of the Triton module
 
 from rag.kernels import segmented_attention
 from rag.kernels.dispatch import use_triton
