@@ -119,3 +119,19 @@ def test_scale_changes_only_the_resolution(encoder) -> None:
     coarse.add([Document(f"d{i}", t) for i, t in enumerate(TEXTS)])
     assert [h[0].doc_id for h in coarse.search(QUERIES[:4], k=1)] == ["d0", "d1", "d2", "d4"]
     assert max(max(v.values()) for v in coarse.encode_documents(TEXTS)) < 20  # weights ≲ 3-4 times 5
+
+
+def test_bench_agreement_is_one_for_lucene_and_drops_for_another_ranking(encoder) -> None:
+    """``rag bench retrieval``'s check: Lucene's top-k against the exact scores of the kept vectors."""
+    from rag.bench.splade_exact import SpladeKeepingVectors, exact_scores, top_k_agreement
+
+    kept = SpladeKeepingVectors(SpladeConfig(show_progress=False), encoder=encoder)
+    ids = [f"d{i}" for i in range(len(TEXTS))]
+    kept.add([Document(doc_id, t) for doc_id, t in zip(ids, TEXTS, strict=True)])
+    assert len(kept.kept_vectors) == len(TEXTS)
+    scores = exact_scores(kept.kept_vectors, kept.encode_queries(QUERIES))  # [queries, docs]
+    assert scores.shape == (len(QUERIES), len(TEXTS))
+    lucene = [[h.doc_id for h in hits] for hits in kept.search(QUERIES, k=3)]
+    assert top_k_agreement(lucene, scores, ids, k=3) == [1.0] * len(QUERIES)
+    worst_first = [[ids[i] for i in row.argsort()[:3]] for row in scores]
+    assert sum(top_k_agreement(worst_first, scores, ids, k=3)) < len(QUERIES) / 2

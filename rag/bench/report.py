@@ -29,6 +29,7 @@ class SuiteResult:
     baseline: str  # what the baseline column is
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    appendix: str = ""  # more Markdown after the notes, e.g. a table with other columns
 
     def markdown(self) -> str:
         lines = [
@@ -46,6 +47,8 @@ class SuiteResult:
                 f"| {r.ratio:.3f}× | {r.target} |"
             )
         lines += [""] + [f"- {note}" for note in self.notes]
+        if self.appendix:
+            lines += ["", self.appendix.rstrip()]
         return "\n".join(lines).rstrip() + "\n"
 
 

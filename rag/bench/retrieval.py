@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rag.bench.report import Row, SuiteResult
+from rag.bench.splade_exact import SpladeKeepingVectors, exact_scores, top_k_agreement
 from rag.corpus import read_beir, read_beir_qrels, read_beir_queries
 from rag.eval.retrieval import run_queries, score_run
 from rag.indexes.base import Retriever
@@ -25,6 +26,9 @@ REFERENCE_NDCG = {
     "pq 48 B (32x)": 0.628,
     "pq 24 B (64x)": 0.532,
     "splade": 0.6436,
+    "pq 24 B tuned (64x)": 0.6451,  # the issue's target is Flat's figure minus 0.03; Flat is the reference
+    "pq 48 B tuned (32x)": 0.6451,
+    "pq 12 B tuned (128x)": 0.6451,
     "hybrid rrf bm25+dense": 0.7179,
     "hybrid minmax bm25+dense": 0.7255,
     "hybrid zscore bm25+splade+dense (train-tuned)": 0.7435,
@@ -52,8 +56,16 @@ def _measure(name: str, retriever: Retriever, build_s: float, queries: dict[str,
     return Measured(name, metrics["nDCG@10"], metrics["R@100"], size, ratio, build_s, ms)
 
 
-def run(kinds: Sequence[str] = ("bm25", "dense", "pq", "opq", "ivfpq", "splade", "hybrid")) -> SuiteResult:
-    """Build and evaluate the named kinds on SciFact (5,183 abstracts, 300 test queries)."""
+ALL_KINDS = ("bm25", "dense", "pq", "opq", "ivfpq", "pq-tuned", "splade", "hybrid")
+
+
+def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
+    """Build and evaluate the named kinds on SciFact (5,183 abstracts, 300 test queries).
+
+    ``pq-tuned`` builds 48-, 24- and 12-byte PQ indexes and tunes each one's query encoder and centroids on
+    SciFact's train queries (``rag index tune-pq`` defaults); ``splade`` also checks Lucene's top-10 against
+    the exact quantised dot product over every test query.
+    """
     import faiss
     import torch
 
@@ -61,7 +73,8 @@ def run(kinds: Sequence[str] = ("bm25", "dense", "pq", "opq", "ivfpq", "splade",
     from rag.indexes.dense import DenseConfig, DenseRetriever
     from rag.indexes.hybrid import HybridConfig, HybridRetriever
     from rag.indexes.pq import IVFPQRetriever, OPQRetriever, PQConfig, PQRetriever
-    from rag.indexes.splade import SpladeConfig, SpladeRetriever
+    from rag.indexes.pq_tuning import PQTuningConfig, read_training_set, tune_pq
+    from rag.indexes.splade import SpladeConfig
     from rag.models import load_sentence_transformer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -93,7 +106,7 @@ def run(kinds: Sequence[str] = ("bm25", "dense", "pq", "opq", "ivfpq", "splade",
     encode_s = 0.0
     ids = [d.id for d in docs]
     pq_kinds = {"pq": PQRetriever, "opq": OPQRetriever, "ivfpq": IVFPQRetriever}
-    if set(kinds) & {"dense", "hybrid", *pq_kinds}:
+    if set(kinds) & {"dense", "hybrid", "pq-tuned", *pq_kinds}:
         start = time.perf_counter()
         vectors = flat.encode_documents(docs)
         encode_s = time.perf_counter() - start
@@ -116,14 +129,32 @@ def run(kinds: Sequence[str] = ("bm25", "dense", "pq", "opq", "ivfpq", "splade",
 
             timed(f"{kind} {size} B ({4 * flat.dim // size}x)", pq, encode_s)
 
+    if "pq-tuned" in kinds:
+        train_queries, train_qrels = read_training_set(scifact, "train")
+        for size in (48, 24, 12):
+
+            def tuned_pq(size=size) -> Retriever:
+                r = PQRetriever(PQConfig(bytes_per_vector=size, show_progress=False), encoder=encoder)
+                r.add_vectors(ids, vectors)
+                tune_pq(r, train_queries, train_qrels, PQTuningConfig(show_progress=False))
+                return r
+
+            timed(f"pq {size} B tuned ({4 * flat.dim // size}x)", tuned_pq, encode_s)
+
+    agreement: list[float] = []
     if "splade" in kinds:
 
         def splade() -> Retriever:
-            r = SpladeRetriever(SpladeConfig(show_progress=False))
+            r = SpladeKeepingVectors(SpladeConfig(show_progress=False))
             r.add(docs)
             return r
 
-        timed("splade", splade)
+        sparse = timed("splade", splade)
+        assert isinstance(sparse, SpladeKeepingVectors)
+        texts = list(queries.values())
+        scores = exact_scores(sparse.kept_vectors, sparse.encode_queries(texts))
+        lucene = [[h.doc_id for h in hits] for hits in sparse.search(texts, k=10)]
+        agreement = top_k_agreement(lucene, scores, ids, k=10)
 
     if "hybrid" in kinds:
         parts = [built["bm25"], flat]
@@ -147,21 +178,43 @@ def run(kinds: Sequence[str] = ("bm25", "dense", "pq", "opq", "ivfpq", "splade",
         )
         for m in results
     ]
-    details = [
-        f"{m.name}: nDCG@10 {m.ndcg:.4f}, R@100 {m.recall:.4f}, index {m.index_bytes / 2**20:.2f} MiB, "
-        f"compression {m.compression:.0f}x, build {m.build_s:.1f} s, {m.ms_per_query:.1f} ms/query"
-        for m in results
-    ]
+    notes = []
+    if agreement:
+        mean = sum(agreement) / len(agreement)
+        rows.append(Row("splade: Lucene top-10 in the exact top-10, %", 100 * mean, 100.0, "", ">= 99"))
+        notes.append(
+            f"SPLADE: Lucene's top-10 agrees with the exact quantised dot product (scipy, every document) on "
+            f"{mean:.4f} of the ids on average over {len(agreement)} test queries; "
+            f"{sum(a == 1.0 for a in agreement)} queries agree fully (ties at the 10th score count as "
+            "agreement)."
+        )
     return SuiteResult(
         suite="retrieval",
         title="Retrieval on SciFact test (300 queries, 5,183 abstracts)",
         baseline="nDCG@10 measured with plain library calls (pyserini, sentence-transformers + faiss, scipy)",
         rows=rows,
         notes=[
-            *details,
+            *notes,
             f"MiniLM document encoding ({encode_s:.0f} s) is shared by the dense and PQ rows and counted in "
             "each of their build times; a hybrid's build time is only its set-up (its parts are listed "
             "above), its ms/query includes searching every part.",
             "Compression is float32 vector bytes / PQ code bytes; index bytes are the faiss or Lucene files.",
+            "Tuned PQ: the query encoder and centroids tuned on SciFact train (809 queries); SciFact's train "
+            "and test queries share relevant documents, so the tuned rows overstate what tuning gives on "
+            "unseen documents (docs/retrievers.md splits the test queries by that).",
         ],
+        appendix=_table(results),
     )
+
+
+def _table(results: Sequence[Measured]) -> str:
+    lines = [
+        "| retriever | nDCG@10 | R@100 | index MiB | compression | build s | ms/query |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {m.name} | {m.ndcg:.4f} | {m.recall:.4f} | {m.index_bytes / 2**20:.2f} | {m.compression:.0f}x "
+        f"| {m.build_s:.1f} | {m.ms_per_query:.1f} |"
+        for m in results
+    ]
+    return "\n".join(lines)
