@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ragloom-installed
 DEMO_DIR ?= demo-collection
-DEMO_QUESTION ?= How do I build an index with ragloom, and where are the documents stored?
+DEMO_QUESTION ?= Which model does ragloom use by default to generate answers?
 
 .PHONY: install demo test lint bench clean
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile rag/models/catalog.py
 
 demo: install
 	$(BIN)/rag index build docs $(DEMO_DIR) --name dense
-	$(BIN)/rag ask "$(DEMO_QUESTION)" --index $(DEMO_DIR)/dense
+	$(BIN)/rag ask "$(DEMO_QUESTION)" --index $(DEMO_DIR)/dense --require-citation
 
 lint: install
 	$(BIN)/ruff check .

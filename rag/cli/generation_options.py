@@ -38,6 +38,12 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument("--ape-temperature", type=float, default=0.8, help="APE temperature on the passages")
     parser.add_argument("--ape-scale", type=float, default=0.8, help="APE scaling factor of the passages")
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
+    parser.add_argument(
+        "--require-citation",
+        action="store_true",
+        help="the answer may not end before it cites a passage: where it would stop without a [n] marker, "
+        "it opens one and the model picks the passage number",
+    )
 
 
 def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
@@ -61,4 +67,5 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         parallel_contexts=args.parallel_contexts,
         ape_temperature=args.ape_temperature,
         ape_scale=args.ape_scale,
+        require_citation=args.require_citation,
     )

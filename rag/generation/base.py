@@ -26,6 +26,8 @@ class GenerationParams:
     # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B (docs/generation.md)
     ape_temperature: float = 0.8
     ape_scale: float = 0.8
+    # an answer may not end before it cites a passage (rag.generation.citation_constraint)
+    require_citation: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

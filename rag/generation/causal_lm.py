@@ -21,6 +21,7 @@ import torch
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
+from rag.generation.citation_constraint import CitationConstraint
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import ParallelPrefill, model_identity
@@ -144,10 +145,11 @@ class CausalLMGenerator(Generator):
         input_ids = self._encode_prompt(question, passages, params)
         parallel = self._split_prompt(question, passages, params)
         context_free_ids = self._encode_context_free(question, params)
+        citations = self._citation_constraint(passages, params)
         ids: list[int] = []
         first_token_at = start
         stats = DecodeStats()
-        for token in self._decode(input_ids, params, context_free_ids, stats, parallel):
+        for token in self._decode(input_ids, params, context_free_ids, stats, parallel, citations):
             if not ids:
                 first_token_at = time.perf_counter()
             ids.append(token)
@@ -174,7 +176,9 @@ class CausalLMGenerator(Generator):
         params = params or self.config.default_params()
         input_ids = self._encode_prompt(question, passages, params)  # raises before the first next()
         parallel = self._split_prompt(question, passages, params)
-        return self._stream_text(input_ids, params, self._encode_context_free(question, params), parallel)
+        context_free_ids = self._encode_context_free(question, params)
+        citations = self._citation_constraint(passages, params)
+        return self._stream_text(input_ids, params, context_free_ids, parallel, citations)
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -184,11 +188,12 @@ class CausalLMGenerator(Generator):
         params: GenerationParams,
         context_free_ids: torch.Tensor | None = None,
         parallel: ParallelPrompt | None = None,
+        citations: CitationConstraint | None = None,
     ) -> Iterator[str]:
         ids: list[int] = []
         emitted = 0  # characters of the (left-stripped) text already yielded
         text = ""
-        for token in self._decode(input_ids, params, context_free_ids, None, parallel):
+        for token in self._decode(input_ids, params, context_free_ids, None, parallel, citations):
             ids.append(token)
             text = self._detokenize(ids).lstrip()
             if text.endswith(_REPLACEMENT_CHAR):
@@ -222,6 +227,14 @@ class CausalLMGenerator(Generator):
             return None
         return split_prompt(self.tokenizer, question, passages, self.config.system_prompt, self.model.device)
 
+    def _citation_constraint(
+        self, passages: Sequence[Document], params: GenerationParams
+    ) -> CitationConstraint | None:
+        """The rule that makes the answer cite before it ends, if ``params.require_citation`` and passages."""
+        if not params.require_citation or not passages:
+            return None
+        return CitationConstraint(self.tokenizer, len(passages), sorted(self.eos_token_ids))
+
     def _encode_context_free(self, question: str, params: GenerationParams) -> torch.Tensor | None:
         """The prompt without passages ``# [1, len]`` when CAD is on, else None."""
         if params.cad_alpha == 0:
@@ -242,6 +255,7 @@ class CausalLMGenerator(Generator):
         context_free_ids: torch.Tensor | None = None,  # [1, len], the prompt without passages (CAD)
         stats: DecodeStats | None = None,
         parallel: ParallelPrompt | None = None,  # the prompt cut for parallel prefill, or None: sequential
+        citations: CitationConstraint | None = None,  # applied to the final scores when given
     ) -> Iterator[int]:
         """Yield new token ids for the prompt ``input_ids``, the final eos included.
 
@@ -271,7 +285,8 @@ class CausalLMGenerator(Generator):
 
         def score(generated: list[int], logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [vocab]
             combined = logits[0] if cad is None else cad(logits[0], logits[1])
-            return self._process_logits(input_ids, generated, combined)
+            scores = self._process_logits(input_ids, generated, combined)
+            return scores if citations is None else citations(generated, scores)
 
         if params.draft_tokens > 0:
             prompt = input_ids[0].tolist()

@@ -46,6 +46,11 @@ def build_messages(
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
+def has_citation(text: str) -> bool:
+    """Whether ``text`` holds a citation marker such as ``[2]`` or ``[1, 3]``."""
+    return _CITATION.search(text) is not None
+
+
 def parse_citations(text: str, passages: Sequence[Document]) -> list[str]:
     """Doc ids cited by ``[n]`` / ``[n, m]`` markers (1-based), in order of first appearance.
 
