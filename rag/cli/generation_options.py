@@ -31,6 +31,12 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         help="retrieval-augmented drafting: longest drafted run verified per step (0 = off)",
     )
     parser.add_argument(
+        "--draft-model",
+        metavar="NAME",
+        help="a small LLM with the generator's tokenizer that drafts alongside retrieval (RASD); needs "
+        "--draft-tokens > 0; see docs/generation.md",
+    )
+    parser.add_argument(
         "--parallel-contexts",
         action="store_true",
         help="encode passages apart and reuse their cached KV (APE); see docs/generation.md",
@@ -51,6 +57,7 @@ def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         "model": args.generator,
         "device": args.device,
         "passage_cache_dir": args.passage_cache_dir,
+        "draft_model": args.draft_model,
         **extra,
     }
 

@@ -22,7 +22,9 @@ from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
+from rag.generation.draft_model import DraftModelProposer
 from rag.generation.drafting import RetrievalDrafter
+from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
@@ -55,6 +57,9 @@ class CausalLMConfig:
     draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
     draft_min_ngram: int = 1
     draft_branches: int = 3  # distinct drafts merged into the tree verified per step
+    # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.fused_drafter):
+    # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
+    draft_model: str | None = None
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
@@ -92,8 +97,28 @@ class CausalLMConfig:
             self.passage_cache_mb << 20, self.passage_cache_dir, self.passage_cache_disk_mb << 20
         )
 
-    def drafter(self) -> RetrievalDrafter:
-        return RetrievalDrafter(self.draft_max_ngram, self.draft_min_ngram, self.draft_branches)
+    def drafter(self, target_tokenizer: Any = None) -> RetrievalDrafter | FusedDrafter:
+        """The retrieval drafter, fused with ``draft_model`` when one is set.
+
+        The draft model is not loaded here but on its first proposal; given ``target_tokenizer``, its
+        vocabulary is then checked against the target's (ConfigError on a mismatch).
+        """
+        retrieval = RetrievalDrafter(self.draft_max_ngram, self.draft_min_ngram, self.draft_branches)
+        if self.draft_model is None:
+            return retrieval
+        name, device = self.draft_model, self.device
+        if not name.strip():
+            raise ConfigError("draft_model is empty; pass a model name or folder, or None")
+
+        def load() -> tuple[Any, Any]:
+            from rag.models import load_causal_lm
+
+            return load_causal_lm(name, device=device)
+
+        proposer = DraftModelProposer(
+            loader=load, target_tokenizer=target_tokenizer, name=f"draft model {name!r}"
+        )
+        return FusedDrafter(retrieval, proposer)
 
 
 @register("generator", "causal-lm", CausalLMConfig)
@@ -130,7 +155,7 @@ class CausalLMGenerator(Generator):
         self.model = model
         self.tokenizer = tokenizer
         self.processors = tuple(processors)
-        self.drafter = drafter or self.config.drafter()
+        self.drafter = drafter or self.config.drafter(tokenizer)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.passage_store = passage_store or self.config.passage_store()
         self._model_id: str | None = None  # model_identity(), computed on the first parallel request

@@ -1,0 +1,72 @@
+"""Draft model + retrieval drafts in one token tree: RASD (retrieval-augmented speculative decoding).
+
+The two drafters fail in opposite places. Retrieval drafts (:mod:`rag.generation.drafting`) are long and free
+where the answer copies its passages, and wrong everywhere else; a draft model
+(:mod:`rag.generation.draft_model`) costs a forward per drafted token but guesses the target's words in free
+text too. The fused drafter proposes both: the draft model's greedy continuation, plus the retrieval drafts
+that the draft model finds plausible. The prune rule looks at a retrieval draft's first token only:
+
+* kept when it is the draft model's own next token (the branch then shares the model draft's first node), or
+  when the draft model gives it probability ``>= min_prob``;
+* dropped otherwise: the draft model (standing in for the target) does not expect the continuation to start
+  there, and every drafted node costs the target verification work.
+
+The survivors follow the model draft, in the retrieval drafter's order; :class:`rag.generation.token_tree
+.TokenTree` merges their shared prefixes. Both drafters are deterministic, so the fused drafts are too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rag.errors import ConfigError
+from rag.generation.drafting import RetrievalDrafter
+
+
+class ModelDrafter(Protocol):
+    """What fusion needs of a draft model, as :class:`rag.generation.draft_model.DraftModelProposer` has."""
+
+    def next_token_probs(self, context: Sequence[int]) -> torch.Tensor:
+        """The next-token distribution after ``context`` ``# [vocab]``."""
+        ...
+
+    def propose(self, context: Sequence[int], max_tokens: int) -> list[list[int]]:
+        """The greedy continuation of ``context`` (one draft, or none)."""
+        ...
+
+
+def keep_retrieval_draft(first_token: int, probs: torch.Tensor, min_prob: float) -> bool:
+    """The prune rule: keep a retrieval draft starting with ``first_token`` given the draft model's next-token
+    distribution ``probs # [vocab]``."""
+    return first_token == int(probs.argmax()) or float(probs[first_token]) >= min_prob
+
+
+@dataclass
+class FusedDrafter:
+    """The draft model's greedy continuation, then the retrieval drafts :func:`keep_retrieval_draft` keeps."""
+
+    retrieval: RetrievalDrafter
+    draft: ModelDrafter
+    min_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_prob <= 1:
+            raise ConfigError(f"min_prob must be in [0, 1], got {self.min_prob}")
+
+    def propose(self, context: Sequence[int], max_tokens: int) -> list[list[int]]:
+        """Candidate continuations of ``context`` (prompt + answer so far), at most ``max_tokens`` long."""
+        if max_tokens < 1 or not context:
+            return []
+        retrieved = self.retrieval.propose(context, max_tokens)
+        # The distribution first: it is the one after ``context``; propose() moves the cache past the drafts.
+        probs = self.draft.next_token_probs(context) if retrieved else None  # [vocab]
+        drafts = self.draft.propose(context, max_tokens)
+        for candidate in retrieved:
+            assert probs is not None
+            if candidate not in drafts and keep_retrieval_draft(candidate[0], probs, self.min_prob):
+                drafts.append(candidate)
+        return drafts

@@ -1,0 +1,210 @@
+"""A draft model fused with retrieval drafting (RASD): the proposer's cache reuse, the prune rule, the
+vocabulary check, the config and CLI wiring, and that greedy output stays token for token the plain output."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from rag.cli.generation_options import add_generation_options, generator_config
+from rag.errors import ConfigError
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation.base import DecodeStats
+from rag.generation.draft_model import DraftModelProposer, check_vocabulary
+from rag.generation.drafting import RetrievalDrafter
+from rag.generation.fused_drafter import FusedDrafter, keep_retrieval_draft
+from tests.test_drafting import COPYING, NOT_COPYING, PASSAGES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from rag.models import load_causal_lm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
+    torch.set_num_threads(threads)
+
+
+class FakeTokenizer:
+    """Only what the vocabulary check reads."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+
+# -- the prune rule on crafted probabilities -------------------------------------------------------------
+
+
+class CraftedDraftModel:
+    """A draft model with a fixed next-token distribution and a fixed greedy draft."""
+
+    def __init__(self, probs: list[float], draft: list[int]) -> None:
+        self.probs = torch.tensor(probs)  # [vocab]
+        self.draft = draft
+        self.contexts: list[list[int]] = []
+
+    def next_token_probs(self, context: Sequence[int]) -> torch.Tensor:
+        self.contexts.append(list(context))
+        return self.probs
+
+    def propose(self, context: Sequence[int], max_tokens: int) -> list[list[int]]:
+        return [self.draft[:max_tokens]]
+
+
+def test_prune_rule_keeps_the_model_choice_and_likely_first_tokens() -> None:
+    probs = torch.tensor([0.04, 0.06, 0.5, 0.4])  # [vocab = 4]; the argmax is 2
+    assert keep_retrieval_draft(2, probs, 0.05)
+    assert keep_retrieval_draft(1, probs, 0.05)  # 0.06 >= 0.05
+    assert not keep_retrieval_draft(0, probs, 0.05)  # 0.04 < 0.05
+    assert not keep_retrieval_draft(1, probs, 0.1)
+    flat = torch.full((40,), 1 / 40)  # every token below min_prob: the draft model's own choice still passes
+    assert keep_retrieval_draft(int(flat.argmax()), flat, 0.1)
+    assert not keep_retrieval_draft(int(flat.argmax()) + 1, flat, 0.1)
+
+
+def test_fused_drafter_drops_retrieval_drafts_the_draft_model_finds_unlikely() -> None:
+    #          the context ends in 7; 7 was followed by [1, 2], [3, 4] and [0, 5] earlier
+    context = [7, 1, 2, 9, 7, 3, 4, 9, 7, 0, 5, 9, 7]
+    retrieval = RetrievalDrafter(max_ngram=1, branches=3)
+    assert retrieval.propose(context, 2) == [[1, 2], [3, 4], [0, 5]]
+    model = CraftedDraftModel([0.02, 0.5, 0.08, 0.3, 0.1, 0, 0, 0, 0, 0], draft=[1, 6])
+    fused = FusedDrafter(retrieval, model, min_prob=0.1)
+    # The model draft first; [1, 2] starts with the model's choice, [3, 4] with p = 0.3; 0 has p = 0.02.
+    assert fused.propose(context, 2) == [[1, 6], [1, 2], [3, 4]]
+    assert model.contexts == [context]
+    assert FusedDrafter(retrieval, model, min_prob=0.4).propose(context, 2) == [[1, 6], [1, 2]]
+    assert FusedDrafter(retrieval, model, min_prob=0.0).propose(context, 2) == [
+        [1, 6],
+        [1, 2],
+        [3, 4],
+        [0, 5],
+    ]
+    same = CraftedDraftModel([0.02, 0.5, 0.08, 0.3, 0.1, 0, 0, 0, 0, 0], draft=[3, 4])
+    assert FusedDrafter(retrieval, same).propose(context, 2) == [[3, 4], [1, 2]]  # no duplicate [3, 4]
+    assert fused.propose(context, 0) == []
+    with pytest.raises(ConfigError):
+        FusedDrafter(retrieval, model, min_prob=1.5)
+
+
+# -- the vocabulary check and the wiring -----------------------------------------------------------------
+
+
+def test_a_vocabulary_mismatch_raises_config_error(smollm2) -> None:
+    _, tokenizer = smollm2
+    vocab = tokenizer.get_vocab()
+    check_vocabulary(tokenizer, FakeTokenizer(vocab))  # the same vocabulary passes
+    shifted = dict(vocab)
+    shifted["hello"], shifted["world"] = vocab["world"], vocab["hello"]  # two ids swapped
+    with pytest.raises(ConfigError, match="vocabulary"):
+        check_vocabulary(tokenizer, FakeTokenizer(shifted))
+    with pytest.raises(ConfigError, match="differs from the target's"):
+        check_vocabulary(tokenizer, FakeTokenizer({**vocab, "<extra>": len(vocab)}))
+    # Through the config: constructing it loads nothing; the first proposal loads and checks.
+    drafter = CausalLMConfig(draft_model="smollm2-135m-instruct").drafter(FakeTokenizer(shifted))
+    assert isinstance(drafter, FusedDrafter)
+    context = tokenizer("The Eiffel Tower is in")["input_ids"]
+    with pytest.raises(ConfigError, match="draft model 'smollm2-135m-instruct'"):
+        drafter.propose(context, 4)
+
+
+def test_the_config_loads_the_draft_model_lazily() -> None:
+    config = CausalLMConfig(draft_model="no-such-model-anywhere", draft_tokens=4)  # would fail to load
+    drafter = config.drafter()
+    assert isinstance(drafter, FusedDrafter) and isinstance(drafter.draft, DraftModelProposer)
+    assert isinstance(CausalLMConfig().drafter(), RetrievalDrafter)
+    with pytest.raises(ConfigError):
+        CausalLMConfig(draft_model=" ")
+
+
+def test_cli_passes_the_draft_model_to_the_generator_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_generation_options(parser)
+    args = parser.parse_args(["--draft-model", "qwen2.5-0.5b-instruct", "--draft-tokens", "6"])
+    assert generator_config(args)["draft_model"] == "qwen2.5-0.5b-instruct"
+    assert generator_config(parser.parse_args([]))["draft_model"] is None
+
+
+# -- the proposer on SmolLM2 -----------------------------------------------------------------------------
+
+
+def test_cache_reuse_gives_the_proposals_of_a_fresh_proposer(smollm2) -> None:
+    model, tokenizer = smollm2
+    prompt = tokenizer("The Nile is a major north-flowing river in northeastern Africa. It flows into")[
+        "input_ids"
+    ]
+    reused = DraftModelProposer(model)
+    first = reused.propose(prompt, 5)[0]
+    # As the decoding loop calls it: the answer grows by accepted drafts plus a correction, or diverges;
+    # then a rolled-back context (a prefix of what is cached), the same context twice, and a new prompt.
+    other = tokenizer("Mount Fuji is the highest mountain in")["input_ids"]
+    contexts = [
+        prompt + first[:3],
+        prompt + first[:3] + [tokenizer("banana")["input_ids"][0]],
+        prompt[:-2],
+        prompt[:-2],
+        prompt + first,
+        other,
+    ]
+    for context in contexts:
+        fresh = DraftModelProposer(model)
+        torch.testing.assert_close(reused.next_token_probs(context), fresh.next_token_probs(context))
+        assert reused.propose(context, 5) == fresh.propose(context, 5), context
+    fed_fresh = sum(len(c) + 4 for c in [prompt, *contexts])  # each context from scratch, 4 draft feeds
+    assert reused.tokens_fed < fed_fresh - 2 * len(prompt)  # the cached prefixes were not fed again
+    capped = DraftModelProposer(model, max_tokens_cap=2)
+    assert capped.propose(prompt, 5) == [first[:2]]
+    assert capped.propose(prompt, 0) == [] and capped.propose([], 3) == []
+
+
+def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) -> None:
+    """SmolLM2 drafts for itself through ``CausalLMConfig(draft_model=...)``: a second copy, loaded lazily."""
+    model, tokenizer = smollm2
+    plain_params = GenerationParams(max_new_tokens=24)
+    draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
+    config = CausalLMConfig(max_new_tokens=24, draft_model="smollm2-135m-instruct")
+    fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
+    retrieval = CausalLMGenerator(CausalLMConfig(max_new_tokens=24), model=model, tokenizer=tokenizer)
+    assert isinstance(fused.drafter, FusedDrafter)
+    assert fused.drafter.draft._model is None  # not loaded by the generator's construction
+    fused_stats = {"copy": DecodeStats(), "free": DecodeStats()}
+    retrieval_stats = {"copy": DecodeStats(), "free": DecodeStats()}
+    for kind, questions in [("copy", COPYING[:3]), ("free", NOT_COPYING[:3])]:
+        for question in questions:
+            ids = fused._encode_prompt(question, PASSAGES, plain_params)
+            plain = list(fused._decode(ids, plain_params))
+            assert list(fused._decode(ids, draft_params, None, fused_stats[kind])) == plain, question
+            assert list(retrieval._decode(ids, draft_params, None, retrieval_stats[kind])) == plain, question
+    assert fused.drafter.draft._model is not None and fused.drafter.draft._model is not model
+
+    def rate(stats: DecodeStats) -> float:
+        return stats.accepted_tokens / stats.drafted_tokens
+
+    # Measured on these prompts: free 0.86 fused vs 0.006 retrieval-only; copy 0.82 vs 0.32. Rejected nodes
+    # are mostly retrieval branches the prune rule kept and self-drafts past the answer's eos.
+    assert rate(fused_stats["free"]) > 0.6
+    assert rate(fused_stats["free"]) > 10 * rate(retrieval_stats["free"])
+    assert rate(fused_stats["copy"]) > 1.5 * rate(retrieval_stats["copy"])
+    for kind in fused_stats:  # fewer verification steps than retrieval-only drafting
+        assert fused_stats[kind].decode_steps < retrieval_stats[kind].decode_steps
+
+
+def test_fused_sampling_is_seeded_and_varies(smollm2) -> None:
+    model, tokenizer = smollm2
+    drafter = FusedDrafter(RetrievalDrafter(), DraftModelProposer(model))
+    generator = CausalLMGenerator(CausalLMConfig(), model=model, tokenizer=tokenizer, drafter=drafter)
+
+    def sample(seed: int) -> str:
+        params = GenerationParams(max_new_tokens=12, temperature=0.8, seed=seed, draft_tokens=4)
+        return generator.answer(NOT_COPYING[0], PASSAGES, params).text
+
+    assert sample(5) == sample(5)
+    assert len({sample(seed) for seed in range(6, 9)}) > 1
