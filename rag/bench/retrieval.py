@@ -56,7 +56,7 @@ def _measure(name: str, retriever: Retriever, build_s: float, queries: dict[str,
     return Measured(name, metrics["nDCG@10"], metrics["R@100"], size, ratio, build_s, ms)
 
 
-ALL_KINDS = ("bm25", "dense", "pq", "opq", "ivfpq", "pq-tuned", "splade", "hybrid")
+ALL_KINDS = ("bm25", "dense", "pq", "opq", "ivfpq", "pq-tuned", "prf", "splade", "hybrid")
 
 
 def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
@@ -64,7 +64,8 @@ def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
 
     ``pq-tuned`` builds 48-, 24- and 12-byte PQ indexes and tunes each one's query encoder and centroids on
     SciFact's train queries (``rag index tune-pq`` defaults); ``splade`` also checks Lucene's top-10 against
-    the exact quantised dot product over every test query.
+    the exact quantised dot product over every test query; ``prf`` adds Rocchio vector PRF over the Flat
+    index and over the tuned 24-byte PQ index.
     """
     import faiss
     import torch
@@ -75,6 +76,7 @@ def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
     from rag.indexes.pq import IVFPQRetriever, OPQRetriever, PQConfig, PQRetriever
     from rag.indexes.pq_tuning import PQTuningConfig, read_training_set, tune_pq
     from rag.indexes.splade import SpladeConfig
+    from rag.indexes.vector_prf import VectorPRFConfig, VectorPRFRetriever
     from rag.models import load_sentence_transformer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -140,6 +142,19 @@ def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
                 return r
 
             timed(f"pq {size} B tuned ({4 * flat.dim // size}x)", tuned_pq, encode_s)
+
+    if "prf" in kinds:
+        prf_bases = [
+            ("dense (Flat)", built.get("dense (Flat)")),
+            ("pq 24 B tuned (64x)", built.get("pq 24 B tuned (64x)")),
+        ]
+        for base_name, base in prf_bases:
+            if base is not None:
+                prf = VectorPRFRetriever(VectorPRFConfig(), base=base)
+                prf.index_bytes = getattr(base, "index_bytes", lambda: 0)  # type: ignore[attr-defined]
+                prf.compression_ratio = getattr(base, "compression_ratio", 1.0)  # type: ignore[attr-defined]
+                base_s = next(m.build_s for m in results if m.name == base_name)
+                timed(f"{base_name} + vector PRF", lambda prf=prf: prf, base_s)
 
     agreement: list[float] = []
     if "splade" in kinds:
