@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ragloom-installed
 DEMO_DIR ?= demo-collection
-DEMO_QUESTION ?= Which model does ragloom use by default to generate answers?
+DEMO_QUESTION ?= What is the default generator model?
 
 .PHONY: install demo test lint bench clean
 
