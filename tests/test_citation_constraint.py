@@ -20,16 +20,6 @@ PASSAGES = [
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from rag.models import load_causal_lm
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def constraint(smollm2) -> CitationConstraint:
     model, tokenizer = smollm2
     generator = CausalLMGenerator(model=model, tokenizer=tokenizer)

@@ -21,16 +21,6 @@ from tests.test_drafting import COPYING, NOT_COPYING, PASSAGES
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from rag.models import load_causal_lm
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
-    torch.set_num_threads(threads)
-
-
 class FakeTokenizer:
     """Only what the vocabulary check reads."""
 

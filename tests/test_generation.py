@@ -160,18 +160,6 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from rag.models import load_causal_lm
-
-    # One intra-op thread while these tests run: on a busy 2-core machine two threads per forward were
-    # measured 10-20x slower than one (20 tokens: 2.7 s vs 29-62 s); with an idle machine both are fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def generator(smollm2) -> CausalLMGenerator:
     model, tokenizer = smollm2
     return CausalLMGenerator(CausalLMConfig(max_new_tokens=16), model=model, tokenizer=tokenizer)

@@ -73,13 +73,8 @@ def test_segment_ids_mark_the_passage_columns() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    from rag.models import load_causal_lm
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
-    torch.set_num_threads(threads)
+def model_and_tokenizer(smollm2):
+    return smollm2
 
 
 def make_generator(model_and_tokenizer, store: PassageKVStore | None = None, **config) -> CausalLMGenerator:
