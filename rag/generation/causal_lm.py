@@ -258,7 +258,7 @@ class CausalLMGenerator(Generator):
         """The rule that makes the answer cite before it ends, if ``params.require_citation`` and passages."""
         if not params.require_citation or not passages:
             return None
-        return CitationConstraint(self.tokenizer, len(passages), sorted(self.eos_token_ids))
+        return CitationConstraint(self.tokenizer, len(passages), self.eos_token_ids)
 
     def _encode_context_free(self, question: str, params: GenerationParams) -> torch.Tensor | None:
         """The prompt without passages ``# [1, len]`` when CAD is on, else None."""

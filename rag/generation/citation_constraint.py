@@ -42,10 +42,14 @@ class CitationConstraint:
         self.completions = [
             tuple(tokenizer.encode(f"{n}]", add_special_tokens=False)) for n in range(1, passage_count + 1)
         ]
+        # The decoding loops only ever extend ``generated``: once a marker is in it, it stays, so the
+        # answer is not detokenized again at every later step.
+        self._cited = False
 
     def __call__(self, generated: Sequence[int], scores: torch.Tensor) -> torch.Tensor:
         """``scores # [vocab]`` for the token after ``generated``, constrained; a new tensor or ``scores``."""
-        if has_citation(self.tokenizer.decode(list(generated), skip_special_tokens=True)):
+        if self._cited or has_citation(self.tokenizer.decode(list(generated), skip_special_tokens=True)):
+            self._cited = True
             return scores
         allowed = self._allowed_after_bracket(generated)
         if allowed is not None:
