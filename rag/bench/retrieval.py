@@ -26,12 +26,19 @@ REFERENCE_NDCG = {
     "pq 48 B (32x)": 0.628,
     "pq 24 B (64x)": 0.532,
     "splade": 0.6436,
-    "pq 24 B tuned (64x)": 0.6451,  # the target is Flat's figure minus 0.03; Flat is the reference
+    "pq 24 B tuned (64x)": 0.6451,  # Flat's figure: tuned PQ is compared with the uncompressed index
     "pq 48 B tuned (32x)": 0.6451,
     "pq 12 B tuned (128x)": 0.6451,
     "hybrid rrf bm25+dense": 0.7179,
     "hybrid minmax bm25+dense": 0.7255,
     "hybrid zscore bm25+splade+dense (train-tuned)": 0.7435,
+}
+
+# rows whose baseline is another retriever's figure rather than the same method measured elsewhere
+TARGETS = {
+    "pq 48 B tuned (32x)": ">= Flat - 1",
+    "pq 24 B tuned (64x)": ">= Flat - 3",
+    "pq 12 B tuned (128x)": "",
 }
 
 
@@ -51,8 +58,9 @@ def _measure(name: str, retriever: Retriever, build_s: float, queries: dict[str,
     run = run_queries(retriever, queries, k=100, progress=False)
     ms = 1000 * (time.perf_counter() - start) / len(queries)
     metrics = score_run(run, qrels, ("nDCG@10", "R@100"))
-    size = getattr(retriever, "index_bytes", lambda: 0)()
-    ratio = getattr(retriever, "compression_ratio", 1.0)
+    stored = getattr(retriever, "base", retriever)  # vector PRF searches its base index
+    size = getattr(stored, "index_bytes", lambda: 0)()
+    ratio = getattr(stored, "compression_ratio", 1.0)
     return Measured(name, metrics["nDCG@10"], metrics["R@100"], size, ratio, build_s, ms)
 
 
@@ -151,8 +159,6 @@ def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
         for base_name, base in prf_bases:
             if base is not None:
                 prf = VectorPRFRetriever(VectorPRFConfig(), base=base)
-                prf.index_bytes = getattr(base, "index_bytes", lambda: 0)  # type: ignore[attr-defined]
-                prf.compression_ratio = getattr(base, "compression_ratio", 1.0)  # type: ignore[attr-defined]
                 base_s = next(m.build_s for m in results if m.name == base_name)
                 timed(f"{base_name} + vector PRF", lambda prf=prf: prf, base_s)
 
@@ -189,7 +195,7 @@ def run(kinds: Sequence[str] = ALL_KINDS) -> SuiteResult:
             100 * m.ndcg,
             100 * REFERENCE_NDCG.get(m.name, float("nan")),
             "",
-            "±0.3",
+            TARGETS.get(m.name, "±0.3"),
         )
         for m in results
     ]

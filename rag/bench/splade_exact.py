@@ -9,6 +9,7 @@ its internal document order, which need not match ours).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,12 +19,12 @@ from rag.indexes.splade import SpladeRetriever
 class SpladeKeepingVectors(SpladeRetriever):
     """A SPLADE retriever that keeps the quantised document vectors it indexes, in order."""
 
-    kept_vectors: list[dict[str, int]]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept_vectors: list[dict[str, int]] = []
 
     def encode_documents(self, texts: Sequence[str]) -> list[dict[str, int]]:
         vectors = super().encode_documents(texts)
-        if not hasattr(self, "kept_vectors"):
-            self.kept_vectors = []
         self.kept_vectors.extend(vectors)
         return vectors
 
