@@ -7,9 +7,11 @@ mass under a content-free query ("N/A"), which removes the model's bias toward p
 
     score(d) = sum_{layer, head} mean_{q in query} sum_{t in span(d)} A[q, t]   -   (same with "N/A")
 
-Two forward passes per prompt whatever the number of candidates: the passages plus the calibration query,
-then only the real query on top of the passages' KV cache. Attention is read from the model's attention
-modules (eager attention) through forward hooks that keep just the query rows. Lists larger than
+Two forward passes per prompt whatever the number of candidates: the passages alone (SDPA attention, which
+returns no weights but prefills fastest), then the calibration and the real query as two batch rows on top of
+the passages' KV cache with eager attention, whose weights forward hooks on the attention modules read (just
+the query rows). The model's own attention setting is restored after each pass, so ICR can share a model
+loaded with any of them. Lists larger than
 ``docs_per_prompt`` are split into prompts scored independently (two passes each).
 
 >>> reranker = InContextReranker(ICRConfig(model="qwen2.5-0.5b-instruct"))  # doctest: +SKIP
@@ -27,6 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from rag.errors import ConfigError
+from rag.models.attention import attention_implementation
 from rag.registry import register
 from rag.rerankers.lm import LMReranker, LMRerankerConfig
 from rag.types import Document
@@ -112,33 +115,41 @@ class InContextReranker(LMReranker):
 
     @torch.inference_mode()
     def query_attention(self, prompt: ICRPrompt) -> torch.Tensor:
-        """Query-minus-calibration attention mass on each prefix position ``# [len(prefix)]``."""
+        """Query-minus-calibration attention mass on each prefix position ``# [len(prefix)]``.
+
+        Pass 1 encodes the prefix alone with SDPA (no attention weights are needed there, and SDPA prefills
+        ~1.8x faster than eager on a CPU). Pass 2 runs the calibration and the real query as a batch of two
+        rows on the prefix's cache with eager attention, so only their rows of attention weights are made.
+        """
         device = self.model.device
         cache = DynamicCache(config=self.model.config)
         n = len(prompt.prefix)
-        with self._attention_rows(len(prompt.calibration), n) as calibration:
+        with attention_implementation(self.model, "sdpa"):
             self.forward_passes += 1
             self.model(
-                input_ids=torch.tensor([prompt.prefix + prompt.calibration], device=device),
+                input_ids=torch.tensor([prompt.prefix], device=device),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-        cache.crop(-len(prompt.calibration))  # keep only the passages' keys and values
-        with self._attention_rows(len(prompt.query), n) as real:
+        cache.batch_repeat_interleave(2)
+        rows = [prompt.calibration, prompt.query]
+        width = max(map(len, rows))
+        pad = rows[1][-1]  # right padding: causal attention keeps it out of the real rows
+        batch = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)  # [2, width]
+        with (
+            attention_implementation(self.model, "eager"),
+            self._attention_rows([len(r) for r in rows], n) as mass,
+        ):
             self.forward_passes += 1
-            self.model(
-                input_ids=torch.tensor([prompt.query], device=device),
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        return real[0] - calibration[0]
+            self.model(input_ids=batch, cache=cache, use_cache=True, logits_to_keep=1)
+        return mass[0][1] - mass[0][0]
 
     @contextmanager
-    def _attention_rows(self, rows: int, keys: int) -> Iterator[list[torch.Tensor]]:
-        """Collect, over the chosen layers and heads, the mean attention of the last ``rows`` positions on
-        the first ``keys`` positions; the yielded list holds one ``# [keys]`` tensor once the block ends."""
+    def _attention_rows(self, rows: list[int], keys: int) -> Iterator[list[torch.Tensor]]:
+        """Collect, over the chosen layers and heads, the mean attention of the first ``rows[b]`` new tokens
+        of batch row ``b`` on the first ``keys`` positions; the yielded list holds one ``# [batch, keys]``
+        tensor once the block ends."""
         heads = list(self.config.heads) if self.config.heads is not None else slice(None)
         total: list[torch.Tensor] = []
 
@@ -146,10 +157,12 @@ class InContextReranker(LMReranker):
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
                 raise ConfigError(
-                    "ICR reads attention weights, which this model's attention does not return; "
-                    "load it with attn_implementation='eager' (rag.models.load_causal_lm does)"
+                    "ICR reads attention weights, which this model's eager attention does not return"
                 )
-            mass = weights[0, heads, -rows:, :keys].float().mean(1).sum(0)  # [H, q, kv] -> [keys]
+            weights = weights[:, heads, :, :keys].float()  # [batch, H, new, keys]
+            mass = torch.stack(
+                [weights[b, :, :r].mean(1).sum(0) for b, r in enumerate(rows)]
+            )  # [batch, keys]
             if total:
                 total[0] += mass
             else:
@@ -163,11 +176,6 @@ class InContextReranker(LMReranker):
                 handle.remove()
 
     def _attention_modules(self) -> list[torch.nn.Module]:
-        if getattr(self.model.config, "_attn_implementation", "eager") != "eager":
-            raise ConfigError(
-                f"ICR needs eager attention, the model uses {self.model.config._attn_implementation!r}; "
-                "load it with attn_implementation='eager' (rag.models.load_causal_lm does)"
-            )
         layers = self.model.get_decoder().layers
         chosen = self.config.layers if self.config.layers is not None else range(len(layers))
         try:

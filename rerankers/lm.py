@@ -90,7 +90,10 @@ class LMReranker(Reranker):
         if model is None:
             from rag.models import load_causal_lm
 
-            model, tokenizer = load_causal_lm(self.config.model, device=self.config.device)
+            # SDPA prefills ~1.8x faster than eager on a CPU; ICR switches to eager for its query rows.
+            model, tokenizer = load_causal_lm(
+                self.config.model, device=self.config.device, attn_implementation="sdpa"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.docstore = docstore

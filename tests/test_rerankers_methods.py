@@ -32,13 +32,17 @@ AttentionFn = Callable[[list[int], int], torch.Tensor]  # (history, new tokens) 
 
 
 class FakeAttention(torch.nn.Module):
-    def __init__(self, attention_fn: AttentionFn | None) -> None:
+    """Returns weights like eager attention, and none under any other implementation (as SDPA does)."""
+
+    def __init__(self, attention_fn: AttentionFn | None, config: LlamaConfig) -> None:
         super().__init__()
         self.attention_fn = attention_fn
+        self.config = config
 
-    def forward(self, history: list[int], new: int) -> tuple[None, torch.Tensor | None]:
-        weights = self.attention_fn(history, new)[None] if self.attention_fn else None  # [1, heads, new, seq]
-        return None, weights
+    def forward(self, histories: list[list[int]], new: int) -> tuple[None, torch.Tensor | None]:
+        if self.attention_fn is None or self.config._attn_implementation != "eager":
+            return None, None
+        return None, torch.stack([self.attention_fn(h, new) for h in histories])  # [batch, heads, new, seq]
 
 
 class FakeLM(torch.nn.Module):
@@ -65,9 +69,10 @@ class FakeLM(torch.nn.Module):
         self.generation_config = SimpleNamespace(eos_token_id=None)
         self.logits_fn = logits_fn
         self.layers = torch.nn.ModuleList(
-            torch.nn.ModuleDict({"self_attn": FakeAttention(attention_fn)}) for _ in range(2)
+            torch.nn.ModuleDict({"self_attn": FakeAttention(attention_fn, self.config)}) for _ in range(2)
         )
         self.calls = 0
+        self.implementations: list[str] = []  # the attention implementation of each call
         self.prompt_len = 0
 
     @property
@@ -79,18 +84,20 @@ class FakeLM(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache=None, **_: object) -> SimpleNamespace:
         self.calls += 1
-        history = new = input_ids[0].tolist()
+        self.implementations.append(self.config._attn_implementation)
+        new = input_ids.shape[1]
+        histories = input_ids.tolist()  # one token list per batch row
         if cache is None or cache.get_seq_length() == 0:
-            self.prompt_len = len(new)
+            self.prompt_len = new
         if cache is not None:
-            ids = input_ids.float()[None, :, :, None]  # [1, 1, new, 1]
+            ids = input_ids.float()[:, None, :, None]  # [batch, 1, new, 1]
             for layer in range(len(self.layers)):
-                keys, _ = cache.update(ids, ids, layer)  # [1, 1, seq, 1]
-            history = keys[0, 0, :, 0].long().tolist()
+                keys, _ = cache.update(ids, ids, layer)  # [batch, 1, seq, 1]
+            histories = keys[:, 0, :, 0].long().tolist()
         for layer in self.layers:
-            layer["self_attn"](history, len(new))
+            layer["self_attn"](histories, new)
         logits = (
-            self.logits_fn(history, self.prompt_len)
+            self.logits_fn(histories[0], self.prompt_len)
             if self.logits_fn
             else torch.zeros(self.config.vocab_size)
         )
@@ -311,15 +318,16 @@ def test_icr_ranks_by_calibrated_query_attention(tokenizer):
     query = "why do zebras have stripes"
     out = reranker.rerank(query, hits)
     assert model.calls == reranker.forward_passes == 2
+    assert model.implementations == ["sdpa", "eager"]  # passages prefilled with SDPA; query rows eager
     assert [h.doc_id for h in out[:2]] == ["d2", "d4"]  # the two passages about zebra stripes
     assert out[-1].doc_id == "d1"  # calibration turns the bias into a negative score
     # Without calibration the bias toward "celebrity" wins: the raw attention of the query ranks d1 first.
     prompt = reranker.build_prompt(query, docs.get([h.doc_id for h in hits]))
     cache = DynamicCache(config=model.config)
     model(input_ids=torch.tensor([prompt.prefix]), cache=cache)
-    with reranker._attention_rows(len(prompt.query), len(prompt.prefix)) as raw:
+    with reranker._attention_rows([len(prompt.query)], len(prompt.prefix)) as raw:
         model(input_ids=torch.tensor([prompt.query]), cache=cache)
-    raw_scores = [float(raw[0][a:b].sum()) for a, b in prompt.spans]
+    raw_scores = [float(raw[0][0, a:b].sum()) for a, b in prompt.spans]
     assert max(range(6), key=raw_scores.__getitem__) == 1
 
 
@@ -348,17 +356,16 @@ def test_icr_reads_only_the_chosen_heads(tokenizer):
     documents = docs.get([h.doc_id for h in hits])
 
     def attention(history: list[int], new: int) -> torch.Tensor:
-        """In the real query's pass head 0 looks at passage 1 and head 1 at passage 6; else uniform."""
+        """In the real query's row head 0 looks at passage 1 and head 1 at passage 6; else uniform."""
         weights = torch.full((2, new, len(history)), 1.0)
-        if new < len(history):  # the query's pass, on top of the cached passages
-            for head, (a, b) in ((0, spans[0]), (1, spans[5])):
+        start = len(history) - new
+        if history[start : start + len(prompt.query)] == prompt.query:  # the real query's row
+            for head, (a, b) in ((0, prompt.spans[0]), (1, prompt.spans[5])):
                 weights[head, :, a:b] += 50.0
         return weights / weights.sum(-1, keepdim=True)  # [heads, new, seq]
 
     model = FakeLM(len(tokenizer), attention_fn=attention)
-    spans = (
-        InContextReranker(ICRConfig(), model=model, tokenizer=tokenizer).build_prompt("q", documents).spans
-    )
+    prompt = InContextReranker(ICRConfig(), model=model, tokenizer=tokenizer).build_prompt("q", documents)
     for heads, best in (([0], "d0"), ([1], "d5")):
         config = ICRConfig(heads=heads, layers=[-1])
         assert config.layers == (-1,) and config.heads == tuple(heads)
@@ -370,11 +377,26 @@ def test_icr_reads_only_the_chosen_heads(tokenizer):
         )
 
 
-def test_icr_needs_eager_attention(tokenizer):
+def test_icr_works_on_a_model_loaded_with_sdpa_and_restores_its_setting(tokenizer):
     hits, docs = icr_docs()
-    model = FakeLM(len(tokenizer), attn_implementation="sdpa")
-    with pytest.raises(ConfigError, match="eager"):
-        InContextReranker(ICRConfig(), model=model, tokenizer=tokenizer, docstore=docs).rerank("q", hits)
+    model = FakeLM(
+        len(tokenizer), attention_fn=lexical_attention(tokenizer, "celebrity"), attn_implementation="sdpa"
+    )
+    out = InContextReranker(ICRConfig(), model=model, tokenizer=tokenizer, docstore=docs).rerank(
+        "why do zebras have stripes", hits
+    )
+    assert [h.doc_id for h in out[:2]] == ["d2", "d4"]
+    assert model.implementations == ["sdpa", "eager"]
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_icr_refuses_a_model_whose_eager_attention_returns_no_weights(tokenizer):
+    hits, docs = icr_docs()
+    model = FakeLM(len(tokenizer))  # no attention function: its attention modules return no weights
+    reranker = InContextReranker(ICRConfig(), model=model, tokenizer=tokenizer, docstore=docs)
+    with pytest.raises(ConfigError, match="attention weights"):
+        reranker.rerank("q", hits)
+    assert model.config._attn_implementation == "eager"  # restored after the failure
 
 
 # -- the shared contract ----------------------------------------------------------------------------------

