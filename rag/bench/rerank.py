@@ -24,6 +24,7 @@ from rag.bench.report import Row, SuiteResult
 from rag.collection import build_index
 from rag.corpus import read_beir, read_beir_qrels, read_beir_queries
 from rag.docstore import Docstore
+from rag.errors import ConfigError
 from rag.eval.retrieval import run_queries, score_run
 from rag.indexes import Retriever, load_index
 from rag.models import install_hint, load_causal_lm, resolve_model
@@ -60,18 +61,22 @@ def scifact_dense_index() -> Retriever:
 
 
 def first_stage_runs(
-    queries: Mapping[str, str], depth: int
+    queries: Mapping[str, str], depth: int, stages: Sequence[str] = STAGES
 ) -> tuple[dict[str, dict[str, list[Hit]]], Docstore]:
-    """The top-``depth`` hits of each first stage for ``queries``, and the SciFact docstore."""
+    """The top-``depth`` hits of each first stage (``bm25``, ``dense``) for ``queries``, and the docstore."""
     from rag.indexes.bm25 import BM25Retriever
 
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"unknown first stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     dense = scifact_dense_index()
-    bm25 = BM25Retriever()
-    bm25.add(read_beir(data_dir() / "scifact"))
-    runs = {
-        "bm25": run_queries(bm25, queries, k=depth, progress=False),
-        "dense": run_queries(dense, queries, k=depth, progress=False),
-    }
+    runs = {}
+    if "bm25" in stages:
+        bm25 = BM25Retriever()
+        bm25.add(read_beir(data_dir() / "scifact"))
+        runs["bm25"] = run_queries(bm25, queries, k=depth, progress=False)
+    if "dense" in stages:
+        runs["dense"] = run_queries(dense, queries, k=depth, progress=False)
     return runs, Docstore(dense.docstore_path)  # type: ignore[attr-defined]
 
 
@@ -80,6 +85,7 @@ def run(
     depth: int = 20,
     models: Sequence[str] = MODELS,
     rerankers: Sequence[str] = RERANKERS,
+    stages: Sequence[str] = STAGES,
     passage_tokens: int = 64,
     window: int = 20,
     stride: int = 10,
@@ -95,7 +101,7 @@ def run(
     measured_models = [m for m in models if not install_hint(m)]
     for model in measured_models:
         resolve_model(model)  # an unknown name fails here, before the first stage is built
-    runs, docstore = first_stage_runs(chosen, depth)
+    runs, docstore = first_stage_runs(chosen, depth, stages)
     before = {stage: score_run(hits, judged, [MEASURE])[MEASURE] for stage, hits in runs.items()}
 
     measured: list[Measured] = []
@@ -107,6 +113,9 @@ def run(
                 options = {"model": model, "passage_tokens": passage_tokens}
                 if name in ("listwise", "first"):
                     options |= {"window": window, "stride": stride}
+                if name == "icr":  # every candidate in one prompt, whose limit grows to hold them
+                    room = depth * (passage_tokens + 8) + 256
+                    options |= {"docs_per_prompt": depth, "max_prompt_tokens": max(4096, room)}
                 reranker = cls(config_cls(**options), model=lm, tokenizer=tokenizer, docstore=docstore)
                 start = time.perf_counter()
                 reranked = rerank_run(reranker, hits, chosen, depth=depth, progress=False)
