@@ -89,6 +89,7 @@ def run(
     passage_tokens: int = 64,
     window: int = 20,
     stride: int = 10,
+    progress: bool = True,
 ) -> SuiteResult:
     """Rerank the BM25 and dense top-``depth`` of the first ``queries`` SciFact test queries, per model."""
     load = os.getloadavg()[0]
@@ -118,7 +119,9 @@ def run(
                     options |= {"docs_per_prompt": depth, "max_prompt_tokens": max(4096, room)}
                 reranker = cls(config_cls(**options), model=lm, tokenizer=tokenizer, docstore=docstore)
                 start = time.perf_counter()
-                reranked = rerank_run(reranker, hits, chosen, depth=depth, progress=False)
+                if progress:
+                    print(f"{model}, {stage} top-{depth}: {name}", flush=True)
+                reranked = rerank_run(reranker, hits, chosen, depth=depth, progress=progress)
                 ms = 1000 * (time.perf_counter() - start) / len(chosen)
                 after = score_run(reranked, judged, [MEASURE])[MEASURE]
                 passes = reranker.forward_passes / len(chosen)
