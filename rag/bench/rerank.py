@@ -98,8 +98,9 @@ def run(
     texts = read_beir_queries(scifact)
     chosen = {qid: texts[qid] for qid in list(qrels)[:queries]}
     judged = {qid: qrels[qid] for qid in chosen}
-    skipped = [f"{m}: not measured, {install_hint(m)}." for m in models if install_hint(m)]
-    measured_models = [m for m in models if not install_hint(m)]
+    hints = {m: install_hint(m) for m in models}
+    skipped = [f"{m}: not measured, {hint}." for m, hint in hints.items() if hint]
+    measured_models = [m for m, hint in hints.items() if not hint]
     for model in measured_models:
         resolve_model(model)  # an unknown name fails here, before the first stage is built
     runs, docstore = first_stage_runs(chosen, depth, stages)
