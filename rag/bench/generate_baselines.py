@@ -20,6 +20,8 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from rag.models.skinny_linear import stock_linears
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -61,7 +63,8 @@ class _FirstTokenClock(BaseStreamer):
 
 @dataclass(frozen=True)
 class TransformersGenerate:
-    """transformers ``model.generate()``, greedy, with optional extra generation options.
+    """transformers ``model.generate()``, greedy, with optional extra generation options, on torch's own
+    ``nn.Linear`` (ragloom's :class:`~rag.models.skinny_linear.SkinnyLinear` is switched off for the call).
 
     ``options`` go into the ``GenerationConfig`` (e.g. ``{"prompt_lookup_num_tokens": 10}``);
     ``assistant`` is a smaller model with the same tokenizer for assisted generation, or None.
@@ -85,15 +88,16 @@ class TransformersGenerate:
         )
         clock = _FirstTokenClock()
         extra = {} if self.assistant is None else {"assistant_model": self.assistant}
-        start = time.perf_counter()
-        output = self.model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            generation_config=config,
-            streamer=clock,
-            **extra,
-        )  # [1, prompt_len + new]
-        end = time.perf_counter()
+        with stock_linears(self.model, self.assistant):  # as a user of transformers runs it
+            start = time.perf_counter()
+            output = self.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=config,
+                streamer=clock,
+                **extra,
+            )  # [1, prompt_len + new]
+            end = time.perf_counter()
         tokens = output[0, input_ids.shape[1] :].tolist()
         first = (clock.first or end) - start
         return Measurement(tokens, first, end - start)

@@ -92,10 +92,13 @@ def load_causal_lm(
     """A causal LM in float32, in eval mode, and its tokenizer.
 
     ``attn_implementation`` is transformers' choice of attention: "eager" (the generator's default) or "sdpa"
-    (about 1.8x faster prefill of a 1,700-token prompt on a 2-core CPU; what the rerankers load).
+    (about 1.8x faster prefill of a 1,700-token prompt on a 2-core CPU; what the rerankers load). On a CPU
+    the linear layers become :class:`~rag.models.skinny_linear.SkinnyLinear` (decoding steps ~1.5x faster).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rag.models.skinny_linear import use_skinny_linears
 
     source = resolve_model(name)
     try:
@@ -106,7 +109,10 @@ def load_causal_lm(
     except OSError as error:
         raise _offline_error(name, error) from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    if model.device.type == "cpu":
+        use_skinny_linears(model)
+    return model, tokenizer
 
 
 def load_sentence_transformer(

@@ -1,0 +1,87 @@
+"""SkinnyLinear computes what nn.Linear computes, for every input shape, and can be switched off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rag.models.skinny_linear import MAX_ROWS, SkinnyLinear, stock_linears, use_skinny_linears
+
+SHAPES = [(1, 7), (2, 7), (3, 7), (1, 1, 7), (2, 1, 7), (1, 4, 7), (3, 5, 7), (0, 7)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_linear(shape: tuple[int, ...], bias: bool) -> None:
+    torch.manual_seed(0)
+    stock = torch.nn.Linear(7, 11, bias=bias)
+    skinny = torch.nn.Linear(7, 11, bias=bias)
+    skinny.load_state_dict(stock.state_dict())
+    use_skinny_linears(skinny)
+    x = torch.randn(shape)
+    out = skinny(x)
+    assert out.shape == (*shape[:-1], 11)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, stock(x), atol=1e-6, rtol=1e-5)
+
+
+def test_non_contiguous_input_and_one_output() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 1)
+    x = torch.randn(6, 2).T  # [2, 6], strides (1, 2)
+    expected = layer(x)
+    use_skinny_linears(layer)
+    torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_gradients_flow_like_linear() -> None:
+    torch.manual_seed(0)
+    stock = torch.nn.Linear(5, 3)
+    skinny = torch.nn.Linear(5, 3)
+    skinny.load_state_dict(stock.state_dict())
+    use_skinny_linears(skinny)
+    x = torch.randn(2, 5)
+    stock(x).square().sum().backward()
+    skinny(x).square().sum().backward()
+    torch.testing.assert_close(skinny.weight.grad, stock.weight.grad)
+    torch.testing.assert_close(skinny.bias.grad, stock.bias.grad)
+
+
+def test_swaps_float32_linears_only_and_switches_back() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4),
+        torch.nn.ReLU(),
+        torch.nn.Linear(4, 4).to(torch.bfloat16),
+        torch.nn.Linear(4, 2),
+    )
+    assert use_skinny_linears(model) == 2
+    assert [type(m).__name__ for m in model] == ["SkinnyLinear", "ReLU", "Linear", "SkinnyLinear"]
+    with stock_linears(model, None):
+        assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear, torch.nn.Linear]
+    assert isinstance(model[0], SkinnyLinear) and isinstance(model[3], SkinnyLinear)
+    assert use_skinny_linears(model) == 0  # already done
+
+
+def test_switches_back_after_an_error() -> None:
+    model = torch.nn.Linear(3, 3)
+    use_skinny_linears(model)
+    with pytest.raises(RuntimeError), stock_linears(model):
+        raise RuntimeError("boom")
+    assert type(model) is SkinnyLinear
+
+
+def test_the_loaded_generator_uses_it_and_decodes_the_same_tokens(smollm2) -> None:
+    """Greedy decoding with and without SkinnyLinear gives the same tokens on a real model."""
+    model, tokenizer = smollm2
+    assert isinstance(model.lm_head, SkinnyLinear)
+    ids = tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        fast = model.generate(ids, max_new_tokens=12, do_sample=False)
+        with stock_linears(model):
+            stock = model.generate(ids, max_new_tokens=12, do_sample=False)
+        rows = ids[:, -1:].repeat(MAX_ROWS, 1)  # [MAX_ROWS, 1]: every layer takes the skinny path
+        fast_logits = model(rows).logits[:, -1]
+        with stock_linears(model):
+            stock_logits = model(rows).logits[:, -1]
+    assert fast.tolist() == stock.tolist()
+    torch.testing.assert_close(fast_logits, stock_logits, atol=1e-3, rtol=1e-4)
