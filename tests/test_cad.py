@@ -88,7 +88,8 @@ def _prompts(generator: CausalLMGenerator, alpha: float = 1.0) -> tuple[torch.Te
 @pytest.mark.slow
 @torch.inference_mode()
 def test_two_row_batch_equals_two_single_row_runs(generator: CausalLMGenerator) -> None:
-    """Left padding, the padding mask and per-row position ids: each row's logits as if it ran alone."""
+    """The packed prefill (one forward), then left padding, the padding mask and per-row position ids: each
+    row's logits as if it ran alone."""
     prompt, context_free = _prompts(generator)
     assert context_free.shape[1] < prompt.shape[1]  # the context-free row is the padded one
     both = KVBatch(generator.model, [prompt[0], context_free[0]])
@@ -99,6 +100,7 @@ def test_two_row_batch_equals_two_single_row_runs(generator: CausalLMGenerator) 
             torch.testing.assert_close(batched[row], single[0], atol=2e-4, rtol=1e-4)
 
     check(both.prefill(), [single.prefill() for single in alone])
+    assert both.forward_calls == 1  # both prompts in one forward
     prefix = generator.tokenizer.encode(" The capital is", add_special_tokens=False)
     for token in prefix:
         check(both.extend([token]), [single.extend([token]) for single in alone])
@@ -166,7 +168,9 @@ def test_one_model_call_per_decoding_step(generator: CausalLMGenerator) -> None:
         hook.remove()
     n = answer.timings.new_tokens
     assert len(calls) == n  # one prefill, then one per token after the first
-    assert calls[0][0] == 2 and all(shape == (2, 1) for shape in calls[1:])  # both rows in every call
+    prompt, context_free = _prompts(generator)
+    assert calls[0] == (1, prompt.shape[1] + context_free.shape[1])  # both prompts packed in one sequence
+    assert all(shape == (2, 1) for shape in calls[1:])  # then both rows in every call
     assert answer.timings.decode_steps == n - 1 and answer.timings.tokens_per_step == 1.0
 
 

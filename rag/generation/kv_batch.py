@@ -55,7 +55,8 @@ class KVBatch:
 
     ``prefill()`` runs all prompts; ``extend(tokens, parents)`` appends the same token tree to every row and
     returns each node's next-token logits; ``keep(nodes)`` then keeps the KV of those nodes only (a path from
-    the root), so that the cache again holds plain sequences. Each call is exactly one forward of the model.
+    the root), so that the cache again holds plain sequences. Each call is exactly one forward of the model;
+    several prompts are prefilled packed into one sequence, then laid out as left-padded rows.
     """
 
     def __init__(self, model: Any, prompts: Sequence[torch.Tensor]) -> None:  # each [prompt_len_r]
@@ -82,12 +83,41 @@ class KVBatch:
         """Run the prompts; next-token logits after each prompt ``# [rows, vocab]``."""
         if self.cache.get_seq_length() > 0:
             raise RuntimeError("prefill() runs once")
+        if self.rows > 1:
+            return self._prefill_packed()
         width = self._ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()  # [width, width]
         allowed = causal[None, None] & self._valid[:, None, None, :]  # [rows, 1, width, width]
         positions = (self._valid.cumsum(dim=1) - 1).clamp(min=0)  # [rows, width]; padding gets 0
         logits = self._run(self._ids, allowed, positions, logits_to_keep=1)  # [rows, 1, vocab]
         return logits[:, -1]
+
+    def _prefill_packed(self) -> torch.Tensor:
+        """Several prompts as pieces of one sequence (no padding): one forward whose cost is the sum of their
+        lengths, not ``rows`` times the longest (CAD's context-free prompt is much shorter than the main one).
+        Each piece sees itself only and starts at position 0; its KV is then laid out in its left-padded row.
+        """
+        pieces = [self._ids[r, self._valid[r]] for r in range(self.rows)]  # each [len_r]
+        lengths = torch.tensor([len(p) for p in pieces], device=self.device)  # [rows]
+        piece = torch.repeat_interleave(torch.arange(self.rows, device=self.device), lengths)  # [total]
+        offset = torch.arange(len(piece), device=self.device) - (lengths.cumsum(0) - lengths)[piece]
+        allowed = (piece[:, None] == piece[None, :]) & (offset[:, None] >= offset[None, :])  # [total, total]
+        rows_cache, self.cache = self.cache, DynamicCache(config=self.model.config)  # run on a packed cache
+        ends = lengths.cumsum(0) - 1  # [rows] index of each piece's last token
+        logits = self._run(
+            torch.cat(pieces)[None], allowed[None, None], offset[None], logits_to_keep=ends
+        )  # [1, rows, vocab]
+        width = self._ids.shape[1]
+        for layer, stored in enumerate(self.cache.layers):
+            rows_kv = []
+            for states in (stored.keys, stored.values):  # [1, kv_heads, total, head_dim]
+                padded = states.new_zeros(self.rows, states.shape[1], width, states.shape[3])
+                for r, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
+                    padded[r, :, width - length :] = states[0, :, end + 1 - length : end + 1]
+                rows_kv.append(padded)  # [rows, kv_heads, width, head_dim]
+            rows_cache.update(*rows_kv, layer)
+        self.cache = rows_cache
+        return logits[0]
 
     def extend(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
         """Append a token tree to every row; logits after each node ``# [rows, n, vocab]``.
@@ -140,7 +170,7 @@ class KVBatch:
         ids: torch.Tensor,  # [rows, n]
         allowed: torch.Tensor,  # [rows, 1, n, cached + n] bool
         positions: torch.Tensor,  # [rows, n]
-        logits_to_keep: int,
+        logits_to_keep: int | torch.Tensor,  # the last n positions, or these positions
     ) -> torch.Tensor:
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)

@@ -93,7 +93,11 @@ class ParallelKVBatch(KVBatch):
         return logits[:, -1]
 
     def _run(
-        self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, logits_to_keep: int
+        self,
+        ids: torch.Tensor,
+        allowed: torch.Tensor,
+        positions: torch.Tensor,
+        logits_to_keep: int | torch.Tensor,
     ) -> torch.Tensor:
         with ape_segments(self.segments):
             return super()._run(ids, allowed, positions, logits_to_keep)
