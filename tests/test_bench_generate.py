@@ -52,7 +52,9 @@ def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypa
 @pytest.mark.slow
 def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens() -> None:
     model = "smollm2-135m-instruct"
-    result = generate.collect([model], short=1, long=1, k=2, short_tokens=16, long_tokens=48, progress=False)
+    result = generate.collect(
+        [model], short=1, long=1, k=2, short_tokens=16, long_tokens=48, long_min_tokens=40, progress=False
+    )
     (run,) = result.runs
     assert run.modes[0] == generate.BASELINE and "generate(prompt_lookup_num_tokens)" in run.modes
     assert set(run.modes) >= {mode.name for mode in generate.MODES}
@@ -62,6 +64,8 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
             measured = run.answers[shape, mode]
             assert len(measured) == 1
             assert all(m.tokens and 0 < m.first_token_s <= m.total_s for m, _ in measured)
+            if shape == "long":  # every mode, transformers' too, writes at least long_min_tokens
+                assert all(len(m.tokens) >= 40 for m, _ in measured), mode
     for mode, reference in (
         ("ragloom drafting", "ragloom plain"),
         ("ragloom CAD + drafting", "ragloom CAD"),

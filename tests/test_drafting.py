@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -291,6 +292,22 @@ def test_greedy_drafting_equals_plain_greedy_on_smollm2(generator: CausalLMGener
         steps += stats.decode_steps
         tokens += len(plain) - 1
     assert tokens / steps > 1.5  # mean tokens per verification step over the 20 prompts
+
+
+@pytest.mark.slow
+def test_min_new_tokens_holds_back_the_end_in_every_mode(generator: CausalLMGenerator) -> None:
+    """A short answer is made to go on past its end; drafting still gives the plain greedy tokens."""
+    question = "Into which sea does the Nile flow?"  # SmolLM2 answers it in 9 tokens
+    ids = generator._encode_prompt(question, PASSAGES, GenerationParams())
+    free = list(generator._decode(ids, GenerationParams(max_new_tokens=40)))
+    assert free[-1] in generator.eos_token_ids and len(free) < 20  # it ends early by itself
+    held = GenerationParams(max_new_tokens=40, min_new_tokens=20)
+    plain = list(generator._decode(ids, held))
+    assert len(plain) >= 20 and plain[: len(free) - 1] == free[:-1]
+    assert not set(plain[:19]) & generator.eos_token_ids
+    assert list(generator._decode(ids, replace(held, draft_tokens=6))) == plain
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        GenerationParams(max_new_tokens=8, min_new_tokens=9)
 
 
 @pytest.mark.slow

@@ -218,11 +218,14 @@ class _ModelBench:
             )
         return self.gens[key]
 
-    def params(self, gen: CausalLMGenerator, mode: RagloomMode, max_new_tokens: int) -> GenerationParams:
+    def params(
+        self, gen: CausalLMGenerator, mode: RagloomMode, max_new_tokens: int, min_new_tokens: int
+    ) -> GenerationParams:
         """The generator's default parameters (e.g. APE's) with this mode's parts switched on."""
         return replace(
             gen.config.default_params(),
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             cad_alpha=self.settings["cad_alpha"] if mode.cad else 0.0,
             draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
             parallel_contexts=mode.store is not None,
@@ -232,7 +235,9 @@ class _ModelBench:
         gen = self.generator(prompt.shape, None)
         return gen._encode_prompt(prompt.question, prompt.passages, GenerationParams())  # [1, prompt_len]
 
-    def answer(self, prompt: Prompt, max_new_tokens: int) -> dict[str, tuple[Measurement, str]]:
+    def answer(
+        self, prompt: Prompt, max_new_tokens: int, min_new_tokens: int = 0
+    ) -> dict[str, tuple[Measurement, str]]:
         """Every mode on one prompt, in order; the warm stores are filled (untimed) first."""
         input_ids = self.prompt_ids(prompt)
         warm = {(mode.store, mode.int8) for mode in MODES if mode.store in ("memory", "disk")}
@@ -243,11 +248,12 @@ class _ModelBench:
         decode = self.generator(prompt.shape, None)._detokenize
         out: dict[str, tuple[Measurement, str]] = {}
         for baseline in self.baselines:
-            m = baseline.run(input_ids, max_new_tokens)
+            m = baseline.run(input_ids, max_new_tokens, min_new_tokens)
             out[baseline.name] = (m, decode(m.tokens).strip())
         for mode in MODES:
             gen = self.generator(prompt.shape, mode.store, mode.int8)
-            m = run_ragloom(gen, prompt, input_ids, self.params(gen, mode, max_new_tokens))
+            params = self.params(gen, mode, max_new_tokens, min_new_tokens)
+            m = run_ragloom(gen, prompt, input_ids, params)
             out[mode.name] = (m, decode(m.tokens).strip())
         return out
 
@@ -270,6 +276,7 @@ def collect(
     k: int = 5,
     short_tokens: int = 32,
     long_tokens: int = 160,
+    long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
     draft_tokens: int = 8,
     prompt_lookup: int = 10,
@@ -280,6 +287,7 @@ def collect(
         "k": k,
         "short_tokens": short_tokens,
         "long_tokens": long_tokens,
+        "long_min_tokens": long_min_tokens,
         "cad_alpha": cad_alpha,
         "draft_tokens": draft_tokens,
         "prompt_lookup": prompt_lookup,
@@ -322,11 +330,14 @@ def _measure_model(
         run.notes.append(f"{name}: `generate(assistant_model)` not measured: {detail}.")
     _warm_up(bench)
     run.modes = [b.name for b in bench.baselines] + [m.name for m in MODES]
-    tokens = {"short": settings["short_tokens"], "long": settings["long_tokens"]}
+    tokens = {  # (max_new_tokens, min_new_tokens)
+        "short": (settings["short_tokens"], 0),
+        "long": (settings["long_tokens"], settings["long_min_tokens"]),
+    }
     for shape, shape_prompts in prompts.items():
         for i, prompt in enumerate(shape_prompts):
             start = time.perf_counter()
-            for mode, answer in bench.answer(prompt, tokens[shape]).items():
+            for mode, answer in bench.answer(prompt, *tokens[shape]).items():
                 run.answers.setdefault((shape, mode), []).append(answer)
             if progress:
                 took = time.perf_counter() - start

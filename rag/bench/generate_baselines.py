@@ -77,10 +77,13 @@ class TransformersGenerate:
     assistant: Any = None
 
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor, max_new_tokens: int) -> Measurement:  # input_ids: [1, prompt_len]
+    def run(
+        self, input_ids: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0
+    ) -> Measurement:  # input_ids: [1, prompt_len]
         eos = sorted(self.eos_token_ids)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=eos[0],

@@ -142,16 +142,17 @@ def report(result: GenerateRun) -> SuiteResult:
         f"the file, each with its top-{s['k']} paragraphs from a MiniLM Flat index of the 240 XQuAD "
         f"paragraphs (the gold paragraph is among them for {gold} of the {n_short} short prompts). Short: "
         f"the `rag eval qa` prompt, at most {s['short_tokens']} new tokens, SQuAD EM/F1 ×100 against the "
-        "gold answers. Long: an instruction to explain in detail with quotes, at most "
-        f"{s['long_tokens']} new tokens, speed only.",
+        "gold answers. Long: an instruction to explain in detail with quotes, "
+        f"{s.get('long_min_tokens', 0)} to {s['long_tokens']} new tokens (end of sequence blocked before "
+        "the minimum, in every mode: `min_new_tokens`), speed only.",
         f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {s['draft_tokens']} tokens per step "
         "(n-grams 3..1 over prompt and answer, 3 branches); parallel contexts with APE temperature "
         f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
         "int8; warm memory / warm disk: every passage block in the store's memory tier / "
         "only in its directory (read back through the OS page cache), filled by an untimed request just "
         "before; all combined = parallel warm memory + CAD + drafting; "
-        f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`. ragloom's draft-model drafting "
-        "(retrieval + draft model) is not implemented, so not measured.",
+        f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`. ragloom's retrieval + draft-model "
+        "drafting (`CausalLMConfig.draft_model`, RASD) is not in this suite yet.",
         "Every mode answers the same prompt token ids with the same model object (fp32, eager attention), "
         "greedy; time to first token counts from the templated prompt ids (ragloom's timed work includes "
         "cutting the prompt for parallel contexts and templating CAD's context-free prompt); decode tok/s "

@@ -28,10 +28,16 @@ class GenerationParams:
     ape_scale: float = 0.8
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False
+    min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

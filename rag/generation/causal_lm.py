@@ -308,9 +308,13 @@ class CausalLMGenerator(Generator):
             input_ids = parallel.input_ids
             batch = self._parallel_prefill(params).batch(parallel, prompts[1:], stats)
 
+        eos_ids = torch.tensor(sorted(self.eos_token_ids), device=self.model.device)
+
         def score(generated: list[int], logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [vocab]
             combined = logits[0] if cad is None else cad(logits[0], logits[1])
             scores = self._process_logits(input_ids, generated, combined)
+            if len(generated) < params.min_new_tokens:  # a function of the tokens only: drafting agrees
+                scores = scores.index_fill(0, eos_ids, float("-inf"))
             return scores if citations is None else citations(generated, scores)
 
         if params.draft_tokens > 0:
