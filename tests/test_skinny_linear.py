@@ -7,7 +7,7 @@ import torch
 
 from rag.models.skinny_linear import MAX_ROWS, SkinnyLinear, stock_linears, use_skinny_linears
 
-SHAPES = [(1, 7), (2, 7), (3, 7), (1, 1, 7), (2, 1, 7), (1, 4, 7), (3, 5, 7), (0, 7)]
+SHAPES = [(1, 7), (2, 7), (3, 7), (1, 1, 7), (2, 1, 7), (1, 4, 7), (3, 5, 7), (0, 7), (5, 9, 7)]
 
 
 @pytest.mark.parametrize("bias", [True, False])
