@@ -50,6 +50,20 @@ def tree_depths(parents: Sequence[int]) -> list[int]:
     return depths
 
 
+def packed_causal_mask(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For pieces of ``lengths`` ``# [pieces]`` laid end to end: each token's position within its piece
+    ``# [total]``, and the mask ``# [total, total]`` letting a token see its own piece up to itself.
+
+    >>> offset, allowed = packed_causal_mask(torch.tensor([2, 1]))
+    >>> offset.tolist(), allowed.int().tolist()
+    ([0, 1, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    """
+    piece = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # [total]
+    offset = torch.arange(len(piece), device=lengths.device) - (lengths.cumsum(0) - lengths)[piece]
+    allowed = (piece[:, None] == piece[None, :]) & (offset[:, None] >= offset[None, :])
+    return offset, allowed
+
+
 class KVBatch:
     """``rows`` prompts of different lengths, left-padded, sharing one ``DynamicCache``.
 
@@ -99,9 +113,7 @@ class KVBatch:
         """
         pieces = [self._ids[r, self._valid[r]] for r in range(self.rows)]  # each [len_r]
         lengths = torch.tensor([len(p) for p in pieces], device=self.device)  # [rows]
-        piece = torch.repeat_interleave(torch.arange(self.rows, device=self.device), lengths)  # [total]
-        offset = torch.arange(len(piece), device=self.device) - (lengths.cumsum(0) - lengths)[piece]
-        allowed = (piece[:, None] == piece[None, :]) & (offset[:, None] >= offset[None, :])  # [total, total]
+        offset, allowed = packed_causal_mask(lengths)  # [total], [total, total]
         rows_cache, self.cache = self.cache, DynamicCache(config=self.model.config)  # run on a packed cache
         ends = lengths.cumsum(0) - 1  # [rows] index of each piece's last token
         logits = self._run(

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.generation.base import DecodeStats
-from rag.generation.kv_batch import KVBatch
+from rag.generation.kv_batch import KVBatch, packed_causal_mask
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
 
@@ -201,12 +201,9 @@ class ParallelPrefill:
             past = prefix.tokens
             for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
                 cache.update(k[None], v[None], layer)
-        piece = torch.repeat_interleave(
-            torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
-        )
-        starts = torch.cumsum(torch.tensor([0, *lengths[:-1]], device=device), dim=0)  # [pieces]
-        offset = torch.arange(len(ids), device=device) - starts[piece]  # [n] position within the piece
-        allowed_new = (piece[:, None] == piece[None, :]) & (offset[:, None] >= offset[None, :])  # [n, n]
+        sizes = torch.tensor(lengths, device=device)  # [pieces]
+        starts = sizes.cumsum(0) - sizes  # [pieces]
+        offset, allowed_new = packed_causal_mask(sizes)  # [n] position within the piece, [n, n]
         allowed = torch.cat([torch.ones(len(ids), past, dtype=torch.bool, device=device), allowed_new], dim=1)
         dtype = self.model.dtype
         mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype, device=device)  # [1, 1, n, past + n]
