@@ -56,7 +56,7 @@ class CausalLMConfig:
     draft_tokens: int = 0  # retrieval-augmented drafting: longest draft per step; 0 = off
     draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
     draft_min_ngram: int = 1
-    draft_branches: int = 3  # distinct drafts merged into the tree verified per step
+    draft_branches: int = 1  # distinct drafts merged into the tree verified per step
     # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.fused_drafter):
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None

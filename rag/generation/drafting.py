@@ -38,7 +38,7 @@ class RetrievalDrafter:
 
     max_ngram: int = 3
     min_ngram: int = 1
-    branches: int = 3
+    branches: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
