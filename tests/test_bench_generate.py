@@ -50,15 +50,18 @@ def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypa
 
 
 @pytest.mark.slow
-def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens() -> None:
+def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(monkeypatch) -> None:
     model = "smollm2-135m-instruct"
+    # SmolLM2 as its own assistant: the assisted baseline and the draft-model mode run as for Qwen 1.5B + 0.5B
+    monkeypatch.setitem(generate.ASSISTANTS, model, model)
     result = generate.collect(
         [model], short=1, long=1, k=2, short_tokens=16, long_tokens=48, long_min_tokens=40, progress=False
     )
     (run,) = result.runs
     assert run.modes[0] == generate.BASELINE and "generate(prompt_lookup_num_tokens)" in run.modes
     assert set(run.modes) >= {mode.name for mode in generate.MODES}
-    assert any("no smaller same-tokenizer model" in note for note in run.notes)  # no assisted row faked
+    assert "generate(assistant_model)" in run.modes
+    assert any(f"draft with {model}" in note for note in run.notes)
     for shape in ("short", "long"):
         for mode in run.modes:
             measured = run.answers[shape, mode]
@@ -68,13 +71,15 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
                 assert all(len(m.tokens) >= 40 for m, _ in measured), mode
     for mode, reference in (
         ("ragloom drafting", "ragloom plain"),
+        ("ragloom drafting + draft model", "ragloom plain"),
         ("ragloom CAD + drafting", "ragloom CAD"),
         ("ragloom parallel, warm memory", "ragloom parallel, cold"),
         ("ragloom parallel, warm disk", "ragloom parallel, cold"),
     ):
         assert result.mismatches(run, mode, reference) == (0, 2), mode
-    drafted = run.answers["long", "ragloom drafting"]
-    assert sum(m.decode_steps for m, _ in drafted) < sum(len(m.tokens) - 1 for m, _ in drafted)
+    for mode in ("ragloom drafting", "ragloom drafting + draft model"):
+        drafted = run.answers["long", mode]
+        assert sum(m.decode_steps for m, _ in drafted) < sum(len(m.tokens) - 1 for m, _ in drafted), mode
     warm = run.answers["short", "ragloom parallel, warm disk"] + run.answers["long", "ragloom all combined"]
     assert all(m.passages_encoded == 0 for m, _ in warm)
 
@@ -91,3 +96,11 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
                 assert 0 <= row.ragloom <= 100, name
     assert any("0 of 2 prompts differ" in note for note in suite.notes)
     assert "| measure | ragloom | baseline |" in suite.markdown()
+
+
+@pytest.mark.slow
+def test_without_a_smaller_model_the_draft_model_mode_and_assisted_baseline_are_left_out(tmp_path) -> None:
+    lm, tokenizer = rag.models.load_causal_lm("smollm2-135m-instruct")
+    bench = generate._ModelBench("smollm2-135m-instruct", lm, tokenizer, tmp_path, {"prompt_lookup": 10})
+    assert [m.name for m in bench.modes] == [m.name for m in generate.MODES if not m.draft_model]
+    assert "generate(assistant_model)" not in [b.name for b in bench.baselines]

@@ -34,6 +34,8 @@ from rag.docstore import Docstore
 from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
+from rag.generation.draft_model import DraftModelProposer
+from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
 from rag.settings import data_dir
@@ -58,7 +60,9 @@ class RagloomMode:
     ``store`` selects the prefill: None is the sequential prefill of the whole prompt; ``"cold"``,
     ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel_contexts``)
     with nothing cached, with every block in the store's memory tier, and with every block in its directory.
-    ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``).
+    ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``). ``draft_model`` fuses the
+    retrieval drafts with the model's smaller same-tokenizer assistant (:data:`ASSISTANTS`; RASD, as
+    ``CausalLMConfig.draft_model`` does); models without one skip the mode.
     """
 
     name: str
@@ -66,6 +70,7 @@ class RagloomMode:
     draft: bool = False
     store: str | None = None
     int8: bool = False
+    draft_model: bool = False
 
 
 # The ragloom modes, in the order each prompt runs them (after the transformers baselines). Parallel-cached
@@ -74,6 +79,7 @@ MODES: tuple[RagloomMode, ...] = (
     RagloomMode("ragloom plain"),
     RagloomMode("ragloom CAD", cad=True),
     RagloomMode("ragloom drafting", draft=True),
+    RagloomMode("ragloom drafting + draft model", draft=True, draft_model=True),
     RagloomMode("ragloom CAD + drafting", cad=True, draft=True),
     RagloomMode("ragloom parallel, cold", store="cold"),
     RagloomMode("ragloom parallel, warm memory", store="memory"),
@@ -85,6 +91,7 @@ MODES: tuple[RagloomMode, ...] = (
 # (mode, the mode it must match token for token): drafting and caches change speed, never greedy output.
 IDENTICAL: tuple[tuple[str, str], ...] = (
     ("ragloom drafting", "ragloom plain"),
+    ("ragloom drafting + draft model", "ragloom plain"),
     ("ragloom CAD + drafting", "ragloom CAD"),
     ("ragloom parallel, warm memory", "ragloom parallel, cold"),
     ("ragloom parallel, warm disk", "ragloom parallel, cold"),
@@ -191,29 +198,49 @@ def run_ragloom(
 class _ModelBench:
     """The generators and baselines of one loaded model, for both prompt shapes."""
 
-    def __init__(self, name: str, lm: Any, tokenizer: Any, workdir: Path, settings: dict[str, Any]):
+    def __init__(
+        self,
+        name: str,
+        lm: Any,
+        tokenizer: Any,
+        workdir: Path,
+        settings: dict[str, Any],
+        assistant: Any = None,
+    ):
         self.name, self.lm, self.tokenizer = name, lm, tokenizer
         self.workdir = workdir
         self.settings = settings
-        self.gens: dict[tuple[str, str | None, bool], CausalLMGenerator] = {}
+        self.gens: dict[tuple[str, str | None, bool, bool], CausalLMGenerator] = {}
+        # the smaller same-tokenizer model: transformers' assistant and ragloom's draft model (None: none)
+        self.assistant = assistant
+        self.modes = [mode for mode in MODES if assistant is not None or not mode.draft_model]
         eos = self.generator("short", None).eos_token_ids
         lookup = (("prompt_lookup_num_tokens", settings["prompt_lookup"]),)
         self.baselines = [
             TransformersGenerate(BASELINE, lm, eos),
             TransformersGenerate("generate(prompt_lookup_num_tokens)", lm, eos, lookup),
         ]
+        if assistant is not None:
+            self.baselines.append(TransformersGenerate("generate(assistant_model)", lm, eos, (), assistant))
 
-    def generator(self, shape: str, store: str | None, int8: bool = False) -> CausalLMGenerator:
-        """The generator of one prompt shape (its system prompt) and passage store, made on first use."""
-        key = (shape, store, int8)
+    def generator(
+        self, shape: str, store: str | None, int8: bool = False, draft_model: bool = False
+    ) -> CausalLMGenerator:
+        """The generator of a prompt shape (its system prompt), store and drafter, made on first use."""
+        key = (shape, store, int8, draft_model)
         if key not in self.gens:
             system_prompt = QA_SYSTEM_PROMPT if shape == "short" else LONG_SYSTEM_PROMPT
             config = CausalLMConfig(model=self.name, system_prompt=system_prompt, passage_cache_int8=int8)
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
+            drafter = None
+            if draft_model:  # what CausalLMConfig(draft_model=...).drafter() builds, on the loaded assistant
+                proposer = DraftModelProposer(self.assistant, target_tokenizer=self.tokenizer)
+                drafter = FusedDrafter(config.drafter(), proposer)
             self.gens[key] = CausalLMGenerator(
                 config,
                 model=self.lm,
                 tokenizer=self.tokenizer,
+                drafter=drafter,
                 passage_store=_passage_store(store, directory),
             )
         return self.gens[key]
@@ -240,7 +267,7 @@ class _ModelBench:
     ) -> dict[str, tuple[Measurement, str]]:
         """Every mode on one prompt, in order; the warm stores are filled (untimed) first."""
         input_ids = self.prompt_ids(prompt)
-        warm = {(mode.store, mode.int8) for mode in MODES if mode.store in ("memory", "disk")}
+        warm = {(mode.store, mode.int8) for mode in self.modes if mode.store in ("memory", "disk")}
         for store, int8 in sorted(warm):
             gen = self.generator(prompt.shape, store, int8)
             prime = replace(gen.config.default_params(), max_new_tokens=1, parallel_contexts=True)
@@ -250,8 +277,8 @@ class _ModelBench:
         for baseline in self.baselines:
             m = baseline.run(input_ids, max_new_tokens, min_new_tokens)
             out[baseline.name] = (m, decode(m.tokens).strip())
-        for mode in MODES:
-            gen = self.generator(prompt.shape, mode.store, mode.int8)
+        for mode in self.modes:
+            gen = self.generator(prompt.shape, mode.store, mode.int8, mode.draft_model)
             params = self.params(gen, mode, max_new_tokens, min_new_tokens)
             m = run_ragloom(gen, prompt, input_ids, params)
             out[mode.name] = (m, decode(m.tokens).strip())
@@ -283,6 +310,7 @@ def collect(
     progress: bool = True,
 ) -> GenerateRun:
     """Answer ``short`` + ``long`` XQuAD prompts in every mode with each installed model of ``models``."""
+    defaults = CausalLMConfig()
     settings = {
         "k": k,
         "short_tokens": short_tokens,
@@ -291,7 +319,9 @@ def collect(
         "cad_alpha": cad_alpha,
         "draft_tokens": draft_tokens,
         "prompt_lookup": prompt_lookup,
-        "ape": (CausalLMConfig().ape_temperature, CausalLMConfig().ape_scale),
+        "ape": (defaults.ape_temperature, defaults.ape_scale),
+        "draft_ngrams": (defaults.draft_max_ngram, defaults.draft_min_ngram),
+        "draft_branches": defaults.draft_branches,
         "load_start": os.getloadavg()[0],
         "threads": torch.get_num_threads(),
     }
@@ -313,23 +343,24 @@ def _measure_model(
     name: str, prompts: dict[str, list[Prompt]], workdir: Path, settings: dict[str, Any], progress: bool
 ) -> ModelRun:
     lm, tokenizer = load_causal_lm(name)
-    bench = _ModelBench(name, lm, tokenizer, workdir, settings)
     run = ModelRun(name)
     assistant_name = ASSISTANTS.get(name)
     missing = install_hint(assistant_name) if assistant_name else "no smaller same-tokenizer model"
+    assistant = None
     if assistant_name and not missing:
         assistant, _ = load_causal_lm(assistant_name)
-        bench.baselines.append(
-            TransformersGenerate(
-                "generate(assistant_model)", lm, bench.baselines[0].eos_token_ids, (), assistant
-            )
+        run.notes.append(
+            f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting draft with "
+            f"{assistant_name}."
         )
-        run.notes.append(f"{name}: `generate(assistant_model)` drafts with {assistant_name}.")
     else:
         detail = f"{assistant_name} {missing}" if assistant_name else missing
-        run.notes.append(f"{name}: `generate(assistant_model)` not measured: {detail}.")
+        run.notes.append(
+            f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting not measured: {detail}."
+        )
+    bench = _ModelBench(name, lm, tokenizer, workdir, settings, assistant)
     _warm_up(bench)
-    run.modes = [b.name for b in bench.baselines] + [m.name for m in MODES]
+    run.modes = [b.name for b in bench.baselines] + [m.name for m in bench.modes]
     tokens = {  # (max_new_tokens, min_new_tokens)
         "short": (settings["short_tokens"], 0),
         "long": (settings["long_tokens"], settings["long_min_tokens"]),

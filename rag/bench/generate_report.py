@@ -86,7 +86,7 @@ def _target(shape: str, mode: str, measure: str) -> str:
 
 def _shape_note(run: ModelRun, shape: str, summaries: dict[str, Summary]) -> str:
     tokens = ", ".join(f"{mode} {s.new_tokens:.1f}" for mode, s in summaries.items())
-    drafting = [mode.name for mode in MODES if mode.draft]
+    drafting = [mode.name for mode in MODES if mode.draft and mode.name in summaries]
     accepted = ", ".join(f"{mode} {summaries[mode].accepted_per_step:.2f}" for mode in drafting)
     warm = [mode.name for mode in MODES if mode.store in ("memory", "disk")]
     encoded = sum(m.passages_encoded for mode in warm for m, _ in run.answers[shape, mode])
@@ -146,7 +146,8 @@ def report(result: GenerateRun) -> SuiteResult:
         f"{s.get('long_min_tokens', 0)} to {s['long_tokens']} new tokens (end of sequence blocked before "
         "the minimum, in every mode: `min_new_tokens`), speed only.",
         f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {s['draft_tokens']} tokens per step "
-        "(n-grams 3..1 over prompt and answer, 3 branches); parallel contexts with APE temperature "
+        f"(n-grams {s['draft_ngrams'][0]}..{s['draft_ngrams'][1]} over prompt and answer, "
+        f"{s['draft_branches']} branch(es)); parallel contexts with APE temperature "
         f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
         "int8; warm memory / warm disk: every passage block in the store's memory tier / "
         "only in its directory (read back through the OS page cache), filled by an untimed request just "
