@@ -151,9 +151,10 @@ def report(result: GenerateRun) -> SuiteResult:
         f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
         "int8; warm memory / warm disk: every passage block in the store's memory tier / "
         "only in its directory (read back through the OS page cache), filled by an untimed request just "
-        "before; all combined = parallel warm memory + CAD + drafting; "
-        f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`. ragloom's retrieval + draft-model "
-        "drafting (`CausalLMConfig.draft_model`, RASD) is not in this suite yet.",
+        "before; all combined = parallel warm memory + CAD + drafting; drafting + draft model = the "
+        "retrieval drafts fused with the greedy drafts of the model's assistant (named above) "
+        "(`CausalLMConfig.draft_model`, RASD), same draft length; "
+        f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`.",
         "Every mode answers the same prompt token ids with the same model object (fp32, eager attention), "
         "greedy; time to first token counts from the templated prompt ids (ragloom's timed work includes "
         "cutting the prompt for parallel contexts and templating CAD's context-free prompt); decode tok/s "
