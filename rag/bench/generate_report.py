@@ -147,7 +147,8 @@ def report(result: GenerateRun) -> SuiteResult:
         "the minimum, in every mode: `min_new_tokens`), speed only.",
         f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {s['draft_tokens']} tokens per step "
         f"(n-grams {s['draft_ngrams'][0]}..{s['draft_ngrams'][1]} over prompt and answer, "
-        f"{s['draft_branches']} branch(es)); parallel contexts with APE temperature "
+        f"{s['draft_branches']} {'branch' if s['draft_branches'] == 1 else 'branches'}); parallel contexts "
+        "with APE temperature "
         f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
         "int8; warm memory / warm disk: every passage block in the store's memory tier / "
         "only in its directory (read back through the OS page cache), filled by an untimed request just "
