@@ -305,7 +305,7 @@ def collect(
     long_tokens: int = 160,
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
-    draft_tokens: int = 8,
+    draft_tokens: int = 3,  # 4-node trees: the fastest on this CPU (docs/generation.md, "Retrieval drafting")
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:
