@@ -28,8 +28,8 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         "--draft-tokens",
         type=int,
         default=0,
-        help="retrieval-augmented drafting: longest drafted run verified per step (0 = off; 3 was fastest on a "
-        "2-core CPU, see docs/generation.md)",
+        help="retrieval-augmented drafting: longest drafted run verified per step (0 = off; 3 was the "
+        "fastest on a 2-core CPU, see docs/generation.md)",
     )
     parser.add_argument(
         "--draft-model",
