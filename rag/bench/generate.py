@@ -35,6 +35,7 @@ from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.draft_model import DraftModelProposer
+from rag.generation.drafting import CPU_DRAFT_TOKENS
 from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
@@ -305,7 +306,7 @@ def collect(
     long_tokens: int = 160,
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
-    draft_tokens: int = 3,  # 4-node trees: the fastest on this CPU (docs/generation.md, "Retrieval drafting")
+    draft_tokens: int = CPU_DRAFT_TOKENS,
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from rag.generation.base import GenerationParams
+from rag.generation.drafting import CPU_DRAFT_TOKENS
 from rag.models import DEFAULT_GENERATOR
 
 
@@ -28,8 +29,8 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         "--draft-tokens",
         type=int,
         default=0,
-        help="retrieval-augmented drafting: longest drafted run verified per step (0 = off; 3 was the "
-        "fastest on a 2-core CPU, see docs/generation.md)",
+        help=f"retrieval-augmented drafting: longest drafted run verified per step (0 = off; "
+        f"{CPU_DRAFT_TOKENS} was the fastest on a 2-core CPU, see docs/generation.md)",
     )
     parser.add_argument(
         "--draft-model",

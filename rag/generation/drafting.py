@@ -27,6 +27,10 @@ import numpy as np
 
 from rag.errors import ConfigError
 
+# The draft length to pick on a CPU: a tree of up to 4 nodes verifies at ~1.4x the cost of a one-token step,
+# longer ones cost much more (docs/generation.md, "Retrieval drafting"). Drafting stays off by default.
+CPU_DRAFT_TOKENS = 3
+
 
 @dataclass(frozen=True)
 class RetrievalDrafter:
