@@ -45,6 +45,13 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     )
     parser.add_argument("--ape-temperature", type=float, default=0.8, help="APE temperature on the passages")
     parser.add_argument("--ape-scale", type=float, default=0.8, help="APE scaling factor of the passages")
+    parser.add_argument(
+        "--blend-ratio",
+        type=float,
+        default=0.0,
+        help="with --parallel-contexts: share of passage tokens recomputed across passages (CacheBlend), "
+        "trading time to first token for quality; 0 = off; see docs/generation.md",
+    )
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
     parser.add_argument(
         "--require-citation",
@@ -76,5 +83,6 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         parallel_contexts=args.parallel_contexts,
         ape_temperature=args.ape_temperature,
         ape_scale=args.ape_scale,
+        blend_ratio=args.blend_ratio,
         require_citation=args.require_citation,
     )

@@ -26,6 +26,9 @@ class GenerationParams:
     # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B (docs/generation.md)
     ape_temperature: float = 0.8
     ape_scale: float = 0.8
+    # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,
+    # 1 = all (the sequential prompt's cache); when on, APE's temperature and scale are not used
+    blend_ratio: float = 0.0
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False
     min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)
@@ -52,6 +55,8 @@ class GenerationParams:
             raise ConfigError(f"ape_temperature must be in (0, 1], got {self.ape_temperature}")
         if not 0 < self.ape_scale <= 1:
             raise ConfigError(f"ape_scale must be in (0, 1], got {self.ape_scale}")
+        if not 0 <= self.blend_ratio <= 1:
+            raise ConfigError(f"blend_ratio must be in [0, 1], got {self.blend_ratio}")
 
 
 @dataclass
@@ -64,6 +69,7 @@ class DecodeStats:
     passages_encoded: int = 0  # parallel contexts: passage blocks computed (cold)
     passages_from_memory: int = 0  # loaded from the store's memory tier
     passages_from_disk: int = 0  # loaded from the store's directory
+    blended_tokens: int = 0  # passage tokens recomputed across passages (blend_ratio > 0)
 
 
 class Generator(ABC):

@@ -63,6 +63,7 @@ class CausalLMConfig:
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
+    blend_ratio: float = 0.0  # share of passage tokens recomputed across passages (CacheBlend); 0 = off
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
@@ -90,6 +91,7 @@ class CausalLMConfig:
             parallel_contexts=self.parallel_contexts,
             ape_temperature=self.ape_temperature,
             ape_scale=self.ape_scale,
+            blend_ratio=self.blend_ratio,
         )
 
     def passage_store(self) -> PassageKVStore:
@@ -344,6 +346,7 @@ class CausalLMGenerator(Generator):
             params.ape_temperature,
             params.ape_scale,
             self.config.passage_cache_int8,
+            params.blend_ratio,
         )
 
     def _process_logits(

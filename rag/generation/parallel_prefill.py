@@ -13,6 +13,10 @@ The question and every answer token then attend over all columns with APE attent
 
 With context-aware decoding, the context-free prompt is a second row whose cached columns are all masked:
 its passage segment is empty, so its attention is the ordinary one over its own tokens.
+
+With ``blend_ratio > 0`` the passages are moved to the sequential prompt's positions and a share of their
+tokens is recomputed across passages (:mod:`rag.generation.kv_blend`); the question then attends with plain
+attention, and APE's temperature and scale are not used.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from transformers import DynamicCache
 from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch, packed_causal_mask
+from rag.generation.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
 
@@ -67,7 +72,7 @@ class ParallelKVBatch(KVBatch):
         cached_valid: torch.Tensor,  # [rows, cached] bool
         start: torch.Tensor,  # [rows] long
         prompts: Sequence[torch.Tensor],  # each [tail_len_r]
-        segments: ApeSegments,
+        segments: ApeSegments | None,  # None: plain attention (blended passages)
     ) -> None:
         super().__init__(model, prompts)
         self.cache = cache
@@ -99,6 +104,8 @@ class ParallelKVBatch(KVBatch):
         positions: torch.Tensor,
         logits_to_keep: int | torch.Tensor,
     ) -> torch.Tensor:
+        if self.segments is None:
+            return super()._run(ids, allowed, positions, logits_to_keep)
         with ape_segments(self.segments):
             return super()._run(ids, allowed, positions, logits_to_keep)
 
@@ -113,6 +120,9 @@ class ParallelPrefill:
     temperature: float = 1.0  # APE attention temperature on the passage segment
     scale: float = 1.0  # APE scaling factor of the passage segment's log-sum-exp
     int8: bool = False  # store blocks as int8 (rag.generation.kv_int8); cold runs use the int8 blocks too
+    # share of passage tokens recomputed across passages (rag.generation.kv_blend); 0 = off. When on, the
+    # passages sit at the sequential prompt's positions and the question attends with plain attention
+    blend_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
@@ -123,25 +133,49 @@ class ParallelPrefill:
         extra_rows: Sequence[torch.Tensor] = (),  # each [len]: whole prompts with no passages (CAD)
         stats: DecodeStats | None = None,
     ) -> ParallelKVBatch:
+        stats = stats if stats is not None else DecodeStats()
         prefix, passages = self.blocks(prompt, stats)
+        lengths = [b.tokens for b in passages]
+        if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
+            offsets = [sum(lengths[:i]) for i in range(len(passages))]
+            passages = [shift_block(self.model, b, d) for b, d in zip(passages, offsets, strict=True)]
         blocks = [prefix, *passages]
-        rows = 1 + len(extra_rows)
         cache = DynamicCache(config=self.model.config)
         for layer in range(len(prefix.keys)):
             k = torch.cat([b.keys[layer] for b in blocks], dim=1)[None]  # [1, kv_heads, cached, head_dim]
             v = torch.cat([b.values[layer] for b in blocks], dim=1)[None]
-            cache.update(
-                k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), layer
-            )
-        cached = sum(b.tokens for b in blocks)
+            cache.update(k, v, layer)
         device = prompt.prefix_ids.device
-        cached_valid = torch.zeros(rows, cached, dtype=torch.bool, device=device)  # [rows, cached]
-        cached_valid[0] = True  # the context-free rows see none of the cached columns
-        start = torch.zeros(rows, dtype=torch.long, device=device)  # [rows]
-        start[0] = prefix.tokens + max(b.tokens for b in passages)
-        segments = ApeSegments(prefix.tokens, cached, self.temperature, self.scale)
+        valid = torch.ones(sum(b.tokens for b in blocks), dtype=torch.bool, device=device)  # [cached]
+        segments = ApeSegments(prefix.tokens, len(valid), self.temperature, self.scale)
+        start = prefix.tokens + max(lengths)
+        if self.blend_ratio > 0:
+            valid = self._blend(cache, prompt, prefix.tokens, valid)
+            stats.blended_tokens += int((~valid).sum())
+            segments, start = None, prefix.tokens + sum(lengths)
+        rows = 1 + len(extra_rows)
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
+            layer.values = layer.values.expand(rows, -1, -1, -1).contiguous()
+        cached_valid = torch.zeros(rows, len(valid), dtype=torch.bool, device=device)  # [rows, cached]
+        cached_valid[0] = valid  # the context-free rows see none of the cached columns
+        starts = torch.zeros(rows, dtype=torch.long, device=device)  # [rows]
+        starts[0] = start
         tails = [prompt.question_ids, *extra_rows]
-        return ParallelKVBatch(self.model, cache, cached_valid, start, tails, segments)
+        return ParallelKVBatch(self.model, cache, cached_valid, starts, tails, segments)
+
+    @torch.inference_mode()
+    def _blend(
+        self, cache: DynamicCache, prompt: ParallelPrompt, first: int, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Recompute the most deviating passage tokens (:mod:`rag.generation.kv_blend`).
+
+        Returns the cached columns the question may see ``# [cached]``: stale ones hidden, new ones appended.
+        """
+        context = torch.cat([prompt.prefix_ids, *prompt.passage_ids])  # [n]
+        columns = deviating_columns(self.model, cache, context, first, self.blend_ratio)  # [k]
+        recompute(self.model, cache, context, columns)
+        return torch.cat([valid.index_fill(0, columns, False), valid.new_ones(len(columns))])
 
     @torch.inference_mode()
     def blocks(
