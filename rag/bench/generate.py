@@ -61,8 +61,9 @@ class RagloomMode:
     ``store`` selects the prefill: None is the sequential prefill of the whole prompt; ``"cold"``,
     ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel_contexts``)
     with nothing cached, with every block in the store's memory tier, and with every block in its directory.
-    ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``). ``draft_model`` fuses the
-    retrieval drafts with the model's smaller same-tokenizer assistant (:data:`ASSISTANTS`; RASD, as
+    ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``); ``blend`` is the share of the
+    passage tokens recomputed across passages (``GenerationParams.blend_ratio``; 0 = off). ``draft_model``
+    fuses the retrieval drafts with the model's smaller same-tokenizer assistant (:data:`ASSISTANTS`; RASD, as
     ``CausalLMConfig.draft_model`` does); models without one skip the mode.
     """
 
@@ -71,6 +72,7 @@ class RagloomMode:
     draft: bool = False
     store: str | None = None
     int8: bool = False
+    blend: float = 0.0
     draft_model: bool = False
 
 
@@ -86,6 +88,8 @@ MODES: tuple[RagloomMode, ...] = (
     RagloomMode("ragloom parallel, warm memory", store="memory"),
     RagloomMode("ragloom parallel, warm disk", store="disk"),
     RagloomMode("ragloom parallel, warm memory, int8", store="memory", int8=True),
+    RagloomMode("ragloom parallel, warm memory, blend 0.2", store="memory", blend=0.2),
+    RagloomMode("ragloom parallel, warm memory, blend 0.5", store="memory", blend=0.5),
     RagloomMode("ragloom all combined", cad=True, draft=True, store="memory"),
 )
 
@@ -257,6 +261,7 @@ class _ModelBench:
             cad_alpha=self.settings["cad_alpha"] if mode.cad else 0.0,
             draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
             parallel_contexts=mode.store is not None,
+            blend_ratio=mode.blend,
         )
 
     def prompt_ids(self, prompt: Prompt) -> torch.Tensor:
