@@ -15,15 +15,8 @@ from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.kv_blend import deviating_columns, shift_block
 from rag.generation.passage_kv_store import PassageKV, PassageKVStore
-from rag.types import Document
+from tests.test_parallel_context import PASSAGES
 
-PASSAGES = [
-    Document("fr", "Paris is the capital and largest city of France, on the Seine.", title="France"),
-    Document(
-        "de", "Berlin is the capital of Germany. It has about 3.7 million inhabitants.", title="Germany"
-    ),
-    Document("it", "Rome, the capital of Italy, was founded in 753 BC according to legend.", title="Italy"),
-]
 QUESTION = "Which city has about 3.7 million inhabitants?"
 
 
