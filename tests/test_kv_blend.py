@@ -23,13 +23,15 @@ QUESTION = "Which city has about 3.7 million inhabitants?"
 def test_params_and_cli_take_the_blend_ratio() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError):
-            GenerationParams(blend_ratio=bad)
+            GenerationParams(parallel_contexts=True, blend_ratio=bad)
+    with pytest.raises(ConfigError, match="needs parallel_contexts"):
+        GenerationParams(blend_ratio=0.2)
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2"]))
     assert (params.parallel_contexts, params.blend_ratio) == (True, 0.2)
     assert generation_params(parser.parse_args([])).blend_ratio == 0.0
-    assert CausalLMConfig(blend_ratio=0.3).default_params().blend_ratio == 0.3
+    assert CausalLMConfig(parallel_contexts=True, blend_ratio=0.3).default_params().blend_ratio == 0.3
 
 
 # -- on SmolLM2 ------------------------------------------------------------------------------------

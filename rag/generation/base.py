@@ -57,6 +57,8 @@ class GenerationParams:
             raise ConfigError(f"ape_scale must be in (0, 1], got {self.ape_scale}")
         if not 0 <= self.blend_ratio <= 1:
             raise ConfigError(f"blend_ratio must be in [0, 1], got {self.blend_ratio}")
+        if self.blend_ratio > 0 and not self.parallel_contexts:
+            raise ConfigError("blend_ratio recomputes parallel-encoded passages: it needs parallel_contexts")
 
 
 @dataclass
