@@ -1,8 +1,8 @@
 """Selective recompute across parallel-encoded passages (the CacheBlend idea: Yao et al., 2024).
 
 Passages encoded apart (:mod:`rag.generation.parallel_prefill`) never attend to each other, which costs
-Qwen2.5-0.5B about a quarter of its F1 on XQuAD (docs/generation.md). Blending gives part of it back for a
-fraction of a full prefill:
+Qwen2.5-0.5B a quarter to two fifths of its F1 on XQuAD (docs/generation.md). Blending gives part of it back
+for part of a full prefill's cost:
 
 1. :func:`shift_block` moves each cached passage block from the shared positions to where the sequential
    prompt puts it. Keys are cached after RoPE, a rotation, so rotating by ``delta`` more positions is exact.
