@@ -64,6 +64,12 @@ def packed_causal_mask(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return offset, allowed
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive float mask of the bool ``allowed``: 0 where a query attends, min elsewhere."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 class KVBatch:
     """``rows`` prompts of different lengths, left-padded, sharing one ``DynamicCache``.
 
@@ -184,13 +190,10 @@ class KVBatch:
         positions: torch.Tensor,  # [rows, n]
         logits_to_keep: int | torch.Tensor,  # the last n positions, or these positions
     ) -> torch.Tensor:
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)  # additive: 0 attends, min blocks
         self.forward_calls += 1
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=additive_mask(allowed, self.model.dtype),
             position_ids=positions,
             cache=self.cache,
             use_cache=True,

@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from rag.errors import ConfigError
+from rag.generation.kv_batch import additive_mask
 from rag.generation.passage_kv_store import PassageKV
 
 _SELECTION_LAYER = 1  # the first layer whose keys depend on the other tokens
@@ -66,7 +67,7 @@ def deviating_columns(
     with _cut_short(model), contextlib.suppress(_CutShort):
         model(
             input_ids=context_ids[None],
-            attention_mask=_additive(allowed, model.dtype),
+            attention_mask=additive_mask(allowed[None, None], model.dtype),
             position_ids=torch.arange(n, device=context_ids.device)[None],
             cache=fresh,
             use_cache=True,
@@ -88,7 +89,7 @@ def recompute(model: Any, cache: DynamicCache, context_ids: torch.Tensor, column
     allowed = torch.cat([old, new], dim=1)  # [k, n + k]
     model(
         input_ids=context_ids[columns][None],
-        attention_mask=_additive(allowed, model.dtype),
+        attention_mask=additive_mask(allowed[None, None], model.dtype),
         position_ids=columns[None],
         cache=cache,
         use_cache=True,
@@ -121,9 +122,3 @@ def _stop_if_cutting(module: torch.nn.Module, args: Any) -> None:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``# [1, 1, q, k]`` additive mask from the bool ``allowed`` ``# [q, k]``."""
-    mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)

@@ -31,7 +31,7 @@ from transformers import DynamicCache
 
 from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.generation.base import DecodeStats
-from rag.generation.kv_batch import KVBatch, packed_causal_mask
+from rag.generation.kv_batch import KVBatch, additive_mask, packed_causal_mask
 from rag.generation.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
@@ -239,12 +239,9 @@ class ParallelPrefill:
         starts = sizes.cumsum(0) - sizes  # [pieces]
         offset, allowed_new = packed_causal_mask(sizes)  # [n] position within the piece, [n, n]
         allowed = torch.cat([torch.ones(len(ids), past, dtype=torch.bool, device=device), allowed_new], dim=1)
-        dtype = self.model.dtype
-        mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype, device=device)  # [1, 1, n, past + n]
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         self.model(
             input_ids=ids[None],
-            attention_mask=mask,
+            attention_mask=additive_mask(allowed[None, None], self.model.dtype),  # [1, 1, n, past + n]
             position_ids=(past + offset)[None],
             cache=cache,
             use_cache=True,
