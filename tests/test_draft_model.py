@@ -62,21 +62,21 @@ def test_prune_rule_keeps_the_model_choice_and_likely_first_tokens() -> None:
 
 
 def test_fused_drafter_drops_retrieval_drafts_the_draft_model_finds_unlikely() -> None:
-    #          the context ends in 7; 7 was followed by [1, 2], [3, 4] and [0, 5] earlier
+    #          the context ends in 7; 7 was followed by [1, 2], [3, 4] and [0, 5] earlier (latest first)
     context = [7, 1, 2, 9, 7, 3, 4, 9, 7, 0, 5, 9, 7]
     retrieval = RetrievalDrafter(max_ngram=1, branches=3)
-    assert retrieval.propose(context, 2) == [[1, 2], [3, 4], [0, 5]]
+    assert retrieval.propose(context, 2) == [[0, 5], [3, 4], [1, 2]]
     model = CraftedDraftModel([0.02, 0.5, 0.08, 0.3, 0.1, 0, 0, 0, 0, 0], draft=[1, 6])
     fused = FusedDrafter(retrieval, model, min_prob=0.1)
-    # The model draft first; [1, 2] starts with the model's choice, [3, 4] with p = 0.3; 0 has p = 0.02.
-    assert fused.propose(context, 2) == [[1, 6], [1, 2], [3, 4]]
+    # The model draft first; [3, 4] starts with p = 0.3, [1, 2] with the model's choice; 0 has p = 0.02.
+    assert fused.propose(context, 2) == [[1, 6], [3, 4], [1, 2]]
     assert model.contexts == [context]
     assert FusedDrafter(retrieval, model, min_prob=0.4).propose(context, 2) == [[1, 6], [1, 2]]
     assert FusedDrafter(retrieval, model, min_prob=0.0).propose(context, 2) == [
         [1, 6],
-        [1, 2],
-        [3, 4],
         [0, 5],
+        [3, 4],
+        [1, 2],
     ]
     same = CraftedDraftModel([0.02, 0.5, 0.08, 0.3, 0.1, 0, 0, 0, 0, 0], draft=[3, 4])
     assert FusedDrafter(retrieval, same).propose(context, 2) == [[3, 4], [1, 2]]  # no duplicate [3, 4]
@@ -178,8 +178,9 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     def rate(stats: DecodeStats) -> float:
         return stats.accepted_tokens / stats.drafted_tokens
 
-    # Measured on these prompts, one retrieval branch: free 0.94 fused vs 0.005 retrieval-only; copy 0.87
-    # vs 0.54. Rejected nodes are mostly retrieval drafts the prune rule kept and self-drafts past the eos.
+    # Measured on these prompts, one retrieval branch, earliest occurrence first (the drafter's order until
+    # 2026-11-28): free 0.94 fused vs 0.005 retrieval-only; copy 0.87 vs 0.54. Rejected nodes are mostly
+    # retrieval drafts the prune rule kept and self-drafts past the eos.
     assert rate(fused_stats["free"]) > 0.6
     assert rate(fused_stats["free"]) > 10 * rate(retrieval_stats["free"])
     assert rate(fused_stats["copy"]) > 1.5 * rate(retrieval_stats["copy"])

@@ -44,6 +44,12 @@ def test_drafter_prefers_the_longest_match() -> None:
     assert drafts == [[9, 9], [7, 7]]  # the 3-gram match first, then the 1-gram match at 6
 
 
+def test_drafter_takes_the_most_recent_occurrence_first() -> None:
+    context = [7, 1, 7, 2, 8, 7, 3, 7]  # the last 7 follows 7s at 0, 2 and 5
+    assert RetrievalDrafter(max_ngram=1, branches=3).propose(context, 1) == [[3], [2], [1]]
+    assert RetrievalDrafter(max_ngram=1).propose(context, 2) == [[3, 7]]
+
+
 def test_drafter_dedupes_caps_and_never_matches_the_suffix_itself() -> None:
     context = [4, 5, 6, 4, 5, 6, 4]
     assert RetrievalDrafter(max_ngram=1, branches=5).propose(context, 3) == [[5, 6, 4]]  # at 0 and 3: same

@@ -1,8 +1,9 @@
 """Retrieval-augmented drafting: propose continuations by matching the newest tokens against the prompt.
 
 RAG answers copy from their passages: names, dates, whole phrases. The prompt (which holds the passages) and
-the answer so far are searched for earlier occurrences of the answer's last ``n`` tokens, longest ``n`` first;
-the tokens that followed each occurrence are draft continuations. The generator merges them into a token tree
+the answer so far are searched for earlier occurrences of the answer's last ``n`` tokens, longest ``n`` first
+and, among occurrences of one length, the most recent first; the tokens that followed each occurrence are
+draft continuations. The generator merges them into a token tree
 (:mod:`rag.generation.token_tree`) and verifies the whole tree in one forward
 (:mod:`rag.generation.speculative`), so drafting never changes what greedy decoding outputs, only how many
 forwards it takes.
@@ -11,11 +12,11 @@ forwards it takes.
 >>> #          0   1   2   3   4   5   6   7   8   9
 >>> context = [5,  7,  8,  9,  1,  7,  8,  2,  4,  7]
 >>> drafter.propose(context, max_tokens=3)
-[[8, 9, 1], [8, 2, 4]]
+[[8, 2, 4], [8, 9, 1]]
 
 The last token, 7, occurred at 1 and at 5 (a 1-gram match; the 2-gram ``[4, 7]`` occurs nowhere earlier);
-the three tokens after each occurrence are the two drafts. With ``[2, 4, 7]`` at the end instead, the 2-gram
-``[4, 7]`` would have matched first.
+the three tokens after each occurrence are the two drafts, the one after 5 first. With ``[2, 4, 7]`` at the
+end instead, the 2-gram ``[4, 7]`` would have matched first.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ CPU_DRAFT_TOKENS = 3
 class RetrievalDrafter:
     """Draft from n-gram matches in the context: up to ``branches`` distinct continuations, longest first.
 
-    ``max_ngram`` / ``min_ngram`` bound the length of the matched suffix; among matches of one length, earlier
-    occurrences (the passages come first in the prompt) are taken first.
+    ``max_ngram`` / ``min_ngram`` bound the length of the matched suffix; among matches of one length, later
+    occurrences are taken first: the answer so far, then the passages from the last one back. An answer
+    repeats its own recent phrasing more often than the first place a word occurs in the passages (on 12
+    long XQuAD answers of Qwen2.5-0.5B, 2.54 tokens per verification forward against 2.47 taking the earliest
+    occurrence first; docs/generation.md).
     """
 
     max_ngram: int = 3
@@ -64,7 +68,7 @@ class RetrievalDrafter:
             starts = np.flatnonzero(ids[: length - n] == suffix[0])
             for k in range(1, n):
                 starts = starts[ids[starts + k] == suffix[k]]
-            for start in starts:
+            for start in starts[::-1]:  # the most recent occurrence first
                 draft = tuple(ids[start + n : start + n + max_tokens].tolist())
                 if draft not in seen:
                     seen.add(draft)
