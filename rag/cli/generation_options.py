@@ -52,6 +52,13 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         help="with --parallel-contexts: share of passage tokens recomputed across passages (CacheBlend), "
         "trading time to first token for quality; 0 = off; see docs/generation.md",
     )
+    parser.add_argument(
+        "--keep-passages",
+        type=int,
+        default=0,
+        help="with --parallel-contexts: answer from the K passages under which the question is most likely "
+        "(each read apart first, one forward); 0 = all; see docs/generation.md",
+    )
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
     parser.add_argument(
         "--require-citation",
@@ -84,5 +91,6 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         ape_temperature=args.ape_temperature,
         ape_scale=args.ape_scale,
         blend_ratio=args.blend_ratio,
+        keep_passages=args.keep_passages,
         require_citation=args.require_citation,
     )

@@ -29,6 +29,9 @@ class GenerationParams:
     # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,
     # 1 = all (the sequential prompt's cache); when on, APE's temperature and scale are not used
     blend_ratio: float = 0.0
+    # answer from the k passages under which the question is most likely, read apart first (superposition
+    # prompting's path pruning, rag.generation.passage_pruning); 0 = all passages
+    keep_passages: int = 0
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False
     min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)
@@ -59,6 +62,10 @@ class GenerationParams:
             raise ConfigError(f"blend_ratio must be in [0, 1], got {self.blend_ratio}")
         if self.blend_ratio > 0 and not self.parallel_contexts:
             raise ConfigError("blend_ratio recomputes parallel-encoded passages: it needs parallel_contexts")
+        if self.keep_passages < 0:
+            raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
+        if self.keep_passages > 0 and not self.parallel_contexts:
+            raise ConfigError("keep_passages prunes parallel-encoded passages: it needs parallel_contexts")
 
 
 @dataclass
@@ -72,6 +79,7 @@ class DecodeStats:
     passages_from_memory: int = 0  # loaded from the store's memory tier
     passages_from_disk: int = 0  # loaded from the store's directory
     blended_tokens: int = 0  # passage tokens recomputed across passages (blend_ratio > 0)
+    passages_pruned: int = 0  # passages left out of the answer's cache (keep_passages > 0)
 
 
 class Generator(ABC):

@@ -64,6 +64,7 @@ class CausalLMConfig:
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
     blend_ratio: float = 0.0  # share of passage tokens recomputed across passages (CacheBlend); 0 = off
+    keep_passages: int = 0  # answer from the k passages the question is most likely under; 0 = all
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
@@ -92,6 +93,7 @@ class CausalLMConfig:
             ape_temperature=self.ape_temperature,
             ape_scale=self.ape_scale,
             blend_ratio=self.blend_ratio,
+            keep_passages=self.keep_passages,
         )
 
     def passage_store(self) -> PassageKVStore:
@@ -347,6 +349,7 @@ class CausalLMGenerator(Generator):
             params.ape_scale,
             self.config.passage_cache_int8,
             params.blend_ratio,
+            params.keep_passages,
         )
 
     def _process_logits(

@@ -17,6 +17,9 @@ its passage segment is empty, so its attention is the ordinary one over its own 
 With ``blend_ratio > 0`` the passages are moved to the sequential prompt's positions and a share of their
 tokens is recomputed across passages (:mod:`rag.generation.kv_blend`); the question then attends with plain
 attention, and APE's temperature and scale are not used.
+
+With ``keep_passages = k`` the question first reads each passage apart, and only the ``k`` passages under
+which it is most likely stay in the cache (:mod:`rag.generation.passage_pruning`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rag.generation.kv_batch import KVBatch, additive_mask, packed_causal_mask
 from rag.generation.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
+from rag.generation.passage_pruning import most_likely_passages, question_log_likelihoods, stacked_cache
 
 _PREFIX_BLOCK = ""  # the passage text under which the prefix's own block is stored
 
@@ -123,6 +127,9 @@ class ParallelPrefill:
     # share of passage tokens recomputed across passages (rag.generation.kv_blend); 0 = off. When on, the
     # passages sit at the sequential prompt's positions and the question attends with plain attention
     blend_ratio: float = 0.0
+    # answer from this many passages, those under which the question is most likely
+    # (rag.generation.passage_pruning); 0 = all
+    keep_passages: int = 0
 
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
@@ -135,16 +142,16 @@ class ParallelPrefill:
     ) -> ParallelKVBatch:
         stats = stats if stats is not None else DecodeStats()
         prefix, passages = self.blocks(prompt, stats)
+        if 0 < self.keep_passages < len(passages):
+            scores = question_log_likelihoods(self.model, prefix, passages, prompt.question_ids)  # [n]
+            passages = [passages[i] for i in most_likely_passages(scores, self.keep_passages)]
+            stats.passages_pruned += len(scores) - len(passages)
         lengths = [b.tokens for b in passages]
         if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
             offsets = [sum(lengths[:i]) for i in range(len(passages))]
             passages = [shift_block(self.model, b, d) for b, d in zip(passages, offsets, strict=True)]
         blocks = [prefix, *passages]
-        cache = DynamicCache(config=self.model.config)
-        for layer in range(len(prefix.keys)):
-            k = torch.cat([b.keys[layer] for b in blocks], dim=1)[None]  # [1, kv_heads, cached, head_dim]
-            v = torch.cat([b.values[layer] for b in blocks], dim=1)[None]
-            cache.update(k, v, layer)
+        cache = stacked_cache(self.model, blocks)
         device = prompt.prefix_ids.device
         valid = torch.ones(sum(b.tokens for b in blocks), dtype=torch.bool, device=device)  # [cached]
         segments = ApeSegments(prefix.tokens, len(valid), self.temperature, self.scale)

@@ -1,0 +1,111 @@
+"""Path pruning for parallel contexts: per-passage question likelihood, and answering from the kept ones."""
+
+from __future__ import annotations
+
+import argparse
+import doctest
+
+import pytest
+import torch
+
+import rag.generation.passage_pruning
+from rag.cli.generation_options import add_generation_options, generation_params
+from rag.errors import ConfigError
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation.base import DecodeStats
+from rag.generation.kv_batch import KVBatch
+from rag.generation.passage_kv_store import PassageKVStore
+from rag.generation.passage_pruning import question_log_likelihoods
+from tests.test_parallel_context import PASSAGES
+
+QUESTION = "Which city was founded in 753 BC?"
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(rag.generation.passage_pruning).failed == 0
+
+
+def test_params_and_cli_take_keep_passages() -> None:
+    with pytest.raises(ConfigError, match=">= 0"):
+        GenerationParams(parallel_contexts=True, keep_passages=-1)
+    with pytest.raises(ConfigError, match="needs parallel_contexts"):
+        GenerationParams(keep_passages=1)
+    parser = argparse.ArgumentParser()
+    add_generation_options(parser)
+    params = generation_params(parser.parse_args(["--parallel-contexts", "--keep-passages", "2"]))
+    assert (params.parallel_contexts, params.keep_passages) == (True, 2)
+    assert generation_params(parser.parse_args([])).keep_passages == 0
+    assert CausalLMConfig(parallel_contexts=True, keep_passages=1).default_params().keep_passages == 1
+
+
+# -- on SmolLM2 ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generator(smollm2) -> CausalLMGenerator:
+    model, tokenizer = smollm2
+    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12)
+    return CausalLMGenerator(config, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
+
+
+def sequential_log_likelihood(model, ids: torch.Tensor, scored: int) -> float:
+    """Sum of log P of the last ``scored`` tokens of ``ids`` ``# [n]``, from one plain forward."""
+    with torch.inference_mode():
+        logits = model(input_ids=ids[None]).logits[0].float()  # [n, vocab]
+    logprobs = logits[-scored - 1 : -1].log_softmax(-1)  # [scored, vocab]
+    return float(logprobs.gather(-1, ids[-scored:, None]).sum())
+
+
+@pytest.mark.slow
+def test_each_score_is_the_question_likelihood_after_that_passage_alone(generator) -> None:
+    params = GenerationParams(parallel_contexts=True, keep_passages=1)
+    prompt = generator._split_prompt(QUESTION, PASSAGES, params)
+    prefix, blocks = generator._parallel_prefill(params).blocks(prompt)
+    scores = question_log_likelihoods(generator.model, prefix, blocks, prompt.question_ids)
+    question = prompt.question_ids
+    expected = [
+        sequential_log_likelihood(
+            generator.model, torch.cat([prompt.prefix_ids, passage, question]), len(question) - 1
+        )
+        for passage in prompt.passage_ids
+    ]
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=2e-2, rtol=1e-4)
+    assert int(scores.argmax()) == 2  # the Rome passage explains a question about 753 BC best
+
+
+@pytest.mark.slow
+def test_keeping_one_passage_equals_the_sequential_prompt_of_that_passage(generator) -> None:
+    params = GenerationParams(
+        max_new_tokens=12, parallel_contexts=True, keep_passages=1, ape_temperature=1.0, ape_scale=1.0
+    )
+    prompt = generator._split_prompt(QUESTION, PASSAGES, params)
+    alone = torch.cat([prompt.prefix_ids, prompt.passage_ids[2], prompt.question_ids])  # [n]
+    stats = DecodeStats()
+    with torch.inference_mode():
+        plain = KVBatch(generator.model, [alone]).prefill()
+        pruned = generator._parallel_prefill(params).batch(prompt, stats=stats).prefill()
+    torch.testing.assert_close(pruned, plain, atol=2e-4, rtol=0)
+    assert stats.passages_pruned == 2
+    parallel = generator._split_prompt(QUESTION, PASSAGES, params)
+    assert list(generator._decode(prompt.input_ids, params, None, None, parallel)) == list(
+        generator._decode(alone[None], GenerationParams(max_new_tokens=12))
+    )
+
+
+@pytest.mark.slow
+def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(generator) -> None:
+    def decode(params: GenerationParams, stats: DecodeStats | None = None) -> list[int]:
+        parallel = generator._split_prompt(QUESTION, PASSAGES, params)
+        context_free = generator._encode_context_free(QUESTION, params)
+        return list(generator._decode(parallel.input_ids, params, context_free, stats, parallel))
+
+    base = {"max_new_tokens": 12, "parallel_contexts": True}
+    stats = DecodeStats()
+    assert decode(GenerationParams(**base, keep_passages=3), stats) == decode(GenerationParams(**base))
+    assert stats.passages_pruned == 0
+    pruned = GenerationParams(**base, keep_passages=2, cad_alpha=0.5)
+    stats = DecodeStats()
+    answer = decode(pruned, stats)
+    assert stats.passages_pruned == 1
+    drafted = GenerationParams(**base, keep_passages=2, cad_alpha=0.5, draft_tokens=4)
+    assert decode(drafted) == answer  # drafting stays lossless over a pruned cache
