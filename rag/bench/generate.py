@@ -62,9 +62,10 @@ class RagloomMode:
     ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel_contexts``)
     with nothing cached, with every block in the store's memory tier, and with every block in its directory.
     ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``); ``blend`` is the share of the
-    passage tokens recomputed across passages (``GenerationParams.blend_ratio``; 0 = off). ``draft_model``
-    fuses the retrieval drafts with the model's smaller same-tokenizer assistant (:data:`ASSISTANTS`; RASD, as
-    ``CausalLMConfig.draft_model`` does); models without one skip the mode.
+    passage tokens recomputed across passages (``GenerationParams.blend_ratio``; 0 = off); ``keep`` prunes to
+    that many passages by the question's likelihood (``GenerationParams.keep_passages``; 0 = all).
+    ``draft_model`` fuses the retrieval drafts with the model's smaller same-tokenizer assistant
+    (:data:`ASSISTANTS`; RASD, as ``CausalLMConfig.draft_model`` does); models without one skip the mode.
     """
 
     name: str
@@ -73,6 +74,7 @@ class RagloomMode:
     store: str | None = None
     int8: bool = False
     blend: float = 0.0
+    keep: int = 0
     draft_model: bool = False
 
 
@@ -90,6 +92,7 @@ MODES: tuple[RagloomMode, ...] = (
     RagloomMode("ragloom parallel, warm memory, int8", store="memory", int8=True),
     RagloomMode("ragloom parallel, warm memory, blend 0.2", store="memory", blend=0.2),
     RagloomMode("ragloom parallel, warm memory, blend 0.5", store="memory", blend=0.5),
+    RagloomMode("ragloom parallel, warm memory, keep 1", store="memory", keep=1),
     RagloomMode("ragloom all combined", cad=True, draft=True, store="memory"),
 )
 
@@ -262,6 +265,7 @@ class _ModelBench:
             draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
             parallel_contexts=mode.store is not None,
             blend_ratio=mode.blend,
+            keep_passages=mode.keep,
         )
 
     def prompt_ids(self, prompt: Prompt) -> torch.Tensor:
