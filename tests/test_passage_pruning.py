@@ -15,7 +15,7 @@ from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.generation.passage_pruning import question_log_likelihoods
+from rag.generation.passage_pruning import most_likely_passages, question_log_likelihoods
 from tests.test_parallel_context import PASSAGES
 
 QUESTION = "Which city was founded in 753 BC?"
@@ -109,3 +109,19 @@ def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(
     assert stats.passages_pruned == 1
     drafted = GenerationParams(**base, keep_passages=2, cad_alpha=0.5, draft_tokens=4)
     assert decode(drafted) == answer  # drafting stays lossless over a pruned cache
+
+
+@pytest.mark.slow
+def test_blending_the_kept_passages_in_full_equals_their_sequential_prompt(generator) -> None:
+    params = GenerationParams(max_new_tokens=12, parallel_contexts=True, keep_passages=2, blend_ratio=1.0)
+    prompt = generator._split_prompt(QUESTION, PASSAGES, params)
+    prefill = generator._parallel_prefill(params)
+    prefix, blocks = prefill.blocks(prompt)
+    kept = most_likely_passages(
+        question_log_likelihoods(generator.model, prefix, blocks, prompt.question_ids), 2
+    )
+    alone = torch.cat([prompt.prefix_ids, *(prompt.passage_ids[i] for i in kept), prompt.question_ids])
+    with torch.inference_mode():
+        plain = KVBatch(generator.model, [alone]).prefill()
+        pruned = prefill.batch(prompt).prefill()
+    torch.testing.assert_close(pruned, plain, atol=2e-4, rtol=0)
