@@ -142,11 +142,10 @@ class ParallelPrefill:
     ) -> ParallelKVBatch:
         stats = stats if stats is not None else DecodeStats()
         prefix, passages = self.blocks(prompt, stats)
-        kept = list(range(len(passages)))
         if 0 < self.keep_passages < len(passages):
             scores = question_log_likelihoods(self.model, prefix, passages, prompt.question_ids)  # [n]
             kept = most_likely_passages(scores, self.keep_passages)
-            passages = [passages[i] for i in kept]
+            prompt, passages = prompt.keeping(kept), [passages[i] for i in kept]
             stats.passages_pruned += len(scores) - len(kept)
         lengths = [b.tokens for b in passages]
         if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
@@ -159,8 +158,7 @@ class ParallelPrefill:
         segments = ApeSegments(prefix.tokens, len(valid), self.temperature, self.scale)
         start = prefix.tokens + max(lengths)
         if self.blend_ratio > 0:
-            kept_ids = [prompt.passage_ids[i] for i in kept]
-            valid = self._blend(cache, prompt.prefix_ids, kept_ids, valid)
+            valid = self._blend(cache, prompt, prefix.tokens, valid)
             stats.blended_tokens += int((~valid).sum())
             segments, start = None, prefix.tokens + sum(lengths)
         rows = 1 + len(extra_rows)
@@ -176,18 +174,14 @@ class ParallelPrefill:
 
     @torch.inference_mode()
     def _blend(
-        self,
-        cache: DynamicCache,
-        prefix_ids: torch.Tensor,  # [prefix_len]
-        passage_ids: Sequence[torch.Tensor],  # the passages in the cache, each [len_i]
-        valid: torch.Tensor,  # [cached]
+        self, cache: DynamicCache, prompt: ParallelPrompt, first: int, valid: torch.Tensor
     ) -> torch.Tensor:
         """Recompute the most deviating passage tokens (:mod:`rag.generation.kv_blend`).
 
         Returns the cached columns the question may see ``# [cached]``: stale ones hidden, new ones appended.
         """
-        context = torch.cat([prefix_ids, *passage_ids])  # [n]
-        columns = deviating_columns(self.model, cache, context, len(prefix_ids), self.blend_ratio)  # [k]
+        context = torch.cat([prompt.prefix_ids, *prompt.passage_ids])  # [n]
+        columns = deviating_columns(self.model, cache, context, first, self.blend_ratio)  # [k]
         recompute(self.model, cache, context, columns)
         return torch.cat([valid.index_fill(0, columns, False), valid.new_ones(len(columns))])
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,14 @@ class ParallelPrompt:
     def input_ids(self) -> torch.Tensor:
         """The sequential prompt ``# [1, total_len]``: the pieces one after another."""
         return torch.cat([self.prefix_ids, *self.passage_ids, self.question_ids])[None]
+
+    def keeping(self, passages: Sequence[int]) -> ParallelPrompt:
+        """The prompt with only the passages at these indices, in this order (their citation numbers kept)."""
+        return replace(
+            self,
+            passage_texts=tuple(self.passage_texts[i] for i in passages),
+            passage_ids=tuple(self.passage_ids[i] for i in passages),
+        )
 
 
 def split_text(text: str, blocks: Sequence[str]) -> tuple[str, tuple[str, ...], str]:

@@ -60,16 +60,18 @@ def question_log_likelihoods(
     new = torch.arange(n * m, device=device)
     sees_new = (copy[:, None] == copy[None, :]) & (new[:, None] >= new[None, :])  # [n * m, n * m]
     allowed = torch.cat([sees_cached, sees_new], dim=1)  # [n * m, cached + n * m]
-    logits = model(
+    output = model(
         input_ids=question_ids.repeat(n)[None],
         attention_mask=additive_mask(allowed[None, None], model.dtype),
         position_ids=(prefix.tokens + lengths[copy] + offset)[None],
         cache=stacked_cache(model, [prefix, *passages]),
         use_cache=True,
-    ).logits[0]  # [n * m, vocab]
-    logprobs = logits.float().log_softmax(-1).view(n, m, -1)[:, :-1]  # [n, m - 1, vocab]
+    )
+    # a copy's last token predicts nothing scored
+    logits = output.logits.view(n, m, -1)[:, :-1].float()  # [n, m - 1, vocab]
     targets = question_ids[1:].expand(n, -1)  # [n, m - 1]
-    return logprobs.gather(-1, targets[..., None])[..., 0].sum(dim=1)  # [n]
+    logprobs = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)  # [n, m - 1]
+    return logprobs.sum(dim=1)  # [n]
 
 
 def most_likely_passages(scores: torch.Tensor, keep: int) -> list[int]:
