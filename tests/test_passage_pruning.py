@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import doctest
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.generation.passage_pruning import most_likely_passages, question_log_likelihoods
+from rag.generation.passage_pruning import most_likely_passages, read_question, scored_tokens
 from tests.test_parallel_context import PASSAGES
 
 QUESTION = "Which city was founded in 753 BC?"
@@ -48,12 +49,12 @@ def generator(smollm2) -> CausalLMGenerator:
     return CausalLMGenerator(config, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
 
 
-def sequential_log_likelihood(model, ids: torch.Tensor, scored: int) -> float:
-    """Sum of log P of the last ``scored`` tokens of ``ids`` ``# [n]``, from one plain forward."""
+def sequential_log_likelihood(model, ids: torch.Tensor, first: int, end: int) -> float:
+    """Sum of log P of ``ids[first:end]`` ``# [n]``, from one plain forward."""
     with torch.inference_mode():
         logits = model(input_ids=ids[None]).logits[0].float()  # [n, vocab]
-    logprobs = logits[-scored - 1 : -1].log_softmax(-1)  # [scored, vocab]
-    return float(logprobs.gather(-1, ids[-scored:, None]).sum())
+    logprobs = logits[first - 1 : end - 1].log_softmax(-1)  # [end - first, vocab]
+    return float(logprobs.gather(-1, ids[first:end, None]).sum())
 
 
 @pytest.mark.slow
@@ -61,23 +62,24 @@ def test_each_score_is_the_question_likelihood_after_that_passage_alone(generato
     params = GenerationParams(parallel_contexts=True, keep_passages=1)
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefix, blocks = generator._parallel_prefill(params).blocks(prompt)
-    scores = question_log_likelihoods(generator.model, prefix, blocks, prompt.question_ids)
     question = prompt.question_ids
-    expected = [
-        sequential_log_likelihood(
-            generator.model, torch.cat([prompt.prefix_ids, passage, question]), len(question) - 1
-        )
-        for passage in prompt.passage_ids
-    ]
+    first, read = scored_tokens(len(question), prompt.question_span)
+    assert (first, read) == prompt.question_span  # the question's own tokens, inside the question part
+    assert generator.tokenizer.decode(question[first:read]).strip() == QUESTION
+    scores = read_question(generator.model, prefix, blocks, question, prompt.question_span).scores
+    expected = []
+    for passage in prompt.passage_ids:
+        before = len(prompt.prefix_ids) + len(passage)
+        ids = torch.cat([prompt.prefix_ids, passage, question])
+        expected.append(sequential_log_likelihood(generator.model, ids, before + first, before + read))
     torch.testing.assert_close(scores, torch.tensor(expected), atol=2e-2, rtol=1e-4)
     assert int(scores.argmax()) == 2  # the Rome passage explains a question about 753 BC best
 
 
 @pytest.mark.slow
-def test_keeping_one_passage_equals_the_sequential_prompt_of_that_passage(generator) -> None:
-    params = GenerationParams(
-        max_new_tokens=12, parallel_contexts=True, keep_passages=1, ape_temperature=1.0, ape_scale=1.0
-    )
+def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(generator) -> None:
+    # APE's temperature and scale left at the defaults: the kept passage's path is read with plain attention
+    params = GenerationParams(max_new_tokens=12, parallel_contexts=True, keep_passages=1)
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     alone = torch.cat([prompt.prefix_ids, prompt.passage_ids[2], prompt.question_ids])  # [n]
     stats = DecodeStats()
@@ -90,6 +92,14 @@ def test_keeping_one_passage_equals_the_sequential_prompt_of_that_passage(genera
     assert list(generator._decode(prompt.input_ids, params, None, None, parallel)) == list(
         generator._decode(alone[None], GenerationParams(max_new_tokens=12))
     )
+    cad = replace(params, cad_alpha=0.5)
+    context_free = generator._encode_context_free(QUESTION, cad)
+    answer = list(generator._decode(prompt.input_ids, cad, context_free, None, parallel))
+    assert answer == list(
+        generator._decode(alone[None], replace(cad, parallel_contexts=False, keep_passages=0), context_free)
+    )
+    drafted = replace(cad, draft_tokens=4)
+    assert list(generator._decode(prompt.input_ids, drafted, context_free, None, parallel)) == answer
 
 
 @pytest.mark.slow
@@ -117,9 +127,8 @@ def test_blending_the_kept_passages_in_full_equals_their_sequential_prompt(gener
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefill = generator._parallel_prefill(params)
     prefix, blocks = prefill.blocks(prompt)
-    kept = most_likely_passages(
-        question_log_likelihoods(generator.model, prefix, blocks, prompt.question_ids), 2
-    )
+    reading = read_question(generator.model, prefix, blocks, prompt.question_ids, prompt.question_span)
+    kept = most_likely_passages(reading.scores, 2)
     alone = torch.cat([prompt.prefix_ids, *(prompt.passage_ids[i] for i in kept), prompt.question_ids])
     with torch.inference_mode():
         plain = KVBatch(generator.model, [alone]).prefill()

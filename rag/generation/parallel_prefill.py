@@ -19,7 +19,9 @@ tokens is recomputed across passages (:mod:`rag.generation.kv_blend`); the quest
 attention, and APE's temperature and scale are not used.
 
 With ``keep_passages = k`` the question first reads each passage apart, and only the ``k`` passages under
-which it is most likely stay in the cache (:mod:`rag.generation.passage_pruning`).
+which it is most likely stay in the cache (:mod:`rag.generation.passage_pruning`). With ``k = 1`` the answer
+goes on from the question's copy over the kept passage, with plain attention: the cache is then the
+sequential prompt's of that passage alone (APE's temperature and scale, and blending, do not apply).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from rag.generation.kv_batch import KVBatch, additive_mask, packed_causal_mask
 from rag.generation.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
-from rag.generation.passage_pruning import most_likely_passages, question_log_likelihoods, stacked_cache
+from rag.generation.passage_pruning import most_likely_passages, read_question, stacked_cache
 
 _PREFIX_BLOCK = ""  # the passage text under which the prefix's own block is stored
 
@@ -143,10 +145,16 @@ class ParallelPrefill:
         stats = stats if stats is not None else DecodeStats()
         prefix, passages = self.blocks(prompt, stats)
         if 0 < self.keep_passages < len(passages):
-            scores = question_log_likelihoods(self.model, prefix, passages, prompt.question_ids)  # [n]
-            kept = most_likely_passages(scores, self.keep_passages)
+            reading = read_question(self.model, prefix, passages, prompt.question_ids, prompt.question_span)
+            kept = most_likely_passages(reading.scores, self.keep_passages)
+            stats.passages_pruned += len(passages) - len(kept)
+            if len(kept) == 1:  # go on from the chosen copy: the sequential prompt of that passage alone
+                lengths = [b.tokens for b in passages]
+                cache = reading.path(self.model, kept[0], prefix.tokens, lengths)
+                valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=prompt.prefix_ids.device)
+                tail = prompt.question_ids[reading.read :]
+                return self._rows(cache, valid, len(valid), tail, extra_rows, None)
             prompt, passages = prompt.keeping(kept), [passages[i] for i in kept]
-            stats.passages_pruned += len(scores) - len(kept)
         lengths = [b.tokens for b in passages]
         if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
             offsets = [sum(lengths[:i]) for i in range(len(passages))]
@@ -155,22 +163,33 @@ class ParallelPrefill:
         cache = stacked_cache(self.model, blocks)
         device = prompt.prefix_ids.device
         valid = torch.ones(sum(b.tokens for b in blocks), dtype=torch.bool, device=device)  # [cached]
-        segments = ApeSegments(prefix.tokens, len(valid), self.temperature, self.scale)
+        segments: ApeSegments | None = ApeSegments(prefix.tokens, len(valid), self.temperature, self.scale)
         start = prefix.tokens + max(lengths)
         if self.blend_ratio > 0:
             valid = self._blend(cache, prompt, prefix.tokens, valid)
             stats.blended_tokens += int((~valid).sum())
             segments, start = None, prefix.tokens + sum(lengths)
+        return self._rows(cache, valid, start, prompt.question_ids, extra_rows, segments)
+
+    def _rows(
+        self,
+        cache: DynamicCache,  # one row
+        valid: torch.Tensor,  # [cached] the cached columns the question sees
+        start: int,  # the position of the question part's first uncached token
+        tail: torch.Tensor,  # [tail_len] the question part's uncached tokens
+        extra_rows: Sequence[torch.Tensor],
+        segments: ApeSegments | None,
+    ) -> ParallelKVBatch:
+        """The batch of the question row over ``cache`` and the context-free rows, which see none of it."""
         rows = 1 + len(extra_rows)
         for layer in cache.layers:
             layer.keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
             layer.values = layer.values.expand(rows, -1, -1, -1).contiguous()
-        cached_valid = torch.zeros(rows, len(valid), dtype=torch.bool, device=device)  # [rows, cached]
-        cached_valid[0] = valid  # the context-free rows see none of the cached columns
-        starts = torch.zeros(rows, dtype=torch.long, device=device)  # [rows]
+        cached_valid = torch.zeros(rows, len(valid), dtype=torch.bool, device=valid.device)  # [rows, cached]
+        cached_valid[0] = valid
+        starts = torch.zeros(rows, dtype=torch.long, device=valid.device)  # [rows]
         starts[0] = start
-        tails = [prompt.question_ids, *extra_rows]
-        return ParallelKVBatch(self.model, cache, cached_valid, starts, tails, segments)
+        return ParallelKVBatch(self.model, cache, cached_valid, starts, [tail, *extra_rows], segments)
 
     @torch.inference_mode()
     def _blend(

@@ -39,6 +39,8 @@ class ParallelPrompt:
     prefix_ids: torch.Tensor  # [prefix_len]
     passage_ids: tuple[torch.Tensor, ...]  # each [passage_len_i]
     question_ids: torch.Tensor  # [question_len]: the question and the assistant turn's opening
+    # question_ids[a:b] are the tokens of the question's own text (None: not located in the template)
+    question_span: tuple[int, int] | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -82,9 +84,10 @@ def split_prompt(
     messages = build_messages(question, passages, system_prompt)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     blocks = [format_passage(i, doc) for i, doc in enumerate(passages, start=1)]
-    prefix, pieces, _ = split_text(text, blocks)
+    prefix, pieces, rest = split_text(text, blocks)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = torch.tensor(encoded["input_ids"], dtype=torch.long, device=device)  # [total]
+    starts = torch.tensor([start for start, _ in encoded["offset_mapping"]])  # [total] first character
     ends = torch.tensor([end for _, end in encoded["offset_mapping"]])  # [total] end character of each token
     cuts, boundary = [0], 0
     for piece in (prefix, *pieces):
@@ -95,4 +98,12 @@ def split_prompt(
         cuts.append(cut)
     cuts.append(len(ids))
     chunks = [ids[a:b] for a, b in itertools.pairwise(cuts)]
-    return ParallelPrompt(prefix, pieces, chunks[0], tuple(chunks[1:-1]), chunks[-1])
+    span = None
+    first = text.find(question.strip(), len(text) - len(rest))
+    if first >= 0:  # the tokens overlapping the question's characters, counted from the question part
+        last = first + len(question.strip())
+        span = (
+            int(torch.searchsorted(ends, first, right=True)) - cuts[-2],
+            int(torch.searchsorted(starts, last)) - cuts[-2],
+        )
+    return ParallelPrompt(prefix, pieces, chunks[0], tuple(chunks[1:-1]), chunks[-1], span)

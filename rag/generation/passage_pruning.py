@@ -6,7 +6,10 @@ question`` and drops the paths whose passage does not explain the question. Here
 attending to the prefix, passage ``i`` and itself at the positions right after passage ``i`` (what a
 sequential prompt holding passage ``i`` alone computes), all copies in one forward over the cached blocks.
 The answer then attends over the kept passages only; the question still reads every passage once, through
-its copy, for the price of one forward over ``passages × question`` tokens.
+its copy, for the price of one forward over ``passages × question`` tokens. Only the question's own tokens
+are scored (the template around them says little about a passage, and its tokens cost a forward each); when
+one passage is kept, the answer goes on from its copy's KV: the cache is then exactly the sequential prompt's
+of the prefix and that passage, and the question is not run a second time.
 
 On Qwen2.5-0.5B and XQuAD-en (top-5 MiniLM paragraphs) the most likely passage was the gold paragraph more
 often than the retriever's first hit (docs/generation.md).
@@ -15,6 +18,7 @@ often than the retriever's first hit (docs/generation.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,44 +38,90 @@ def stacked_cache(model: Any, blocks: Sequence[PassageKV]) -> DynamicCache:
     return cache
 
 
+@dataclass
+class QuestionReading:
+    """The question part read once after each passage apart: the scores, and the copies' KV to answer from.
+
+    ``cache`` holds ``[prefix | passage 1 | ... | passage n | copy 1 | ... | copy n]``, each copy the first
+    ``read`` tokens of the question part at the positions right after its passage.
+    """
+
+    scores: torch.Tensor  # [n] log P(question | prefix, passage i)
+    cache: DynamicCache
+    read: int  # question-part tokens each copy holds
+
+    def path(self, model: Any, i: int, prefix_tokens: int, lengths: Sequence[int]) -> DynamicCache:
+        """A one-row cache ``[prefix | passage i | copy i]``: the sequential prompt of passage ``i`` alone."""
+        passage = prefix_tokens + sum(lengths[:i])
+        copy = prefix_tokens + sum(lengths) + i * self.read
+        spans = [(0, prefix_tokens), (passage, passage + lengths[i]), (copy, copy + self.read)]
+        path = DynamicCache(config=model.config)
+        for layer, cached in enumerate(self.cache.layers):
+            k = torch.cat([cached.keys[:, :, a:b] for a, b in spans], dim=2)  # [1, kv_heads, len, head_dim]
+            v = torch.cat([cached.values[:, :, a:b] for a, b in spans], dim=2)
+            path.update(k, v, layer)
+        return path
+
+
+def scored_tokens(question_len: int, span: tuple[int, int] | None) -> tuple[int, int]:
+    """``(first, read)``: the copies hold ``question_ids[:read]`` and score tokens ``first .. read - 1``.
+
+    The question's own tokens are scored (the whole question part when ``span`` is None); the first token
+    is not (its prediction comes from the passage's last position, whose logits a cached block does not
+    keep), nor is the last (at least one token is left for the answer's prefill to run).
+
+    >>> scored_tokens(20, (3, 15)), scored_tokens(20, None), scored_tokens(20, (0, 20))
+    ((3, 15), (1, 19), (1, 19))
+    """
+    if question_len < 3:
+        raise ValueError(f"a question part of {question_len} tokens is too short to score")
+    first, end = span if span is not None else (1, question_len)
+    first, read = max(first, 1), min(end, question_len - 1)
+    return (first, read) if first < read else (1, question_len - 1)
+
+
 @torch.inference_mode()
-def question_log_likelihoods(
+def read_question(
     model: Any,
     prefix: PassageKV,
     passages: Sequence[PassageKV],
     question_ids: torch.Tensor,  # [m]
-) -> torch.Tensor:
-    """``log P(question_ids[1:] | prefix, passage i, question_ids[0])`` for each passage ``# [n]``.
+    span: tuple[int, int] | None = None,  # question_ids[a:b] are the question's own tokens
+) -> QuestionReading:
+    """Score each passage by ``log P(question | prefix, passage i)`` (see :func:`scored_tokens`).
 
-    One forward over ``n`` copies of the question (plain attention; positions as in the sequential prompt
-    of the prefix and passage ``i`` alone). The first question token is not scored: its prediction would
-    come from the passage's last position, whose logits a cached block does not keep.
+    One forward over ``n`` copies of the question part (plain attention; positions as in the sequential
+    prompt of the prefix and passage ``i`` alone); logits only where a scored token is predicted.
     """
     device = question_ids.device
-    n, m = len(passages), len(question_ids)
+    first, read = scored_tokens(len(question_ids), span)
+    n = len(passages)
     lengths = torch.tensor([p.tokens for p in passages], device=device)  # [n]
     cached = prefix.tokens + int(lengths.sum())
     starts = prefix.tokens + lengths.cumsum(0) - lengths  # [n] first column of each passage
-    copy = torch.arange(n, device=device).repeat_interleave(m)  # [n * m] the passage each copy token reads
-    offset = torch.arange(m, device=device).repeat(n)  # [n * m] the token's place in its copy
+    copy = torch.arange(n, device=device).repeat_interleave(read)  # [n * read] the passage each token reads
+    offset = torch.arange(read, device=device).repeat(n)  # [n * read] the token's place in its copy
     columns = torch.arange(cached, device=device)  # [cached]
     sees_passage = (columns >= starts[copy, None]) & (columns < (starts + lengths)[copy, None])
-    sees_cached = sees_passage | (columns < prefix.tokens)  # [n * m, cached]
-    new = torch.arange(n * m, device=device)
-    sees_new = (copy[:, None] == copy[None, :]) & (new[:, None] >= new[None, :])  # [n * m, n * m]
-    allowed = torch.cat([sees_cached, sees_new], dim=1)  # [n * m, cached + n * m]
+    sees_cached = sees_passage | (columns < prefix.tokens)  # [n * read, cached]
+    new = torch.arange(n * read, device=device)
+    sees_new = (copy[:, None] == copy[None, :]) & (new[:, None] >= new[None, :])  # [n * read, n * read]
+    allowed = torch.cat([sees_cached, sees_new], dim=1)  # [n * read, cached + n * read]
+    # row t - 1 of each copy predicts token t
+    predicting = (torch.arange(n, device=device)[:, None] * read + torch.arange(first - 1, read - 1)).view(-1)
+    cache = stacked_cache(model, [prefix, *passages])
     output = model(
-        input_ids=question_ids.repeat(n)[None],
+        input_ids=question_ids[:read].repeat(n)[None],
         attention_mask=additive_mask(allowed[None, None], model.dtype),
         position_ids=(prefix.tokens + lengths[copy] + offset)[None],
-        cache=stacked_cache(model, [prefix, *passages]),
+        cache=cache,
         use_cache=True,
+        logits_to_keep=predicting,
     )
-    # a copy's last token predicts nothing scored
-    logits = output.logits.view(n, m, -1)[:, :-1].float()  # [n, m - 1, vocab]
-    targets = question_ids[1:].expand(n, -1)  # [n, m - 1]
-    logprobs = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)  # [n, m - 1]
-    return logprobs.sum(dim=1)  # [n]
+    logits = output.logits.view(n, read - first, -1).float()  # [n, scored, vocab]
+    targets = question_ids[first:read].expand(n, -1)  # [n, scored]
+    logprobs = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)  # [n, scored]
+    return QuestionReading(logprobs.sum(dim=1), cache, read)
 
 
 def most_likely_passages(scores: torch.Tensor, keep: int) -> list[int]:
