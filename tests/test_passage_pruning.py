@@ -77,18 +77,23 @@ def test_each_score_is_the_question_likelihood_after_that_passage_alone(generato
 
 
 @pytest.mark.slow
-def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(generator) -> None:
+@pytest.mark.parametrize("rome", [2, 0])  # the question's passage last, or first (its copy then reads it all)
+def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(generator, rome) -> None:
+    passages = [PASSAGES[(i + 2 - rome) % 3] for i in range(3)]
+    assert passages[rome].id == "it"
     # APE's temperature and scale left at the defaults: the kept passage's path is read with plain attention
     params = GenerationParams(max_new_tokens=12, parallel_contexts=True, keep_passages=1)
-    prompt = generator._split_prompt(QUESTION, PASSAGES, params)
-    alone = torch.cat([prompt.prefix_ids, prompt.passage_ids[2], prompt.question_ids])  # [n]
+    prompt = generator._split_prompt(QUESTION, passages, params)
+    alone = torch.cat([prompt.prefix_ids, prompt.passage_ids[rome], prompt.question_ids])  # [n]
     stats = DecodeStats()
     with torch.inference_mode():
         plain = KVBatch(generator.model, [alone]).prefill()
-        pruned = generator._parallel_prefill(params).batch(prompt, stats=stats).prefill()
+        batch = generator._parallel_prefill(params).batch(prompt, stats=stats)
+        pruned = batch.prefill()
     torch.testing.assert_close(pruned, plain, atol=2e-4, rtol=0)
     assert stats.passages_pruned == 2
-    parallel = generator._split_prompt(QUESTION, PASSAGES, params)
+    assert batch.forward_calls == (0 if rome == 0 else 1)  # the first passage's copy read the whole question
+    parallel = generator._split_prompt(QUESTION, passages, params)
     assert list(generator._decode(prompt.input_ids, params, None, None, parallel)) == list(
         generator._decode(alone[None], GenerationParams(max_new_tokens=12))
     )

@@ -79,12 +79,14 @@ class ParallelKVBatch(KVBatch):
         start: torch.Tensor,  # [rows] long
         prompts: Sequence[torch.Tensor],  # each [tail_len_r]
         segments: ApeSegments | None,  # None: plain attention (blended passages)
+        ready: torch.Tensor | None = None,  # [vocab] row 0's next-token logits when its tail is empty
     ) -> None:
         super().__init__(model, prompts)
         self.cache = cache
         self.segments = segments
         self._cached_valid = cached_valid
         self._start = start
+        self._ready = ready
         self._prefilled = False
 
     def prefill(self) -> torch.Tensor:
@@ -98,10 +100,15 @@ class ParallelKVBatch(KVBatch):
         past = self._cached_valid[:, None, None, :].expand(-1, 1, width, -1)  # [rows, 1, width, cached]
         allowed = torch.cat([past, tail], dim=-1)  # [rows, 1, width, cached + width]
         positions = self._start[:, None] + (self._valid.cumsum(dim=1) - 1).clamp(min=0)  # [rows, width]
-        logits = self._run(self._ids, allowed, positions, logits_to_keep=1)  # [rows, 1, vocab]
         self.lengths = self._start + self._valid.sum(dim=1)
+        if width == 0:  # nothing left to run: row 0 alone, its logits ready
+            self._valid = self._cached_valid
+            return self._ready[None]  # type: ignore[index]
+        logits = self._run(self._ids, allowed, positions, logits_to_keep=1)[:, -1]  # [rows, vocab]
         self._valid = torch.cat([self._cached_valid, self._valid], dim=1)  # [rows, cached + width]
-        return logits[:, -1]
+        if self._ready is not None:  # row 0 ran padding only
+            logits[0] = self._ready
+        return logits
 
     def _run(
         self,
@@ -145,15 +152,20 @@ class ParallelPrefill:
         stats = stats if stats is not None else DecodeStats()
         prefix, passages = self.blocks(prompt, stats)
         if 0 < self.keep_passages < len(passages):
-            reading = read_question(self.model, prefix, passages, prompt.question_ids, prompt.question_span)
+            # keeping one, the rest of the question part is read after the first passage's copy too: when
+            # the retriever's first passage is the one kept, the answer's first token is then ready
+            guess = 0 if self.keep_passages == 1 else None
+            question = prompt.question_ids
+            reading = read_question(self.model, prefix, passages, question, prompt.question_span, guess)
             kept = most_likely_passages(reading.scores, self.keep_passages)
             stats.passages_pruned += len(passages) - len(kept)
             if len(kept) == 1:  # go on from the chosen copy: the sequential prompt of that passage alone
                 lengths = [b.tokens for b in passages]
                 cache = reading.path(self.model, kept[0], prefix.tokens, lengths)
-                valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=prompt.prefix_ids.device)
-                tail = prompt.question_ids[reading.read :]
-                return self._rows(cache, valid, len(valid), tail, extra_rows, None)
+                valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=question.device)
+                ready = reading.first_logits if kept[0] == reading.answered else None
+                tail = question[len(question) if ready is not None else reading.read :]
+                return self._rows(cache, valid, len(valid), tail, extra_rows, None, ready)
             prompt, passages = prompt.keeping(kept), [passages[i] for i in kept]
         lengths = [b.tokens for b in passages]
         if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
@@ -179,6 +191,8 @@ class ParallelPrefill:
         tail: torch.Tensor,  # [tail_len] the question part's uncached tokens
         extra_rows: Sequence[torch.Tensor],
         segments: ApeSegments | None,
+        ready: torch.Tensor
+        | None = None,  # [vocab] the question row's next-token logits, if its tail is empty
     ) -> ParallelKVBatch:
         """The batch of the question row over ``cache`` and the context-free rows, which see none of it."""
         rows = 1 + len(extra_rows)
@@ -189,7 +203,8 @@ class ParallelPrefill:
         cached_valid[0] = valid
         starts = torch.zeros(rows, dtype=torch.long, device=valid.device)  # [rows]
         starts[0] = start
-        return ParallelKVBatch(self.model, cache, cached_valid, starts, [tail, *extra_rows], segments)
+        tails = [tail, *extra_rows]
+        return ParallelKVBatch(self.model, cache, cached_valid, starts, tails, segments, ready)
 
     @torch.inference_mode()
     def _blend(

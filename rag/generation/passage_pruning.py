@@ -42,19 +42,27 @@ def stacked_cache(model: Any, blocks: Sequence[PassageKV]) -> DynamicCache:
 class QuestionReading:
     """The question part read once after each passage apart: the scores, and the copies' KV to answer from.
 
-    ``cache`` holds ``[prefix | passage 1 | ... | passage n | copy 1 | ... | copy n]``, each copy the first
-    ``read`` tokens of the question part at the positions right after its passage.
+    ``cache`` holds ``[prefix | passage 1 | ... | passage n | copy 1 | ... | copy n | rest]``: each copy the
+    first ``read`` tokens of the question part at the positions right after its passage, and, when
+    ``answered`` is a passage index, the rest of the question part after that passage's copy, whose last
+    logits are ``first_logits``: the answer's first token is then ready if that passage is kept alone.
     """
 
     scores: torch.Tensor  # [n] log P(question | prefix, passage i)
     cache: DynamicCache
     read: int  # question-part tokens each copy holds
+    answered: int | None = None  # the passage whose copy holds the whole question part
+    first_logits: torch.Tensor | None = None  # [vocab] next-token logits after it
 
     def path(self, model: Any, i: int, prefix_tokens: int, lengths: Sequence[int]) -> DynamicCache:
-        """A one-row cache ``[prefix | passage i | copy i]``: the sequential prompt of passage ``i`` alone."""
+        """A one-row cache ``[prefix | passage i | copy i]``: the sequential prompt of passage ``i`` alone
+        (to the end of the question part when ``i`` is ``answered``)."""
         passage = prefix_tokens + sum(lengths[:i])
-        copy = prefix_tokens + sum(lengths) + i * self.read
+        copies = prefix_tokens + sum(lengths)
+        copy = copies + i * self.read
         spans = [(0, prefix_tokens), (passage, passage + lengths[i]), (copy, copy + self.read)]
+        if i == self.answered:
+            spans.append((copies + len(lengths) * self.read, self.cache.get_seq_length()))
         path = DynamicCache(config=model.config)
         for layer, cached in enumerate(self.cache.layers):
             k = torch.cat([cached.keys[:, :, a:b] for a, b in spans], dim=2)  # [1, kv_heads, len, head_dim]
@@ -87,41 +95,52 @@ def read_question(
     passages: Sequence[PassageKV],
     question_ids: torch.Tensor,  # [m]
     span: tuple[int, int] | None = None,  # question_ids[a:b] are the question's own tokens
+    answer_after: int | None = None,  # also read the rest of the question part after this passage's copy
 ) -> QuestionReading:
     """Score each passage by ``log P(question | prefix, passage i)`` (see :func:`scored_tokens`).
 
     One forward over ``n`` copies of the question part (plain attention; positions as in the sequential
-    prompt of the prefix and passage ``i`` alone); logits only where a scored token is predicted.
+    prompt of the prefix and passage ``i`` alone); logits only where a scored token is predicted. With
+    ``answer_after = g`` the rest of the question part follows copy ``g`` in the same forward, for a few
+    tokens more: if passage ``g`` is the one kept, the answer's first token needs no further forward.
     """
     device = question_ids.device
-    first, read = scored_tokens(len(question_ids), span)
-    n = len(passages)
+    m, n = len(question_ids), len(passages)
+    first, read = scored_tokens(m, span)
     lengths = torch.tensor([p.tokens for p in passages], device=device)  # [n]
     cached = prefix.tokens + int(lengths.sum())
     starts = prefix.tokens + lengths.cumsum(0) - lengths  # [n] first column of each passage
-    copy = torch.arange(n, device=device).repeat_interleave(read)  # [n * read] the passage each token reads
-    offset = torch.arange(read, device=device).repeat(n)  # [n * read] the token's place in its copy
+    copy = torch.arange(n, device=device).repeat_interleave(read)  # [new] the passage each new token reads
+    offset = torch.arange(read, device=device).repeat(n)  # [new] the token's place in the question part
+    ids = question_ids[:read].repeat(n)  # [new]
+    if answer_after is not None:
+        copy = torch.cat([copy, copy.new_full((m - read,), answer_after)])
+        offset = torch.cat([offset, torch.arange(read, m, device=device)])
+        ids = torch.cat([ids, question_ids[read:]])
     columns = torch.arange(cached, device=device)  # [cached]
     sees_passage = (columns >= starts[copy, None]) & (columns < (starts + lengths)[copy, None])
-    sees_cached = sees_passage | (columns < prefix.tokens)  # [n * read, cached]
-    new = torch.arange(n * read, device=device)
-    sees_new = (copy[:, None] == copy[None, :]) & (new[:, None] >= new[None, :])  # [n * read, n * read]
-    allowed = torch.cat([sees_cached, sees_new], dim=1)  # [n * read, cached + n * read]
-    # row t - 1 of each copy predicts token t
-    predicting = (torch.arange(n, device=device)[:, None] * read + torch.arange(first - 1, read - 1)).view(-1)
+    sees_cached = sees_passage | (columns < prefix.tokens)  # [new, cached]
+    new = torch.arange(len(ids), device=device)
+    sees_new = (copy[:, None] == copy[None, :]) & (new[:, None] >= new[None, :])  # [new, new]
+    allowed = torch.cat([sees_cached, sees_new], dim=1)  # [new, cached + new]
+    # row t - 1 of each copy predicts token t; then the last row, which predicts the answer's first token
+    keep = (torch.arange(n, device=device)[:, None] * read + torch.arange(first - 1, read - 1)).view(-1)
+    if answer_after is not None:
+        keep = torch.cat([keep, keep.new_tensor([len(ids) - 1])])
     cache = stacked_cache(model, [prefix, *passages])
-    output = model(
-        input_ids=question_ids[:read].repeat(n)[None],
+    logits = model(
+        input_ids=ids[None],
         attention_mask=additive_mask(allowed[None, None], model.dtype),
         position_ids=(prefix.tokens + lengths[copy] + offset)[None],
         cache=cache,
         use_cache=True,
-        logits_to_keep=predicting,
-    )
-    logits = output.logits.view(n, read - first, -1).float()  # [n, scored, vocab]
+        logits_to_keep=keep,
+    ).logits[0]  # [kept, vocab]
+    scored = logits[: n * (read - first)].view(n, read - first, -1).float()  # [n, scored, vocab]
     targets = question_ids[first:read].expand(n, -1)  # [n, scored]
-    logprobs = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)  # [n, scored]
-    return QuestionReading(logprobs.sum(dim=1), cache, read)
+    logprobs = scored.gather(-1, targets[..., None])[..., 0] - scored.logsumexp(-1)  # [n, scored]
+    ready = logits[-1] if answer_after is not None else None
+    return QuestionReading(logprobs.sum(dim=1), cache, read, answer_after, ready)
 
 
 def most_likely_passages(scores: torch.Tensor, keep: int) -> list[int]:
