@@ -191,8 +191,7 @@ class ParallelPrefill:
         tail: torch.Tensor,  # [tail_len] the question part's uncached tokens
         extra_rows: Sequence[torch.Tensor],
         segments: ApeSegments | None,
-        ready: torch.Tensor
-        | None = None,  # [vocab] the question row's next-token logits, if its tail is empty
+        ready: torch.Tensor | None = None,  # [vocab] the question row's logits when its tail is empty
     ) -> ParallelKVBatch:
         """The batch of the question row over ``cache`` and the context-free rows, which see none of it."""
         rows = 1 + len(extra_rows)
