@@ -95,15 +95,15 @@ class ParallelKVBatch(KVBatch):
             raise RuntimeError("prefill() runs once")
         self._prefilled = True
         width = self._ids.shape[1]
+        self.lengths = self._start + self._valid.sum(dim=1)
+        if width == 0:  # nothing left to run: row 0 alone, its logits ready
+            self._valid = self._cached_valid
+            return self._ready[None]  # type: ignore[index]
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()  # [width, width]
         tail = causal[None, None] & self._valid[:, None, None, :]  # [rows, 1, width, width]
         past = self._cached_valid[:, None, None, :].expand(-1, 1, width, -1)  # [rows, 1, width, cached]
         allowed = torch.cat([past, tail], dim=-1)  # [rows, 1, width, cached + width]
         positions = self._start[:, None] + (self._valid.cumsum(dim=1) - 1).clamp(min=0)  # [rows, width]
-        self.lengths = self._start + self._valid.sum(dim=1)
-        if width == 0:  # nothing left to run: row 0 alone, its logits ready
-            self._valid = self._cached_valid
-            return self._ready[None]  # type: ignore[index]
         logits = self._run(self._ids, allowed, positions, logits_to_keep=1)[:, -1]  # [rows, vocab]
         self._valid = torch.cat([self._cached_valid, self._valid], dim=1)  # [rows, cached + width]
         if self._ready is not None:  # row 0 ran padding only
@@ -154,14 +154,15 @@ class ParallelPrefill:
         if 0 < self.keep_passages < len(passages):
             # keeping one, the rest of the question part is read after the first passage's copy too: when
             # the retriever's first passage is the one kept, the answer's first token is then ready
-            guess = 0 if self.keep_passages == 1 else None
+            one = self.keep_passages == 1
             question = prompt.question_ids
-            reading = read_question(self.model, prefix, passages, question, prompt.question_span, guess)
+            reading = read_question(
+                self.model, prefix, passages, question, prompt.question_span, 0 if one else None
+            )
             kept = most_likely_passages(reading.scores, self.keep_passages)
             stats.passages_pruned += len(passages) - len(kept)
-            if len(kept) == 1:  # go on from the chosen copy: the sequential prompt of that passage alone
-                lengths = [b.tokens for b in passages]
-                cache = reading.path(self.model, kept[0], prefix.tokens, lengths)
+            if one:  # go on from the chosen copy: the sequential prompt of that passage alone
+                cache = reading.path(self.model, kept[0])
                 valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=question.device)
                 ready = reading.first_logits if kept[0] == reading.answered else None
                 tail = question[len(question) if ready is not None else reading.read :]

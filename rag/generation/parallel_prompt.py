@@ -99,9 +99,10 @@ def split_prompt(
     cuts.append(len(ids))
     chunks = [ids[a:b] for a, b in itertools.pairwise(cuts)]
     span = None
-    first = text.find(question.strip(), len(text) - len(rest))
+    asked = question.strip()  # as build_messages writes it
+    first = text.find(asked, len(text) - len(rest))
     if first >= 0:  # the tokens overlapping the question's characters, counted from the question part
-        last = first + len(question.strip())
+        last = first + len(asked)
         span = (
             int(torch.searchsorted(ends, first, right=True)) - cuts[-2],
             int(torch.searchsorted(starts, last)) - cuts[-2],

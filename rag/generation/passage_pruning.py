@@ -50,19 +50,21 @@ class QuestionReading:
 
     scores: torch.Tensor  # [n] log P(question | prefix, passage i)
     cache: DynamicCache
+    prefix_tokens: int
+    lengths: tuple[int, ...]  # [n] tokens of each passage
     read: int  # question-part tokens each copy holds
     answered: int | None = None  # the passage whose copy holds the whole question part
     first_logits: torch.Tensor | None = None  # [vocab] next-token logits after it
 
-    def path(self, model: Any, i: int, prefix_tokens: int, lengths: Sequence[int]) -> DynamicCache:
+    def path(self, model: Any, i: int) -> DynamicCache:
         """A one-row cache ``[prefix | passage i | copy i]``: the sequential prompt of passage ``i`` alone
         (to the end of the question part when ``i`` is ``answered``)."""
-        passage = prefix_tokens + sum(lengths[:i])
-        copies = prefix_tokens + sum(lengths)
+        passage = self.prefix_tokens + sum(self.lengths[:i])
+        copies = self.prefix_tokens + sum(self.lengths)
         copy = copies + i * self.read
-        spans = [(0, prefix_tokens), (passage, passage + lengths[i]), (copy, copy + self.read)]
+        spans = [(0, self.prefix_tokens), (passage, passage + self.lengths[i]), (copy, copy + self.read)]
         if i == self.answered:
-            spans.append((copies + len(lengths) * self.read, self.cache.get_seq_length()))
+            spans.append((copies + len(self.lengths) * self.read, self.cache.get_seq_length()))
         path = DynamicCache(config=model.config)
         for layer, cached in enumerate(self.cache.layers):
             k = torch.cat([cached.keys[:, :, a:b] for a, b in spans], dim=2)  # [1, kv_heads, len, head_dim]
@@ -124,7 +126,8 @@ def read_question(
     sees_new = (copy[:, None] == copy[None, :]) & (new[:, None] >= new[None, :])  # [new, new]
     allowed = torch.cat([sees_cached, sees_new], dim=1)  # [new, cached + new]
     # row t - 1 of each copy predicts token t; then the last row, which predicts the answer's first token
-    keep = (torch.arange(n, device=device)[:, None] * read + torch.arange(first - 1, read - 1)).view(-1)
+    rows = torch.arange(first - 1, read - 1, device=device)  # [scored]
+    keep = (torch.arange(n, device=device)[:, None] * read + rows).view(-1)
     if answer_after is not None:
         keep = torch.cat([keep, keep.new_tensor([len(ids) - 1])])
     cache = stacked_cache(model, [prefix, *passages])
@@ -140,7 +143,8 @@ def read_question(
     targets = question_ids[first:read].expand(n, -1)  # [n, scored]
     logprobs = scored.gather(-1, targets[..., None])[..., 0] - scored.logsumexp(-1)  # [n, scored]
     ready = logits[-1] if answer_after is not None else None
-    return QuestionReading(logprobs.sum(dim=1), cache, read, answer_after, ready)
+    sizes = tuple(p.tokens for p in passages)
+    return QuestionReading(logprobs.sum(dim=1), cache, prefix.tokens, sizes, read, answer_after, ready)
 
 
 def most_likely_passages(scores: torch.Tensor, keep: int) -> list[int]:
