@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import doctest
 from dataclasses import replace
 
@@ -16,7 +17,13 @@ from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.generation.passage_pruning import most_likely_passages, read_question, scored_tokens
+from rag.generation.passage_pruning import (
+    cpu_has_bf16_units,
+    most_likely_passages,
+    read_question,
+    scored_tokens,
+    scoring_head,
+)
 from tests.test_parallel_context import PASSAGES
 
 QUESTION = "Which city was founded in 753 BC?"
@@ -74,6 +81,23 @@ def test_each_score_is_the_question_likelihood_after_that_passage_alone(generato
         expected.append(sequential_log_likelihood(generator.model, ids, before + first, before + read))
     torch.testing.assert_close(scores, torch.tensor(expected), atol=2e-2, rtol=1e-4)
     assert int(scores.argmax()) == 2  # the Rome passage explains a question about 753 BC best
+
+
+@pytest.mark.slow
+def test_a_bf16_output_layer_ranks_the_passages_as_the_model_s_own(generator) -> None:
+    model = generator.model
+    params = GenerationParams(parallel_contexts=True, keep_passages=1)
+    prompt = generator._split_prompt(QUESTION, PASSAGES, params)
+    prefix, blocks = generator._parallel_prefill(params).blocks(prompt)
+    span = prompt.question_span
+    exact = read_question(model, prefix, blocks, prompt.question_ids, span).scores
+    head = model.get_output_embeddings().weight.detach().bfloat16()
+    scores = read_question(model, prefix, blocks, prompt.question_ids, span, head=head).scores
+    assert scores.argsort().tolist() == exact.argsort().tolist()
+    torch.testing.assert_close(scores, exact, atol=0.3, rtol=0)
+    assert scoring_head(model).dtype == (torch.bfloat16 if cpu_has_bf16_units() else torch.float32)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    assert scoring_head(half).data_ptr() == half.get_output_embeddings().weight.data_ptr()  # no copy
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.passage_kv_store import PassageKVStore
+from rag.generation.passage_pruning import scoring_head
 from rag.generation.prompt import SYSTEM_PROMPT, build_messages, parse_citations
 from rag.generation.sampling import next_token
 from rag.generation.speculative import DraftProposer, speculative_decode
@@ -163,6 +164,7 @@ class CausalLMGenerator(Generator):
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.passage_store = passage_store or self.config.passage_store()
         self._model_id: str | None = None  # model_identity(), computed on the first parallel request
+        self._scoring_head: torch.Tensor | None = None  # passage_pruning.scoring_head(), on the first pruning
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -340,6 +342,8 @@ class CausalLMGenerator(Generator):
     def _parallel_prefill(self, params: GenerationParams) -> ParallelPrefill:
         if self._model_id is None:
             self._model_id = model_identity(self.model, self.tokenizer)
+        if params.keep_passages > 0 and self._scoring_head is None:
+            self._scoring_head = scoring_head(self.model)
         store, model_id = self.passage_store, self._model_id
         return ParallelPrefill(
             self.model,
@@ -350,6 +354,7 @@ class CausalLMGenerator(Generator):
             self.config.passage_cache_int8,
             params.blend_ratio,
             params.keep_passages,
+            self._scoring_head,
         )
 
     def _process_logits(

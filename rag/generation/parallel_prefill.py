@@ -139,6 +139,9 @@ class ParallelPrefill:
     # answer from this many passages, those under which the question is most likely
     # (rag.generation.passage_pruning); 0 = all
     keep_passages: int = 0
+    # [vocab, hidden] the output layer the question's tokens are scored with when pruning
+    # (passage_pruning.scoring_head); None = the model's
+    scoring_head: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
@@ -156,9 +159,8 @@ class ParallelPrefill:
             # the retriever's first passage is the one kept, the answer's first token is then ready
             one = self.keep_passages == 1
             question = prompt.question_ids
-            reading = read_question(
-                self.model, prefix, passages, question, prompt.question_span, 0 if one else None
-            )
+            span, first = prompt.question_span, 0 if one else None
+            reading = read_question(self.model, prefix, passages, question, span, first, self.scoring_head)
             kept = most_likely_passages(reading.scores, self.keep_passages)
             stats.passages_pruned += len(passages) - len(kept)
             if one:  # go on from the chosen copy: the sequential prompt of that passage alone
