@@ -150,4 +150,4 @@ def test_tuning_scores_and_gradients_match_decoding() -> None:
         grads = torch.autograd.grad(scores.square().sum(), [q, trainer.centroids])
         results.append((scores, *grads))
     for ours, theirs in zip(*results, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)  # fp32 sums in another order
