@@ -159,8 +159,15 @@ class ParallelPrefill:
             # the retriever's first passage is the one kept, the answer's first token is then ready
             one = self.keep_passages == 1
             question = prompt.question_ids
-            span, first = prompt.question_span, 0 if one else None
-            reading = read_question(self.model, prefix, passages, question, span, first, self.scoring_head)
+            reading = read_question(
+                self.model,
+                prefix,
+                passages,
+                question,
+                prompt.question_span,
+                answer_after=0 if one else None,
+                head=self.scoring_head,
+            )
             kept = most_likely_passages(reading.scores, self.keep_passages)
             stats.passages_pruned += len(passages) - len(kept)
             if one:  # go on from the chosen copy: the sequential prompt of that passage alone
