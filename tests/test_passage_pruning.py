@@ -23,6 +23,7 @@ from rag.generation.passage_pruning import (
     read_question,
     scored_tokens,
     scoring_head,
+    token_logprobs,
 )
 from tests.test_parallel_context import PASSAGES
 
@@ -81,6 +82,20 @@ def test_each_score_is_the_question_likelihood_after_that_passage_alone(generato
         expected.append(sequential_log_likelihood(generator.model, ids, before + first, before + read))
     torch.testing.assert_close(scores, torch.tensor(expected), atol=2e-2, rtol=1e-4)
     assert int(scores.argmax()) == 2  # the Rome passage explains a question about 753 BC best
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_token_logprobs_summed_over_vocabulary_slices_equal_a_full_log_softmax(with_bias: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 16, generator=generator)
+    weight = torch.randn(1000, 16, generator=generator)
+    bias = torch.randn(1000, generator=generator) if with_bias else None
+    targets = torch.randint(0, 1000, (7,), generator=generator)
+    full = torch.nn.functional.linear(hidden, weight, bias).log_softmax(-1)  # [7, 1000]
+    expected = full.gather(-1, targets[:, None])[:, 0]
+    for slice_size in (1000, 300, 64):  # one slice, a ragged last slice, many
+        logprobs = token_logprobs(hidden, targets, weight, bias, slice_size=slice_size)
+        torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.slow
