@@ -1,24 +1,50 @@
-"""SkinnyLinear computes what nn.Linear computes, for every input shape, and can be switched off."""
+"""SkinnyLinear computes what nn.Linear computes, for every input shape and either path, picks a path per
+shape by measuring, and can be switched off."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from rag.models.skinny_linear import MAX_ROWS, SkinnyLinear, stock_linears, use_skinny_linears
+from rag.models.skinny_linear import (
+    MAX_ROWS,
+    TRANSPOSED_IS_FASTER,
+    SkinnyLinear,
+    row_bucket,
+    stock_linears,
+    use_skinny_linears,
+)
 
 SHAPES = [(1, 7), (2, 7), (3, 7), (1, 1, 7), (2, 1, 7), (1, 4, 7), (3, 5, 7), (0, 7), (5, 9, 7)]
 
 
+@pytest.fixture
+def choices() -> Iterator[dict[tuple[int, int, int], bool]]:
+    """The process-wide measured choices, emptied for the test and restored after it."""
+    saved = dict(TRANSPOSED_IS_FASTER)
+    TRANSPOSED_IS_FASTER.clear()
+    yield TRANSPOSED_IS_FASTER
+    TRANSPOSED_IS_FASTER.clear()
+    TRANSPOSED_IS_FASTER.update(saved)
+
+
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_linear(shape: tuple[int, ...], bias: bool) -> None:
+def test_matches_linear(
+    shape: tuple[int, ...], bias: bool, transposed: bool, choices: dict[tuple[int, int, int], bool]
+) -> None:
     torch.manual_seed(0)
     stock = torch.nn.Linear(7, 11, bias=bias)
     skinny = torch.nn.Linear(7, 11, bias=bias)
     skinny.load_state_dict(stock.state_dict())
     use_skinny_linears(skinny)
     x = torch.randn(shape)
+    rows = x.numel() // 7
+    if rows:
+        choices[(11, 7, row_bucket(rows))] = transposed
     out = skinny(x)
     assert out.shape == (*shape[:-1], 11)
     assert out.is_contiguous()
@@ -32,6 +58,25 @@ def test_non_contiguous_input_and_one_output() -> None:
     expected = layer(x)
     use_skinny_linears(layer)
     torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
+    choices: dict[tuple[int, int, int], bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = torch.nn.Linear(16, 24)
+    use_skinny_linears(layer)
+    measured: list[int] = []
+    measure = SkinnyLinear._transposed_is_faster
+
+    def counted(self: SkinnyLinear, x: torch.Tensor, repeats: int = 5) -> bool:
+        measured.append(x.numel() // 16)
+        return measure(self, x, repeats)
+
+    monkeypatch.setattr(SkinnyLinear, "_transposed_is_faster", counted)
+    for rows in (1, 3, 4, 3, 9, 1, 40):  # 40 rows: beyond MAX_ROWS, plain linear without measuring
+        layer(torch.randn(rows, 16))
+    assert measured == [1, 3, 9]
+    assert set(choices) == {(24, 16, 1), (24, 16, 4), (24, 16, 16)}
 
 
 def test_gradients_flow_like_linear() -> None:
