@@ -34,8 +34,8 @@ from rag.docstore import Docstore
 from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
+from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
 from rag.generation.draft_model import DraftModelProposer
-from rag.generation.drafting import CPU_DRAFT_TOKENS
 from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
@@ -315,7 +315,7 @@ def collect(
     long_tokens: int = 160,
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
-    draft_tokens: int = CPU_DRAFT_TOKENS,
+    draft_tokens: int | None = None,  # None: measured per model (rag.generation.draft_length)
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:
@@ -367,6 +367,13 @@ def _measure_model(
         detail = f"{assistant_name} {missing}" if assistant_name else missing
         run.notes.append(
             f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting not measured: {detail}."
+        )
+    if settings["draft_tokens"] is None:
+        drafted = measured_draft_tokens(lm)
+        settings = dict(settings, draft_tokens=drafted)
+        run.notes.append(
+            f"{name}: drafting modes draft up to {drafted} tokens per step, the length of {list(CANDIDATES)} "
+            "measured fastest on this machine (`rag.generation.draft_length`)."
         )
     bench = _ModelBench(name, lm, tokenizer, workdir, settings, assistant)
     _warm_up(bench)

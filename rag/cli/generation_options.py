@@ -30,7 +30,8 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         type=int,
         default=0,
         help=f"retrieval-augmented drafting: longest drafted run verified per step (0 = off; "
-        f"{CPU_DRAFT_TOKENS} was the fastest on a 2-core CPU, see docs/generation.md)",
+        f"{CPU_DRAFT_TOKENS} was the fastest on a 2-core AMD CPU, 15 on a 2-core Xeon; `rag bench generate` "
+        "measures it for the machine, see docs/generation.md)",
     )
     parser.add_argument(
         "--draft-model",

@@ -28,8 +28,9 @@ import numpy as np
 
 from rag.errors import ConfigError
 
-# The draft length to pick on a CPU: a tree of up to 4 nodes verifies at ~1.4x the cost of a one-token step,
-# longer ones cost much more (docs/generation.md, "Retrieval drafting"). Drafting stays off by default.
+# The draft length that was fastest on a 2-core AMD EPYC: a tree of up to 4 nodes verified at ~1.4x the cost
+# of a one-token step, longer ones cost much more. Other CPUs differ (a 2-core Xeon: 15);
+# rag.generation.draft_length measures it. Drafting stays off by default.
 CPU_DRAFT_TOKENS = 3
 
 
