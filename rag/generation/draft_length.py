@@ -10,7 +10,7 @@ plain decoding (docs/generation.md, "Retrieval drafting").
 
 :func:`measured_draft_tokens` times a forward of ``d + 1`` new tokens for each candidate ``d`` and picks the
 one with the most expected tokens per second, the tokens a forward yields modelled by
-:func:`expected_tokens_per_forward` (fitted to those runs: 2.6 / 3.5 / 4.2 tokens per forward).
+:func:`expected_tokens_per_forward` (fitted to those runs: 2.5-2.6 / 3.3-3.5 / 4.1-4.2 tokens per forward).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 CANDIDATES = (1, 3, 7, 15)
 # tokens per verification forward grew by ~0.8 per doubling of the draft length + 1 (Qwen2.5-0.5B,
-# retrieval drafting, long XQuAD answers: 2.6 / 3.5 / 4.2 at 3 / 7 / 15 drafted tokens)
+# retrieval drafting, long XQuAD answers: 2.5-2.6 / 3.3-3.5 / 4.1-4.2 at 3 / 7 / 15 drafted tokens)
 ACCEPTANCE_SLOPE = 0.8
 
 
