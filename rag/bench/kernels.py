@@ -14,7 +14,6 @@ keeps each side's best round, so load on the machine hurts both alike. The basel
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 
 import torch
@@ -23,6 +22,7 @@ from rag.bench.report import Row, SuiteResult
 from rag.kernels.cad_combine_ref import cad_combine_reference
 from rag.kernels.pq_adc_ref import pq_adc_reference
 from rag.kernels.segmented_attention_ref import segmented_attention_reference
+from rag.timing import best_seconds
 
 # Qwen2.5-0.5B-like attention: 14 query heads over 2 key/value heads of 64; a 32-token prefix, 5 passages of
 # 150 tokens encoded in parallel, then the question
@@ -81,18 +81,8 @@ def _best_rates(
     ours: Callable[[], object], baseline: Callable[[], object], rounds: int
 ) -> tuple[float, float]:
     """Calls per second of each side, best of ``rounds`` alternating rounds of enough calls to take ~20 ms."""
-    ours(), baseline()  # warm up
-    start = time.perf_counter()
-    ours()
-    calls = max(1, int(0.02 / max(time.perf_counter() - start, 1e-6)))
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for side, fn in enumerate((ours, baseline)):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[side] = min(best[side], (time.perf_counter() - start) / calls)
-    return 1 / best[0], 1 / best[1]
+    mine, theirs = best_seconds((ours, baseline), rounds, round_seconds=0.02)
+    return 1 / mine, 1 / theirs
 
 
 def _segmented_rows(rounds: int) -> list[Row]:

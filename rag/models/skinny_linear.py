@@ -21,11 +21,12 @@ True
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from rag.timing import best_seconds
 
 MAX_ROWS = 32  # at 64 rows torch's linear is as fast (measured on the 0.5B's shapes)
 
@@ -70,16 +71,9 @@ class SkinnyLinear(torch.nn.Linear):
     @torch.no_grad()
     def _transposed_is_faster(self, x: torch.Tensor, repeats: int = 5) -> bool:
         """Time both paths on ``x`` (after one untimed run each), alternating; compare the best times."""
-        paths = (super().forward, self._transposed)
-        best = [float("inf"), float("inf")]
-        for path in paths:
-            path(x)
-        for _ in range(repeats):
-            for i, path in enumerate(paths):
-                start = time.perf_counter()
-                path(x)
-                best[i] = min(best[i], time.perf_counter() - start)
-        return best[1] < best[0]
+        stock = super().forward
+        linear, transposed = best_seconds((lambda: stock(x), lambda: self._transposed(x)), repeats)
+        return transposed < linear
 
 
 def use_skinny_linears(model: torch.nn.Module) -> int:
