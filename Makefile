@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q  # not `python -m pytest`: that puts the checkout first on sys.path, where kernels/ shadows the PyPI kernels transformers imports
 
 bench: install
 	$(BIN)/pip install --no-deps $$($(BIN)/rag models requirements --all)

@@ -131,8 +131,9 @@ _WRITER = textwrap.dedent(
 
 def test_concurrent_writers_of_one_key_leave_a_loadable_file(tmp_path: Path) -> None:
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    # cwd: not the checkout, whose kernels/ would shadow the PyPI kernels that transformers imports
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(seed)], env=env)
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(seed)], env=env, cwd=tmp_path)
         for seed in (1, 2)
     ]
     reader = PassageKVStore(memory_bytes=0, directory=tmp_path)
