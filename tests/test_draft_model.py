@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+from test_drafting import COPYING, NOT_COPYING, PASSAGES
 
 from rag.cli.generation_options import add_generation_options, generator_config
 from rag.errors import ConfigError
@@ -16,7 +17,6 @@ from rag.generation.base import DecodeStats
 from rag.generation.draft_model import DraftModelProposer, check_vocabulary
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.fused_drafter import FusedDrafter, keep_retrieval_draft
-from tests.test_drafting import COPYING, NOT_COPYING, PASSAGES
 
 pytestmark = pytest.mark.slow
 

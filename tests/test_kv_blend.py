@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 import torch
+from test_parallel_context import PASSAGES
 from transformers import DynamicCache
 
 from rag.cli.generation_options import add_generation_options, generation_params
@@ -15,7 +16,6 @@ from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.kv_blend import deviating_columns, shift_block
 from rag.generation.passage_kv_store import PassageKV, PassageKVStore
-from tests.test_parallel_context import PASSAGES
 
 QUESTION = "Which city has about 3.7 million inhabitants?"
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_parallel_context import PASSAGES
 
 import rag.generation.passage_pruning
 from rag.cli.generation_options import add_generation_options, generation_params
@@ -25,7 +26,6 @@ from rag.generation.passage_pruning import (
     scoring_head,
     token_logprobs,
 )
-from tests.test_parallel_context import PASSAGES
 
 QUESTION = "Which city was founded in 753 BC?"
 
