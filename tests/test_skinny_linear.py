@@ -1,5 +1,5 @@
-"""SkinnyLinear computes what nn.Linear computes, for every input shape and either path, picks a path per
-shape by measuring, and can be switched off."""
+"""SkinnyLinear computes what nn.Linear computes, for every input shape and path, picks a path per
+shape by measuring, reorders weights for 3-to-32-row products where memory allows, and can be switched off."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from rag.models import skinny_linear
 from rag.models.skinny_linear import (
     MAX_ROWS,
+    PACKED_MIN_ROWS,
     TRANSPOSED_IS_FASTER,
     SkinnyLinear,
     row_bucket,
@@ -30,17 +32,22 @@ def choices() -> Iterator[dict[tuple[int, int, int], bool]]:
     TRANSPOSED_IS_FASTER.update(saved)
 
 
+@pytest.mark.parametrize("prepack", [True, False])
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_linear(
-    shape: tuple[int, ...], bias: bool, transposed: bool, choices: dict[tuple[int, int, int], bool]
+    shape: tuple[int, ...],
+    bias: bool,
+    transposed: bool,
+    prepack: bool,
+    choices: dict[tuple[int, int, int], bool],
 ) -> None:
     torch.manual_seed(0)
     stock = torch.nn.Linear(7, 11, bias=bias)
     skinny = torch.nn.Linear(7, 11, bias=bias)
     skinny.load_state_dict(stock.state_dict())
-    use_skinny_linears(skinny)
+    use_skinny_linears(skinny, prepack=prepack)
     x = torch.randn(shape)
     rows = x.numel() // 7
     if rows:
@@ -64,7 +71,7 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
     choices: dict[tuple[int, int, int], bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layer = torch.nn.Linear(16, 24)
-    use_skinny_linears(layer)
+    use_skinny_linears(layer, prepack=False)
     measured: list[int] = []
     measure = SkinnyLinear._transposed_is_faster
 
@@ -79,15 +86,65 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
     assert set(choices) == {(24, 16, 1), (24, 16, 4), (24, 16, 16)}
 
 
+@torch.no_grad()
+def test_products_of_3_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
+    choices: dict[tuple[int, int, int], bool],
+) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24)
+    use_skinny_linears(layer)
+    layer(torch.randn(2, 16))
+    assert getattr(layer, "_packed", None) is None  # two rows: the measured paths
+    for rows in (PACKED_MIN_ROWS, MAX_ROWS):
+        x = torch.randn(rows, 16)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    stamp, packed = layer._packed
+    assert packed is not None and packed.is_mkldnn
+    assert set(choices) == {(24, 16, 2)}  # the reordered weight's products are not measured
+    layer(torch.randn(5, 16))
+    assert layer._packed[1] is packed  # reused
+    layer.weight.mul_(2)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer._packed[0] != stamp and layer._packed[1] is not packed
+
+
+@torch.no_grad()
+def test_without_memory_for_the_copy_the_weight_is_not_reordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(skinny_linear, "available_bytes", lambda: skinny_linear.PACK_RESERVE_BYTES)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24)
+    use_skinny_linears(layer)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer._packed[1] is None
+
+
+def test_a_layer_made_in_inference_mode_is_reordered_once() -> None:
+    with torch.inference_mode():
+        layer = torch.nn.Linear(16, 24)
+        use_skinny_linears(layer)
+        x = torch.randn(4, 16)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        packed = layer._packed[1]
+        layer(x)
+        assert packed is not None and layer._packed[1] is packed
+
+
+def test_available_bytes_reads_this_machine() -> None:
+    assert 0 < skinny_linear.available_bytes() < 1 << 50
+
+
 def test_gradients_flow_like_linear() -> None:
     torch.manual_seed(0)
     stock = torch.nn.Linear(5, 3)
     skinny = torch.nn.Linear(5, 3)
     skinny.load_state_dict(stock.state_dict())
     use_skinny_linears(skinny)
-    x = torch.randn(2, 5)
+    x = torch.randn(4, 5)  # a reordered-weight size: gradients take the measured paths instead
     stock(x).square().sum().backward()
     skinny(x).square().sum().backward()
+    assert getattr(skinny, "_packed", None) is None
     torch.testing.assert_close(skinny.weight.grad, stock.weight.grad)
     torch.testing.assert_close(skinny.bias.grad, stock.bias.grad)
 
