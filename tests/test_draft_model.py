@@ -110,9 +110,14 @@ def test_the_config_loads_the_draft_model_lazily() -> None:
     config = CausalLMConfig(draft_model="no-such-model-anywhere", draft_tokens=4)  # would fail to load
     drafter = config.drafter()
     assert isinstance(drafter, FusedDrafter) and isinstance(drafter.draft, DraftModelProposer)
+    assert drafter.draft.max_tokens_cap is None  # as long as draft_tokens
+    capped = CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=1).drafter()
+    assert isinstance(capped, FusedDrafter) and capped.draft.max_tokens_cap == 1
     assert isinstance(CausalLMConfig().drafter(), RetrievalDrafter)
     with pytest.raises(ConfigError):
         CausalLMConfig(draft_model=" ")
+    with pytest.raises(ConfigError, match="draft_model_tokens"):
+        CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=0)
 
 
 def test_cli_passes_the_draft_model_to_the_generator_config() -> None:
@@ -120,7 +125,10 @@ def test_cli_passes_the_draft_model_to_the_generator_config() -> None:
     add_generation_options(parser)
     args = parser.parse_args(["--draft-model", "qwen2.5-0.5b-instruct", "--draft-tokens", "6"])
     assert generator_config(args)["draft_model"] == "qwen2.5-0.5b-instruct"
+    assert generator_config(args)["draft_model_tokens"] is None
     assert generator_config(parser.parse_args([]))["draft_model"] is None
+    args = parser.parse_args(["--draft-model", "qwen2.5-0.5b-instruct", "--draft-model-tokens", "1"])
+    assert generator_config(args)["draft_model_tokens"] == 1
 
 
 # -- the proposer on SmolLM2 -----------------------------------------------------------------------------

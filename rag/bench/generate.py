@@ -242,7 +242,11 @@ class _ModelBench:
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
             drafter = None
             if draft_model:  # what CausalLMConfig(draft_model=...).drafter() builds, on the loaded assistant
-                proposer = DraftModelProposer(self.assistant, target_tokenizer=self.tokenizer)
+                proposer = DraftModelProposer(
+                    self.assistant,
+                    target_tokenizer=self.tokenizer,
+                    max_tokens_cap=self.settings.get("draft_model_tokens"),
+                )
                 drafter = FusedDrafter(config.drafter(), proposer)
             self.gens[key] = CausalLMGenerator(
                 config,
@@ -316,6 +320,7 @@ def collect(
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
     draft_tokens: int | None = None,  # None: measured per model (rag.generation.draft_length)
+    draft_model_tokens: int = 1,  # the assistant's share of each draft in the draft-model mode
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:
@@ -328,6 +333,7 @@ def collect(
         "long_min_tokens": long_min_tokens,
         "cad_alpha": cad_alpha,
         "draft_tokens": draft_tokens,
+        "draft_model_tokens": draft_model_tokens,
         "prompt_lookup": prompt_lookup,
         "ape": (defaults.ape_temperature, defaults.ape_scale),
         "draft_ngrams": (defaults.draft_max_ngram, defaults.draft_min_ngram),

@@ -98,7 +98,7 @@ def _shape_note(run: ModelRun, shape: str, summaries: dict[str, Summary]) -> str
     drafting = [mode.name for mode in MODES if mode.draft and mode.name in summaries]
     accepted = ", ".join(f"{mode} {summaries[mode].accepted_per_step:.2f}" for mode in drafting)
     warm = [mode.name for mode in MODES if mode.store in ("memory", "disk")]
-    encoded = sum(m.passages_encoded for mode in warm for m, _ in run.answers[shape, mode])
+    encoded = sum(m.passages_encoded for mode in warm for m, _ in run.answers.get((shape, mode), ()))
     return (
         f"{run.model}, {shape}: mean new tokens per answer: {tokens}. Accepted drafted tokens per "
         f"verification forward: {accepted}. Passage blocks encoded by the warm modes: {encoded} (0 = every "
@@ -167,7 +167,8 @@ def report(result: GenerateRun) -> SuiteResult:
         "only in its directory (read back through the OS page cache), filled by an untimed request just "
         "before; all combined = parallel warm memory + CAD + drafting; drafting + draft model = the "
         "retrieval drafts fused with the greedy drafts of the model's assistant (named above) "
-        "(`CausalLMConfig.draft_model`, RASD), same draft length; "
+        f"(`CausalLMConfig.draft_model`, RASD), the assistant drafting {s.get('draft_model_tokens')} "
+        "token(s) per step (`draft_model_tokens`); "
         f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`.",
         "Every mode answers the same prompt token ids with the same model object (fp32, eager attention), "
         "greedy; time to first token counts from the templated prompt ids (ragloom's timed work includes "

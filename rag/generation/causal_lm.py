@@ -61,6 +61,9 @@ class CausalLMConfig:
     # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.fused_drafter):
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
+    # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens.
+    # On a 2-core CPU, where a 0.5B forward costs ~40% of a 1.5B one, 1 (docs/generation.md)
+    draft_model_tokens: int | None = None
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
@@ -75,6 +78,8 @@ class CausalLMConfig:
 
     def __post_init__(self) -> None:
         self.default_params()  # validates the decoding fields
+        if self.draft_model_tokens is not None and self.draft_model_tokens < 1:
+            raise ConfigError(f"draft_model_tokens must be at least 1 or None, got {self.draft_model_tokens}")
         self.drafter()  # and the drafter's
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
@@ -121,7 +126,10 @@ class CausalLMConfig:
             return load_causal_lm(name, device=device)
 
         proposer = DraftModelProposer(
-            loader=load, target_tokenizer=target_tokenizer, name=f"draft model {name!r}"
+            loader=load,
+            target_tokenizer=target_tokenizer,
+            max_tokens_cap=self.draft_model_tokens,
+            name=f"draft model {name!r}",
         )
         return FusedDrafter(retrieval, proposer)
 
