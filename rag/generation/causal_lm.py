@@ -62,7 +62,7 @@ class CausalLMConfig:
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
     # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens.
-    # On a 2-core CPU, where a 0.5B forward costs ~40% of a 1.5B one, 1 (docs/generation.md)
+    # On a 2-core CPU, where a 0.5B forward costs ~40% of a 1.5B one, 1 is the better choice (generation.md)
     draft_model_tokens: int | None = None
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
     ape_temperature: float = 0.8  # APE attention temperature on the passages
