@@ -4,6 +4,7 @@ shape by measuring, reorders weights for 3-to-32-row products where memory allow
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ from rag.models.skinny_linear import (
     stock_linears,
     use_skinny_linears,
 )
+
+# reordered weights need a torch built with oneDNN (torch.backends.mkldnn); without it no weight is reordered
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 
 SHAPES = [(1, 7), (2, 7), (3, 7), (1, 1, 7), (2, 1, 7), (1, 4, 7), (3, 5, 7), (0, 7), (5, 9, 7)]
 
@@ -86,6 +90,7 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
     assert set(choices) == {(24, 16, 1), (24, 16, 4), (24, 16, 16)}
 
 
+@needs_onednn
 @torch.no_grad()
 def test_products_of_3_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
     choices: dict[tuple[int, int, int], bool],
@@ -120,6 +125,7 @@ def test_without_memory_for_the_copy_the_weight_is_not_reordered(monkeypatch: py
     assert layer._packed[1] is None
 
 
+@needs_onednn
 def test_a_layer_made_in_inference_mode_is_reordered_once() -> None:
     with torch.inference_mode():
         layer = torch.nn.Linear(16, 24)
@@ -131,6 +137,7 @@ def test_a_layer_made_in_inference_mode_is_reordered_once() -> None:
         assert packed is not None and layer._packed[1] is packed
 
 
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="no /proc/meminfo (not Linux)")
 def test_available_bytes_reads_this_machine() -> None:
     assert 0 < skinny_linear.available_bytes() < 1 << 50
 
