@@ -120,6 +120,15 @@ def test_the_config_loads_the_draft_model_lazily() -> None:
         CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=0)
 
 
+def test_the_config_drafts_with_an_already_loaded_draft_model(smollm2) -> None:
+    model, tokenizer = smollm2
+    config = CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=2)  # never loaded
+    drafter = config.drafter(tokenizer, draft_lm=model)
+    assert isinstance(drafter, FusedDrafter) and drafter.draft.model is model
+    context = tokenizer("The Eiffel Tower is in")["input_ids"]
+    assert [len(d) for d in drafter.draft.propose(context, 6)] == [2]
+
+
 def test_cli_passes_the_draft_model_to_the_generator_config() -> None:
     parser = argparse.ArgumentParser()
     add_generation_options(parser)

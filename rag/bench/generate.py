@@ -35,8 +35,6 @@ from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
-from rag.generation.draft_model import DraftModelProposer
-from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
 from rag.settings import data_dir
@@ -238,16 +236,16 @@ class _ModelBench:
         key = (shape, store, int8, draft_model)
         if key not in self.gens:
             system_prompt = QA_SYSTEM_PROMPT if shape == "short" else LONG_SYSTEM_PROMPT
-            config = CausalLMConfig(model=self.name, system_prompt=system_prompt, passage_cache_int8=int8)
+            config = CausalLMConfig(
+                model=self.name,
+                system_prompt=system_prompt,
+                passage_cache_int8=int8,
+                draft_model=ASSISTANTS[self.name] if draft_model else None,
+                draft_model_tokens=self.settings.get("draft_model_tokens"),
+            )
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
-            drafter = None
-            if draft_model:  # what CausalLMConfig(draft_model=...).drafter() builds, on the loaded assistant
-                proposer = DraftModelProposer(
-                    self.assistant,
-                    target_tokenizer=self.tokenizer,
-                    max_tokens_cap=self.settings.get("draft_model_tokens"),
-                )
-                drafter = FusedDrafter(config.drafter(), proposer)
+            # the draft-model mode drafts with the assistant already loaded for generate(assistant_model)
+            drafter = config.drafter(self.tokenizer, draft_lm=self.assistant) if draft_model else None
             self.gens[key] = CausalLMGenerator(
                 config,
                 model=self.lm,

@@ -107,11 +107,12 @@ class CausalLMConfig:
             self.passage_cache_mb << 20, self.passage_cache_dir, self.passage_cache_disk_mb << 20
         )
 
-    def drafter(self, target_tokenizer: Any = None) -> RetrievalDrafter | FusedDrafter:
+    def drafter(self, target_tokenizer: Any = None, draft_lm: Any = None) -> RetrievalDrafter | FusedDrafter:
         """The retrieval drafter, fused with ``draft_model`` when one is set.
 
         The draft model is not loaded here but on its first proposal; given ``target_tokenizer``, its
-        vocabulary is then checked against the target's (ConfigError on a mismatch).
+        vocabulary is then checked against the target's (ConfigError on a mismatch). ``draft_lm`` is
+        ``draft_model`` already loaded (e.g. shared with other generators): used as is, nothing is loaded.
         """
         retrieval = RetrievalDrafter(self.draft_max_ngram, self.draft_min_ngram, self.draft_branches)
         if self.draft_model is None:
@@ -126,7 +127,8 @@ class CausalLMConfig:
             return load_causal_lm(name, device=device)
 
         proposer = DraftModelProposer(
-            loader=load,
+            draft_lm,
+            loader=None if draft_lm is not None else load,
             target_tokenizer=target_tokenizer,
             max_tokens_cap=self.draft_model_tokens,
             name=f"draft model {name!r}",
