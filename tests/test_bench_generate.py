@@ -63,6 +63,9 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
     assert "generate(assistant_model)" in run.modes
     assert any(f"draft with {model}" in note for note in run.notes)
     assert any("tokens per step, the length of" in note for note in run.notes)  # measured on this machine
+    assert (
+        f"{model}: every mode, the baselines included, runs sdpa attention." in run.notes
+    )  # transformers' default
     for shape in ("short", "long"):
         for mode in run.modes:
             measured = run.answers[shape, mode]

@@ -114,7 +114,7 @@ def test_ape_wrapper_leaves_other_forwards_unchanged(model_and_tokenizer) -> Non
     with torch.inference_mode():
         before = model(ids).logits
         enable_ape_attention(model)
-        assert model.config._attn_implementation == "ragloom_ape_eager"
+        assert model.config._attn_implementation == "ragloom_ape_sdpa"  # load_causal_lm's default
         after = model(ids).logits
         with ape_segments(ApeSegments(3, 6)):  # temperature 1, scale 1: ordinary attention
             segmented = model(ids, attention_mask=mask).logits

@@ -358,6 +358,9 @@ def _measure_model(
 ) -> ModelRun:
     lm, tokenizer = load_causal_lm(name)
     run = ModelRun(name)
+    run.notes.append(
+        f"{name}: every mode, the baselines included, runs {lm.config._attn_implementation} attention."
+    )
     assistant_name = ASSISTANTS.get(name)
     missing = install_hint(assistant_name) if assistant_name else "no smaller same-tokenizer model"
     assistant = None

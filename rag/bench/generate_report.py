@@ -170,7 +170,7 @@ def report(result: GenerateRun) -> SuiteResult:
         f"(`CausalLMConfig.draft_model`, RASD), the assistant drafting {s.get('draft_model_tokens')} "
         "token(s) per step (`draft_model_tokens`); "
         f"`generate(prompt_lookup_num_tokens={s['prompt_lookup']})`.",
-        "Every mode answers the same prompt token ids with the same model object (fp32, eager attention), "
+        "Every mode answers the same prompt token ids with the same model object (fp32, attention as noted), "
         "greedy; time to first token counts from the templated prompt ids (ragloom's timed work includes "
         "cutting the prompt for parallel contexts and templating CAD's context-free prompt); decode tok/s "
         "is all tokens after the first over all time after the first token; one untimed warm-up answer per "
