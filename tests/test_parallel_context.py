@@ -20,6 +20,7 @@ from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prompt import split_prompt, split_text
 from rag.generation.passage_kv_store import PassageKVStore
+from rag.models.grouped_attention import GROUPED_SDPA
 from rag.types import Document
 
 PASSAGES = [
@@ -114,7 +115,7 @@ def test_ape_wrapper_leaves_other_forwards_unchanged(model_and_tokenizer) -> Non
     with torch.inference_mode():
         before = model(ids).logits
         enable_ape_attention(model)
-        assert model.config._attn_implementation == "ragloom_ape_sdpa"  # load_causal_lm's default
+        assert model.config._attn_implementation == "ragloom_ape_" + GROUPED_SDPA  # load_causal_lm's default
         after = model(ids).logits
         with ape_segments(ApeSegments(3, 6)):  # temperature 1, scale 1: ordinary attention
             segmented = model(ids, attention_mask=mask).logits

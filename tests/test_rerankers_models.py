@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rag.models.attention import attention_implementation
 from rag.registry import build
 from rag.rerankers.first import FirstReranker
 from rag.rerankers.icr import ICRConfig, InContextReranker
@@ -87,7 +88,7 @@ def test_icr_attention_equals_the_models_own_attention_output(lm, corpus):
 
     def direct(segment: list[int]) -> torch.Tensor:
         ids = torch.tensor([prompt.prefix + segment])
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_implementation(model, "eager"):  # the one returning weights
             attentions = model(input_ids=ids, output_attentions=True).attentions  # layers x [1, H, seq, seq]
         n = len(prompt.prefix)
         rows = [attentions[i][0, [0, 2], n:, :n].mean(1).sum(0) for i in (0, 5, -1)]  # [n] each

@@ -28,9 +28,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from rag.errors import ConfigError
 from rag.kernels import segmented_attention
+from rag.models.grouped_attention import GROUPED_SDPA
 
 _PREFIX = "ragloom_ape_"
-_BASES = ("eager", "sdpa")
+_BASES = ("eager", "sdpa", GROUPED_SDPA)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def enable_ape_attention(model: Any) -> None:
     if current.startswith(_PREFIX):
         return
     if current not in _BASES:
-        raise ConfigError(f"parallel contexts need eager or sdpa attention; the model uses {current!r}")
+        raise ConfigError(f"parallel contexts need eager or SDPA attention; the model uses {current!r}")
     name = _PREFIX + current
     if name not in AttentionInterface._global_mapping:
         AttentionInterface.register(name, _make_wrapper(current))
@@ -121,6 +122,6 @@ def _make_wrapper(base: str) -> Callable[..., tuple[torch.Tensor, None]]:
 
 
 def _original(module: torch.nn.Module, base: str) -> Callable[..., Any]:
-    if base == "sdpa":
-        return AttentionInterface._global_mapping["sdpa"]
+    if base != "eager":
+        return AttentionInterface._global_mapping[base]
     return sys.modules[type(module).__module__].eager_attention_forward  # the model file's own eager

@@ -94,12 +94,15 @@ def load_causal_lm(
     ``attn_implementation`` is transformers' choice of attention: "sdpa" (transformers' own default, and
     faster on a CPU: Qwen2.5-0.5B prefilled 860 tokens in 3.1-3.2 s instead of 4.9-5.1 s with "eager", and
     decoded a token in 115 instead of 130 ms, 2-core Xeon, 2026-12-04) or "eager" (which returns attention
-    weights). On a CPU the linear layers become :class:`~rag.models.skinny_linear.SkinnyLinear` (each
-    decode-sized product takes the path measured faster on this CPU).
+    weights). "sdpa" runs as :data:`~rag.models.grouped_attention.GROUPED_SDPA`: transformers' SDPA, except
+    that attention of 2-32 masked query tokens skips repeating the key/value heads. On a CPU the linear
+    layers become :class:`~rag.models.skinny_linear.SkinnyLinear` (each decode-sized product takes the path
+    measured faster on this CPU).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rag.models.grouped_attention import register_grouped_sdpa
     from rag.models.skinny_linear import use_skinny_linears
 
     source = resolve_model(name)
@@ -112,6 +115,8 @@ def load_causal_lm(
         raise _offline_error(name, error) from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
+    if attn_implementation == "sdpa":
+        model.set_attn_implementation(register_grouped_sdpa())  # SDPA, with decode-sized GQA unrepeated
     if model.device.type == "cpu":
         use_skinny_linears(model)
     return model, tokenizer
