@@ -359,7 +359,8 @@ def _measure_model(
     lm, tokenizer = load_causal_lm(name)
     run = ModelRun(name)
     run.notes.append(
-        f"{name}: every mode, the baselines included, runs {lm.config._attn_implementation} attention."
+        f"{name}: transformers' baselines run its own SDPA attention, ragloom's modes "
+        f"{lm.config._attn_implementation}."
     )
     assistant_name = ASSISTANTS.get(name)
     missing = install_hint(assistant_name) if assistant_name else "no smaller same-tokenizer model"

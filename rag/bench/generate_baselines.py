@@ -12,7 +12,8 @@ and the time to the last.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from rag.models.attention import attention_implementation
 from rag.models.skinny_linear import stock_linears
 
 
@@ -63,8 +65,9 @@ class _FirstTokenClock(BaseStreamer):
 
 @dataclass(frozen=True)
 class TransformersGenerate:
-    """transformers ``model.generate()``, greedy, with optional extra generation options, on torch's own
-    ``nn.Linear`` (ragloom's :class:`~rag.models.skinny_linear.SkinnyLinear` is switched off for the call).
+    """transformers ``model.generate()``, greedy, with optional extra generation options, as a user of
+    transformers runs it: on torch's own ``nn.Linear`` and transformers' own SDPA attention (ragloom's
+    :class:`~rag.models.skinny_linear.SkinnyLinear` and grouped SDPA are switched off for the call).
 
     ``options`` go into the ``GenerationConfig`` (e.g. ``{"prompt_lookup_num_tokens": 10}``);
     ``assistant`` is a smaller model with the same tokenizer for assisted generation, or None.
@@ -91,7 +94,7 @@ class TransformersGenerate:
         )
         clock = _FirstTokenClock()
         extra = {} if self.assistant is None else {"assistant_model": self.assistant}
-        with stock_linears(self.model, self.assistant):  # as a user of transformers runs it
+        with stock_model(self.model, self.assistant):
             start = time.perf_counter()
             output = self.model.generate(
                 input_ids,
@@ -104,3 +107,14 @@ class TransformersGenerate:
         tokens = output[0, input_ids.shape[1] :].tolist()
         first = (clock.first or end) - start
         return Measurement(tokens, first, end - start)
+
+
+@contextmanager
+def stock_model(*models: Any) -> Iterator[None]:
+    """Within the block, ``models`` (None skipped) run torch's ``nn.Linear`` and transformers' SDPA."""
+    with ExitStack() as stack:
+        stack.enter_context(stock_linears(*models))
+        for model in models:
+            if model is not None:
+                stack.enter_context(attention_implementation(model, "sdpa"))
+        yield
