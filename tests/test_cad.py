@@ -117,6 +117,11 @@ def test_two_row_batch_equals_two_single_row_runs(generator: CausalLMGenerator) 
     fresh.prefill()
     fresh.extend([*prefix, b])
     torch.testing.assert_close(after[1, -1], fresh.extend([c])[0, -1], atol=2e-4, rtol=1e-4)
+    # A chain, then keeping its first node only (cut without a copy): as if only that node had been appended.
+    both.extend([a, b, c], [-1, 0, 1])
+    both.keep([0])
+    fresh.extend([a])
+    torch.testing.assert_close(both.extend([b])[1, -1], fresh.extend([b])[0, -1], atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.slow

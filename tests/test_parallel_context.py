@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rag.generation.kv_int8
+import rag.generation.parallel_prefill
 import rag.generation.parallel_prompt
 import rag.generation.passage_kv_store
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
@@ -18,6 +19,7 @@ from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
+from rag.generation.parallel_prefill import shared_prefix_length
 from rag.generation.parallel_prompt import split_prompt, split_text
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models.grouped_attention import GROUPED_SDPA
@@ -34,7 +36,13 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.mark.parametrize(
-    "module", [rag.generation.parallel_prompt, rag.generation.passage_kv_store, rag.generation.kv_int8]
+    "module",
+    [
+        rag.generation.parallel_prompt,
+        rag.generation.parallel_prefill,
+        rag.generation.passage_kv_store,
+        rag.generation.kv_int8,
+    ],
 )
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
@@ -221,6 +229,23 @@ def test_parallel_contexts_compose_with_cad_and_drafting(model_and_tokenizer) ->
     assert stats.accepted_tokens > 0
     both = GenerationParams(max_new_tokens=12, cad_alpha=0.5, draft_tokens=6, **exact)
     assert decode(gen, doc, both) == expected
+
+
+@pytest.mark.slow
+def test_cads_context_free_row_reuses_the_cached_system_prompt(model_and_tokenizer) -> None:
+    gen = make_generator(model_and_tokenizer)
+    params = GenerationParams(cad_alpha=0.5, parallel_contexts=True)
+    parallel = gen._split_prompt(QUESTION, PASSAGES, params)
+    context_free = gen._encode_context_free(QUESTION, params)[0]  # [len]
+    shared = shared_prefix_length(context_free, parallel.prefix_ids)
+    assert shared > 5  # the templated system prompt
+    with torch.inference_mode():
+        batch = gen._parallel_prefill(params).batch(parallel, [context_free])
+        logits = batch.prefill()  # [2, vocab]
+        alone = KVBatch(gen.model, [context_free]).prefill()  # [1, vocab]
+    assert batch.lengths[1] == len(context_free)  # the next position follows the whole context-free prompt
+    assert batch._valid[1].sum() == len(context_free)  # it sees its own tokens, cached or run, and no passage
+    torch.testing.assert_close(logits[1], alone[0], atol=2e-4, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -171,13 +171,20 @@ class KVBatch:
             raise ValueError(f"nodes {nodes} are not among the {n} nodes of the last extend()")
         cached = self.cache.get_seq_length() - n
         if nodes != list(range(n)):
+            prefix = nodes == list(
+                range(len(nodes))
+            )  # the first nodes (a chain's accepted part): cut the rest
             index = torch.tensor(list(range(cached)) + [cached + i for i in nodes], device=self.device)
             for layer in self.cache.layers:
                 if not getattr(layer, "is_croppable", False) or getattr(layer, "is_sliding", False):
                     name = type(layer).__name__
                     raise ConfigError(f"cannot reorder a {name} cache; drafting needs full attention")
-                layer.keys = layer.keys.index_select(-2, index)  # [rows, heads, cached + kept, head_dim]
-                layer.values = layer.values.index_select(-2, index)
+                if prefix:  # a view, no copy: the next step's update copies the cache anyway
+                    layer.keys = layer.keys[..., : cached + len(nodes), :]
+                    layer.values = layer.values[..., : cached + len(nodes), :]
+                else:
+                    layer.keys = layer.keys.index_select(-2, index)  # [rows, heads, cached + kept, head_dim]
+                    layer.values = layer.values.index_select(-2, index)
         kept = torch.ones(self.rows, len(nodes), dtype=torch.bool, device=self.device)
         self._valid = torch.cat([self._valid[:, :cached], kept], dim=1)  # [rows, cached + kept]
         self.lengths = self.lengths + len(nodes)

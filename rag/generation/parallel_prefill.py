@@ -175,7 +175,7 @@ class ParallelPrefill:
                 valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=question.device)
                 ready = reading.first_logits if kept[0] == reading.answered else None
                 tail = question[len(question) if ready is not None else reading.read :]
-                return self._rows(cache, valid, len(valid), tail, extra_rows, None, ready)
+                return self._rows(cache, valid, len(valid), tail, prompt.prefix_ids, extra_rows, None, ready)
             prompt, passages = prompt.keeping(kept), [passages[i] for i in kept]
         lengths = [b.tokens for b in passages]
         if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
@@ -191,7 +191,7 @@ class ParallelPrefill:
             valid = self._blend(cache, prompt, prefix.tokens, valid)
             stats.blended_tokens += int((~valid).sum())
             segments, start = None, prefix.tokens + sum(lengths)
-        return self._rows(cache, valid, start, prompt.question_ids, extra_rows, segments)
+        return self._rows(cache, valid, start, prompt.question_ids, prompt.prefix_ids, extra_rows, segments)
 
     def _rows(
         self,
@@ -199,11 +199,13 @@ class ParallelPrefill:
         valid: torch.Tensor,  # [cached] the cached columns the question sees
         start: int,  # the position of the question part's first uncached token
         tail: torch.Tensor,  # [tail_len] the question part's uncached tokens
+        prefix_ids: torch.Tensor,  # [prefix_len] the tokens of the cache's first columns (positions from 0)
         extra_rows: Sequence[torch.Tensor],
         segments: ApeSegments | None,
         ready: torch.Tensor | None = None,  # [vocab] the question row's logits when its tail is empty
     ) -> ParallelKVBatch:
-        """The batch of the question row over ``cache`` and the context-free rows, which see none of it."""
+        """The batch of the question row over ``cache`` and the context-free rows (CAD), which see only the
+        cached prefix tokens they begin with (the system prompt): their own tails are the rest."""
         rows = 1 + len(extra_rows)
         for layer in cache.layers:
             layer.keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
@@ -212,7 +214,12 @@ class ParallelPrefill:
         cached_valid[0] = valid
         starts = torch.zeros(rows, dtype=torch.long, device=valid.device)  # [rows]
         starts[0] = start
-        tails = [tail, *extra_rows]
+        tails = [tail]
+        for row, ids in enumerate(extra_rows, start=1):
+            shared = min(shared_prefix_length(ids, prefix_ids), len(ids) - 1)  # its last token runs
+            cached_valid[row, :shared] = True
+            starts[row] = shared
+            tails.append(ids[shared:])
         return ParallelKVBatch(self.model, cache, cached_valid, starts, tails, segments, ready)
 
     @torch.inference_mode()
@@ -315,3 +322,14 @@ class ParallelPrefill:
 def _with_ids(text: str, ids: torch.Tensor) -> str:
     """What a block's key hashes: its text and its token ids (a block is valid only for those tokens)."""
     return f"{text}\x00{ids.tolist()}"
+
+
+def shared_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens ``a`` and ``b`` ``# [len]`` have in common.
+
+    >>> shared_prefix_length(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4, 5]))
+    2
+    """
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
