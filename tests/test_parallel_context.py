@@ -245,6 +245,7 @@ def test_cads_context_free_row_reuses_the_cached_system_prompt(model_and_tokeniz
         alone = KVBatch(gen.model, [context_free]).prefill()  # [1, vocab]
     assert batch.lengths[1] == len(context_free)  # the next position follows the whole context-free prompt
     assert batch._valid[1].sum() == len(context_free)  # it sees its own tokens, cached or run, and no passage
+    assert batch._valid[1, : batch._cached_valid.shape[1]].sum() == shared  # read from the cache, not run
     torch.testing.assert_close(logits[1], alone[0], atol=2e-4, rtol=1e-5)
 
 
