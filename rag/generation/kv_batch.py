@@ -172,12 +172,13 @@ class KVBatch:
         cached = self.cache.get_seq_length() - n
         if nodes != list(range(n)):
             prefix = nodes == list(range(len(nodes)))  # the first nodes (a chain's accepted part)
-            index = torch.tensor(list(range(cached)) + [cached + i for i in nodes], device=self.device)
+            kept_columns = [*range(cached), *(cached + i for i in nodes)]
+            index = None if prefix else torch.tensor(kept_columns, device=self.device)
             for layer in self.cache.layers:
                 if not getattr(layer, "is_croppable", False) or getattr(layer, "is_sliding", False):
                     name = type(layer).__name__
                     raise ConfigError(f"cannot reorder a {name} cache; drafting needs full attention")
-                if prefix:  # cut the rest: a view, no copy (the next step's update copies the cache)
+                if index is None:  # cut the rest: a view, no copy (the next step's update copies the cache)
                     layer.keys = layer.keys[..., : cached + len(nodes), :]
                     layer.values = layer.values[..., : cached + len(nodes), :]
                 else:
