@@ -172,8 +172,9 @@ class KVBatch:
         cached = self.cache.get_seq_length() - n
         if nodes != list(range(n)):
             prefix = nodes == list(range(len(nodes)))  # the first nodes (a chain's accepted part)
-            kept_columns = [*range(cached), *(cached + i for i in nodes)]
-            index = None if prefix else torch.tensor(kept_columns, device=self.device)
+            index = None
+            if not prefix:
+                index = torch.tensor([*range(cached), *(cached + i for i in nodes)], device=self.device)
             for layer in self.cache.layers:
                 if not getattr(layer, "is_croppable", False) or getattr(layer, "is_sliding", False):
                     name = type(layer).__name__
