@@ -21,11 +21,13 @@ from rag.generation.passage_kv_store import PassageKVStore
 from rag.generation.passage_pruning import (
     cpu_has_bf16_units,
     most_likely_passages,
+    question_reader,
     read_question,
     scored_tokens,
     scoring_head,
     token_logprobs,
 )
+from rag.models.dtype_copy import model_copy
 
 QUESTION = "Which city was founded in 753 BC?"
 
@@ -52,9 +54,18 @@ def test_params_and_cli_take_keep_passages() -> None:
 
 @pytest.fixture(scope="module")
 def generator(smollm2) -> CausalLMGenerator:
+    """Reads the question in the model itself: kept passages' answers are then exact."""
     model, tokenizer = smollm2
-    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12)
+    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12, bf16_question_reading=False)
     return CausalLMGenerator(config, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
+
+
+@pytest.fixture(scope="module")
+def bf16_reader(smollm2):
+    """The question reader the generator makes here; a bf16 copy all the same on a CPU without bf16 units."""
+    model, _ = smollm2
+    reader = question_reader(model)
+    return reader if reader is not None else model_copy(model, torch.bfloat16)
 
 
 def sequential_log_likelihood(model, ids: torch.Tensor, first: int, end: int) -> float:
@@ -113,6 +124,66 @@ def test_a_bf16_output_layer_ranks_the_passages_as_the_model_s_own(generator) ->
     assert scoring_head(model).dtype == (torch.bfloat16 if cpu_has_bf16_units() else torch.float32)
     half = copy.deepcopy(model).to(torch.bfloat16)
     assert scoring_head(half).data_ptr() == half.get_output_embeddings().weight.data_ptr()  # no copy
+
+
+@pytest.mark.slow
+def test_a_bf16_reader_ranks_the_passages_as_the_model_and_leaves_the_passages_kv_exact(
+    generator, bf16_reader
+) -> None:
+    model = generator.model
+    params = GenerationParams(parallel_contexts=True, keep_passages=1)
+    prompt = generator._split_prompt(QUESTION, PASSAGES, params)
+    prefix, blocks = generator._parallel_prefill(params).blocks(prompt)
+    question, span = prompt.question_ids, prompt.question_span
+    exact = read_question(model, prefix, blocks, question, span, answer_after=0)
+    reading = read_question(model, prefix, blocks, question, span, answer_after=0, reader=bf16_reader)
+    assert reading.cache.layers[0].keys.dtype == torch.bfloat16
+    assert reading.scores.argsort().tolist() == exact.scores.argsort().tolist()
+    torch.testing.assert_close(reading.scores, exact.scores, atol=0.5, rtol=0)
+    assert reading.first_logits is not None and exact.first_logits is not None
+    assert reading.first_logits.dtype == torch.float32  # from the model's own output layer
+    assert int(reading.first_logits.argmax()) == int(exact.first_logits.argmax())
+    for i in (0, 2):
+        path, reference = reading.path(model, prefix, blocks[i], i), exact.path(model, prefix, blocks[i], i)
+        cached = prefix.tokens + blocks[i].tokens
+        for layer, (ours, theirs) in enumerate(zip(path.layers, reference.layers, strict=True)):
+            assert ours.keys.dtype == torch.float32 and ours.keys.shape == theirs.keys.shape
+            passage_keys = torch.cat([prefix.keys[layer], blocks[i].keys[layer]], dim=1)
+            assert torch.equal(ours.keys[0, :, :cached], passage_keys)
+            assert torch.equal(ours.values[0, :, :cached], theirs.values[0, :, :cached])
+            torch.testing.assert_close(ours.keys, theirs.keys, atol=0.3, rtol=0.05)  # the copy: bf16 rounding
+
+
+@pytest.mark.slow
+def test_the_generator_reads_in_bf16_by_default_and_answers_as_the_exact_reading_here(smollm2) -> None:
+    model, tokenizer = smollm2
+    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12)
+    fast, exact = (
+        CausalLMGenerator(c, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
+        for c in (config, replace(config, bf16_question_reading=False))
+    )
+    params = GenerationParams(max_new_tokens=12, parallel_contexts=True, keep_passages=1)
+    for question in (QUESTION, "What is the capital of Germany?"):
+        assert fast.answer(question, PASSAGES, params).text == exact.answer(question, PASSAGES, params).text
+    reader, head = fast._pruning  # type: ignore[misc]
+    assert exact._pruning is not None and exact._pruning[0] is None  # the model reads, the head scores
+    if cpu_has_bf16_units():
+        assert reader.dtype == torch.bfloat16 and head is None
+        assert model.dtype == torch.float32  # the model itself is left as it was
+    else:
+        assert reader is None
+
+
+def test_no_reader_for_a_model_that_is_not_fp32_or_without_memory_to_spare(monkeypatch) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    model = Qwen2ForCausalLM(config)
+    assert question_reader(model.to(torch.bfloat16)) is None
+    monkeypatch.setattr(rag.generation.passage_pruning, "available_bytes", lambda: 0)
+    assert question_reader(model.float()) is None
 
 
 @pytest.mark.slow

@@ -140,8 +140,10 @@ class ParallelPrefill:
     # (rag.generation.passage_pruning); 0 = all
     keep_passages: int = 0
     # [vocab, hidden] the output layer the question's tokens are scored with when pruning
-    # (passage_pruning.scoring_head); None = the model's
+    # (passage_pruning.scoring_head); None = the reader's
     scoring_head: torch.Tensor | None = None
+    # the model the question's copies run in when pruning (passage_pruning.question_reader); None = the model
+    reader: Any = None
 
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
@@ -167,11 +169,12 @@ class ParallelPrefill:
                 prompt.question_span,
                 answer_after=0 if one else None,
                 head=self.scoring_head,
+                reader=self.reader,
             )
             kept = most_likely_passages(reading.scores, self.keep_passages)
             stats.passages_pruned += len(passages) - len(kept)
             if one:  # go on from the chosen copy: the sequential prompt of that passage alone
-                cache = reading.path(self.model, kept[0])
+                cache = reading.path(self.model, prefix, passages[kept[0]], kept[0])
                 valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=question.device)
                 ready = reading.first_logits if kept[0] == reading.answered else None
                 tail = question[len(question) if ready is not None else reading.read :]

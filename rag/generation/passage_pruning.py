@@ -31,15 +31,17 @@ from transformers import DynamicCache
 
 from rag.generation.kv_batch import additive_mask
 from rag.generation.passage_kv_store import PassageKV
+from rag.models.dtype_copy import model_copy
+from rag.models.skinny_linear import PACK_RESERVE_BYTES, available_bytes
 
 
-def stacked_cache(model: Any, blocks: Sequence[PassageKV]) -> DynamicCache:
-    """A one-row cache holding ``blocks`` one after another, in order."""
+def stacked_cache(model: Any, blocks: Sequence[PassageKV], dtype: torch.dtype | None = None) -> DynamicCache:
+    """A one-row cache holding ``blocks`` one after another, in order (in ``dtype``; None: the blocks')."""
     cache = DynamicCache(config=model.config)
     for layer in range(len(blocks[0].keys)):
         k = torch.cat([b.keys[layer] for b in blocks], dim=1)[None]  # [1, kv_heads, cached, head_dim]
         v = torch.cat([b.values[layer] for b in blocks], dim=1)[None]
-        cache.update(k, v, layer)
+        cache.update(k.to(dtype), v.to(dtype), layer)
     return cache
 
 
@@ -61,21 +63,32 @@ class QuestionReading:
     answered: int | None = None  # the passage whose copy holds the whole question part
     first_logits: torch.Tensor | None = None  # [vocab] next-token logits after it
 
-    def path(self, model: Any, i: int) -> DynamicCache:
+    def path(self, model: Any, prefix: PassageKV, passage: PassageKV, i: int) -> DynamicCache:
         """A one-row cache ``[prefix | passage i | copy i]``: the sequential prompt of passage ``i`` alone
-        (to the end of the question part when ``i`` is ``answered``)."""
-        passage = self.prefix_tokens + sum(self.lengths[:i])
+        (to the end of the question part when ``i`` is ``answered``). The prefix and the passage come from
+        their blocks as given, the copy from the reading, in ``model``'s dtype."""
         copies = self.prefix_tokens + sum(self.lengths)
         copy = copies + i * self.read
-        spans = [(0, self.prefix_tokens), (passage, passage + self.lengths[i]), (copy, copy + self.read)]
+        spans = [(copy, copy + self.read)]
         if i == self.answered:
             spans.append((copies + len(self.lengths) * self.read, self.cache.get_seq_length()))
         path = DynamicCache(config=model.config)
         for layer, cached in enumerate(self.cache.layers):
-            k = torch.cat([cached.keys[:, :, a:b] for a, b in spans], dim=2)  # [1, kv_heads, len, head_dim]
-            v = torch.cat([cached.values[:, :, a:b] for a, b in spans], dim=2)
-            path.update(k, v, layer)
+            k = _joined(prefix.keys[layer], passage.keys[layer], cached.keys[0], spans, model.dtype)
+            v = _joined(prefix.values[layer], passage.values[layer], cached.values[0], spans, model.dtype)
+            path.update(k[None], v[None], layer)
         return path
+
+
+def _joined(
+    prefix: torch.Tensor,  # [kv_heads, len, head_dim], as passage and copies
+    passage: torch.Tensor,
+    copies: torch.Tensor,
+    spans: list[tuple[int, int]],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``prefix``, ``passage`` and the ``spans`` of ``copies`` in a row, in ``dtype``."""
+    return torch.cat([t.to(dtype) for t in (prefix, passage, *(copies[:, a:b] for a, b in spans))], dim=1)
 
 
 def scored_tokens(question_len: int, span: tuple[int, int] | None) -> tuple[int, int]:
@@ -109,6 +122,22 @@ def scoring_head(model: Any) -> torch.Tensor:
     return weight
 
 
+def question_reader(model: Any) -> Any | None:
+    """A bf16 copy of ``model`` to run the question's copies in, or None to run them in ``model`` itself.
+
+    The copy is made when the model is fp32 on a CPU with bf16 matrix units, and only while the machine keeps
+    :data:`~rag.models.skinny_linear.PACK_RESERVE_BYTES` available after it (+0.99 GB for Qwen2.5-0.5B,
+    +3.1 GB for the 1.5B). With AMX the copies' forward then takes ~2x less time; their KV (the answer's
+    question tokens when one passage is kept) then carry bf16 rounding, the passages' KV do not.
+    """
+    if model.dtype != torch.float32 or model.device.type != "cpu" or not cpu_has_bf16_units():
+        return None
+    size = sum(p.numel() for p in model.parameters()) * 2  # tied weights counted once
+    if available_bytes() < size + PACK_RESERVE_BYTES:
+        return None
+    return model_copy(model, torch.bfloat16)
+
+
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX512-BF16)."""
     cpu = torch.cpu
@@ -123,7 +152,8 @@ def read_question(
     question_ids: torch.Tensor,  # [m]
     span: tuple[int, int] | None = None,  # question_ids[a:b] are the question's own tokens
     answer_after: int | None = None,  # also read the rest of the question part after this passage's copy
-    head: torch.Tensor | None = None,  # [vocab, hidden] the output layer to score with; None: the model's
+    head: torch.Tensor | None = None,  # [vocab, hidden] the output layer to score with; None: the reader's
+    reader: Any = None,  # the model the copies run in (e.g. its bf16 copy, see question_reader); None: model
 ) -> QuestionReading:
     """Score each passage by ``log P(question | prefix, passage i)`` (see :func:`scored_tokens`).
 
@@ -131,7 +161,10 @@ def read_question(
     prompt of the prefix and passage ``i`` alone); logits only where a scored token is predicted. With
     ``answer_after = g`` the rest of the question part follows copy ``g`` in the same forward, for a few
     tokens more: if passage ``g`` is the one kept, the answer's first token needs no further forward.
+    The copies run in ``reader`` (over the blocks in its dtype); the answer's first logits come from
+    ``model``'s output layer.
     """
+    reader = model if reader is None else reader
     device = question_ids.device
     m, n = len(question_ids), len(passages)
     first, read = scored_tokens(m, span)
@@ -156,19 +189,20 @@ def read_question(
     keep = (torch.arange(n, device=device)[:, None] * read + rows).view(-1)
     if answer_after is not None:
         keep = torch.cat([keep, keep.new_tensor([len(ids) - 1])])
-    cache = stacked_cache(model, [prefix, *passages])
-    hidden = model.get_decoder()(
+    cache = stacked_cache(reader, [prefix, *passages], reader.dtype)
+    hidden = reader.get_decoder()(
         input_ids=ids[None],
-        attention_mask=additive_mask(allowed[None, None], model.dtype),
+        attention_mask=additive_mask(allowed[None, None], reader.dtype),
         position_ids=(prefix.tokens + lengths[copy] + offset)[None],
         cache=cache,
         use_cache=True,
     ).last_hidden_state[0, keep]  # [kept, hidden]
-    output = model.get_output_embeddings()
-    weight = output.weight if head is None else head
+    scorer = reader.get_output_embeddings()
+    weight = scorer.weight if head is None else head
     targets = question_ids[first:read].repeat(n)  # [n * scored]
-    logprobs = token_logprobs(hidden[: len(targets)], targets, weight, output.bias).view(n, -1)
-    ready = output(hidden[-1]) if answer_after is not None else None  # [vocab]
+    logprobs = token_logprobs(hidden[: len(targets)], targets, weight, scorer.bias).view(n, -1)
+    output = model.get_output_embeddings()
+    ready = output(hidden[-1].to(model.dtype)) if answer_after is not None else None  # [vocab]
     sizes = tuple(p.tokens for p in passages)
     return QuestionReading(logprobs.sum(dim=1), cache, prefix.tokens, sizes, read, answer_after, ready)
 
