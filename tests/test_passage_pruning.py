@@ -12,6 +12,7 @@ import torch
 from test_parallel_context import PASSAGES
 
 import rag.generation.passage_pruning
+import rag.models.skinny_linear
 from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
@@ -182,7 +183,7 @@ def test_no_reader_for_a_model_that_is_not_fp32_or_without_memory_to_spare(monke
     )
     model = Qwen2ForCausalLM(config)
     assert question_reader(model.to(torch.bfloat16)) is None
-    monkeypatch.setattr(rag.generation.passage_pruning, "available_bytes", lambda: 0)
+    monkeypatch.setattr(rag.models.skinny_linear, "available_bytes", lambda: 0)
     assert question_reader(model.float()) is None
 
 

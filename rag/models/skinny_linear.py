@@ -93,7 +93,7 @@ class SkinnyLinear(torch.nn.Linear):
             return cached[1]
         packed = None
         weight_bytes = weight.numel() * weight.element_size()
-        if torch.backends.mkldnn.is_available() and available_bytes() - weight_bytes >= PACK_RESERVE_BYTES:
+        if torch.backends.mkldnn.is_available() and can_spare(weight_bytes):
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 4)
         self._packed = (stamp, packed)
@@ -114,6 +114,11 @@ class SkinnyLinear(torch.nn.Linear):
         stock = super().forward
         linear, transposed = best_seconds((lambda: stock(x), lambda: self._transposed(x)), repeats)
         return transposed < linear
+
+
+def can_spare(nbytes: int) -> bool:
+    """Whether ``nbytes`` more still leave :data:`PACK_RESERVE_BYTES` of the machine's memory available."""
+    return available_bytes() - nbytes >= PACK_RESERVE_BYTES
 
 
 def available_bytes() -> int:
