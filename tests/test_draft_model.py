@@ -64,7 +64,7 @@ def test_prune_rule_keeps_the_model_choice_and_likely_first_tokens() -> None:
 def test_fused_drafter_drops_retrieval_drafts_the_draft_model_finds_unlikely() -> None:
     #          the context ends in 7; 7 was followed by [1, 2], [3, 4] and [0, 5] earlier (latest first)
     context = [7, 1, 2, 9, 7, 3, 4, 9, 7, 0, 5, 9, 7]
-    retrieval = RetrievalDrafter(max_ngram=1, branches=3)
+    retrieval = RetrievalDrafter(max_ngram=1, branches=3, match_scaled=False)  # 1-token matches, 2 tokens
     assert retrieval.propose(context, 2) == [[0, 5], [3, 4], [1, 2]]
     model = CraftedDraftModel([0.02, 0.5, 0.08, 0.3, 0.1, 0, 0, 0, 0, 0], draft=[1, 6])
     fused = FusedDrafter(retrieval, model, min_prob=0.1)

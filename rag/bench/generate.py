@@ -35,6 +35,7 @@ from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
+from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
 from rag.settings import data_dir
@@ -317,7 +318,7 @@ def collect(
     long_tokens: int = 160,
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
-    draft_tokens: int | None = None,  # None: measured per model (rag.generation.draft_length)
+    draft_tokens: int | None = None,  # None: MATCH_SCALED_DRAFT_TOKENS (or measured, drafts not scaled)
     draft_model_tokens: int = 1,  # the assistant's share of each draft in the draft-model mode
     prompt_lookup: int = 10,
     progress: bool = True,
@@ -376,7 +377,13 @@ def _measure_model(
         run.notes.append(
             f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting not measured: {detail}."
         )
-    if settings["draft_tokens"] is None:
+    if settings["draft_tokens"] is None and CausalLMConfig().draft_match_scaled:
+        settings = dict(settings, draft_tokens=MATCH_SCALED_DRAFT_TOKENS)
+        run.notes.append(
+            f"{name}: drafting modes draft up to {MATCH_SCALED_DRAFT_TOKENS} tokens per step, at most 2L - 1 "
+            "after a match of L tokens (`RetrievalDrafter.match_scaled`)."
+        )
+    elif settings["draft_tokens"] is None:
         drafted = measured_draft_tokens(lm)
         settings = dict(settings, draft_tokens=drafted)
         run.notes.append(

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from rag.generation.base import GenerationParams
-from rag.generation.drafting import CPU_DRAFT_TOKENS
+from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.models import DEFAULT_GENERATOR
 
 
@@ -29,9 +29,9 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         "--draft-tokens",
         type=int,
         default=0,
-        help=f"retrieval-augmented drafting: longest drafted run verified per step (0 = off; "
-        f"{CPU_DRAFT_TOKENS} was the fastest on a 2-core AMD CPU, 15 on a 2-core Xeon; `rag bench generate` "
-        "measures it for the machine, see docs/generation.md)",
+        help="retrieval-augmented drafting: longest drafted run verified per step (0 = off); each draft "
+        f"is at most 2L - 1 tokens after an L-token match, so {MATCH_SCALED_DRAFT_TOKENS} costs little more "
+        "than short drafts and was the fastest on a 2-core Xeon; see docs/generation.md",
     )
     parser.add_argument(
         "--draft-model",

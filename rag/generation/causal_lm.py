@@ -58,6 +58,7 @@ class CausalLMConfig:
     draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
     draft_min_ngram: int = 1
     draft_branches: int = 1  # distinct drafts merged into the tree verified per step
+    draft_match_scaled: bool = True  # a draft after an L-token match is at most 2L - 1 tokens (drafting.py)
     # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.fused_drafter):
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
@@ -118,7 +119,9 @@ class CausalLMConfig:
         vocabulary is then checked against the target's (ConfigError on a mismatch). ``draft_lm`` is
         ``draft_model`` already loaded (e.g. shared with other generators): used as is, nothing is loaded.
         """
-        retrieval = RetrievalDrafter(self.draft_max_ngram, self.draft_min_ngram, self.draft_branches)
+        retrieval = RetrievalDrafter(
+            self.draft_max_ngram, self.draft_min_ngram, self.draft_branches, self.draft_match_scaled
+        )
         if self.draft_model is None:
             return retrieval
         name, device = self.draft_model, self.device

@@ -3,12 +3,13 @@
 RAG answers copy from their passages: names, dates, whole phrases. The prompt (which holds the passages) and
 the answer so far are searched for earlier occurrences of the answer's last ``n`` tokens, longest ``n`` first
 and, among occurrences of one length, the most recent first; the tokens that followed each occurrence are
-draft continuations. The generator merges them into a token tree
-(:mod:`rag.generation.token_tree`) and verifies the whole tree in one forward
+draft continuations, each as long as its match makes likely: after a match of ``L`` tokens (counted back
+past the matched n-gram for as long as the tokens agree), at most ``2L - 1``. The generator merges them into
+a token tree (:mod:`rag.generation.token_tree`) and verifies the whole tree in one forward
 (:mod:`rag.generation.speculative`), so drafting never changes what greedy decoding outputs, only how many
 forwards it takes.
 
->>> drafter = RetrievalDrafter(max_ngram=2, branches=3)
+>>> drafter = RetrievalDrafter(max_ngram=2, branches=3, match_scaled=False)
 >>> #          0   1   2   3   4   5   6   7   8   9
 >>> context = [5,  7,  8,  9,  1,  7,  8,  2,  4,  7]
 >>> drafter.propose(context, max_tokens=3)
@@ -16,7 +17,12 @@ forwards it takes.
 
 The last token, 7, occurred at 1 and at 5 (a 1-gram match; the 2-gram ``[4, 7]`` occurs nowhere earlier);
 the three tokens after each occurrence are the two drafts, the one after 5 first. With ``[2, 4, 7]`` at the
-end instead, the 2-gram ``[4, 7]`` would have matched first.
+end instead, the 2-gram ``[4, 7]`` would have matched first. Scaled by their matches (the default), both
+drafts are one token long: a 1-token match drafts 1 token, and only ``[8]`` is left. After a 3-token match,
+five tokens may follow:
+
+>>> RetrievalDrafter().propose([9, 1, 7, 8, 2, 4, 5, 6, 9, 1, 7], max_tokens=7)
+[[8, 2, 4, 5, 6]]
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ import numpy as np
 
 from rag.errors import ConfigError
 
-# The draft length that was fastest on a 2-core AMD EPYC: a tree of up to 4 nodes verified at ~1.4x the cost
-# of a one-token step, longer ones cost much more. Other CPUs differ (a 2-core Xeon: 15);
-# rag.generation.draft_length measures it. Drafting stays off by default.
-CPU_DRAFT_TOKENS = 3
+# The cap on drafts scaled by their match (the default): most steps draft a few tokens, and only a verbatim
+# run of 16 or more tokens drafts 31. Replayed on the greedy long XQuAD answers of both Qwen2.5 models with
+# forward costs measured on a 2-core Xeon, 31 beat every fixed length and every smaller cap
+# (docs/generation.md). Unscaled drafts were fastest at 3 tokens on a 2-core AMD EPYC and at 7-15 on the Xeon
+# (rag.generation.draft_length measures it). Drafting stays off by default.
+MATCH_SCALED_DRAFT_TOKENS = 31
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,17 @@ class RetrievalDrafter:
     occurrences are taken first: the answer so far, then the passages from the last one back (replayed on 12
     long XQuAD answers of Qwen2.5-0.5B: 2.54 tokens per verification forward against 2.47 taking the earliest
     occurrence first; docs/generation.md).
+
+    ``match_scaled`` drafts at most ``2L - 1`` tokens after a match of ``L`` tokens: a long verbatim run is
+    likely to go on, a one-token match rarely does (on 10 long XQuAD answers of Qwen2.5-1.5B, the first
+    drafted token was accepted after 19% of 1-token matches and 94% of 10-or-longer ones), and each drafted
+    token costs verification work (docs/generation.md, "Draft length").
     """
 
     max_ngram: int = 3
     min_ngram: int = 1
     branches: int = 1
+    match_scaled: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
@@ -69,10 +83,27 @@ class RetrievalDrafter:
             for k in range(1, n):
                 starts = starts[ids[starts + k] == suffix[k]]
             for start in starts[::-1]:  # the most recent occurrence first
-                draft = tuple(ids[start + n : start + n + max_tokens].tolist())
+                room = max_tokens
+                if self.match_scaled:
+                    room = min(max_tokens, 2 * _match_length(ids, start, n, (max_tokens + 2) // 2) - 1)
+                draft = tuple(ids[start + n : start + n + room].tolist())
                 if draft not in seen:
                     seen.add(draft)
                     drafts.append(list(draft))
                     if len(drafts) == self.branches:
                         return drafts
         return drafts
+
+
+def _match_length(ids: np.ndarray, start: int, n: int, limit: int) -> int:
+    """How many tokens before the context's end agree with those before ``start + n`` (at least the ``n``
+    matched ones), counted up to ``limit``."""
+    end = len(ids)
+    matched = n
+    while (
+        matched < limit
+        and start + n - matched - 1 >= 0
+        and ids[start + n - matched - 1] == ids[end - matched - 1]
+    ):
+        matched += 1
+    return matched
