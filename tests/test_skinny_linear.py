@@ -15,6 +15,7 @@ from rag.models.skinny_linear import (
     PACKED_MIN_ROWS,
     TRANSPOSED_IS_FASTER,
     SkinnyLinear,
+    prime,
     row_bucket,
     stock_linears,
     use_skinny_linears,
@@ -112,6 +113,22 @@ def test_products_of_3_to_32_rows_reorder_the_weight_once_and_again_after_it_cha
     x = torch.randn(4, 16)
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     assert layer._packed[0] != stamp and layer._packed[1] is not packed
+
+
+@needs_onednn
+def test_prime_reorders_the_weights_of_prepacking_layers_only(
+    choices: dict[tuple[int, int, int], bool],
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8))
+    use_skinny_linears(model)
+    model[1].prepack = False
+    prime(model, max_rows=5)
+    assert model[0]._packed[1] is not None and not hasattr(model[1], "_packed")
+    assert not choices  # products of 3 or more rows are not measured
+    x = torch.randn(4, 16)
+    hidden = torch.nn.functional.linear(x, model[0].weight, model[0].bias)
+    torch.testing.assert_close(model(x), torch.nn.functional.linear(hidden, model[1].weight, model[1].bias))
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
+from rag.models.skinny_linear import prime
 from rag.settings import data_dir
 from rag.types import Document
 
@@ -409,7 +410,12 @@ def _measure_model(
 
 
 def _warm_up(bench: _ModelBench) -> None:
-    """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here."""
+    """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here, and
+    the :class:`~rag.models.skinny_linear.SkinnyLinear` kernels of every draft-tree size
+    (:func:`~rag.models.skinny_linear.prime`)."""
+    for model in (bench.lm, bench.assistant):
+        if model is not None:
+            prime(model)
     doc = Document("warm-up", "Paris is the capital and largest city of France.", title="France")
     for shape in ("short", "long"):
         bench.answer(Prompt(shape, "What is the capital of France?", [doc], ["Paris"]), 2)
