@@ -13,6 +13,7 @@ import rag.bench.generate_report as generate_report
 import rag.models
 from rag.bench import SUITES
 from rag.bench.generate_baselines import Measurement
+from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.models.grouped_attention import GROUPED_SDPA
 
 
@@ -63,7 +64,9 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
     assert set(run.modes) >= {mode.name for mode in generate.MODES}
     assert "generate(assistant_model)" in run.modes
     assert any(f"draft with {model}" in note for note in run.notes)
-    assert any("tokens per step, the length of" in note for note in run.notes)  # measured on this machine
+    # drafts scaled by their match, up to MATCH_SCALED_DRAFT_TOKENS (not measured: that is for unscaled ones)
+    assert result.settings["draft_tokens"] == MATCH_SCALED_DRAFT_TOKENS
+    assert not any("tokens per step, the length of" in note for note in run.notes)
     attention = (
         f"{model}: transformers' baselines run its own SDPA attention, ragloom's modes {GROUPED_SDPA}."
     )
@@ -102,6 +105,7 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
                 assert 0 <= row.ragloom <= 100, name
     assert any("0 of 2 prompts differ" in note for note in suite.notes)
     assert "| measure | ragloom | baseline |" in suite.markdown()
+    assert any("at most 2L - 1 after a match of L tokens" in note for note in suite.notes)
 
 
 @pytest.mark.slow

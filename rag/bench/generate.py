@@ -319,13 +319,15 @@ def collect(
     long_tokens: int = 160,
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
-    draft_tokens: int | None = None,  # None: MATCH_SCALED_DRAFT_TOKENS (or measured, drafts not scaled)
+    draft_tokens: int | None = None,  # None: MATCH_SCALED_DRAFT_TOKENS (measured if drafts are not scaled)
     draft_model_tokens: int = 1,  # the assistant's share of each draft in the draft-model mode
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:
     """Answer ``short`` + ``long`` XQuAD prompts in every mode with each installed model of ``models``."""
     defaults = CausalLMConfig()
+    if draft_tokens is None and defaults.draft_match_scaled:
+        draft_tokens = MATCH_SCALED_DRAFT_TOKENS
     settings = {
         "k": k,
         "short_tokens": short_tokens,
@@ -338,6 +340,7 @@ def collect(
         "ape": (defaults.ape_temperature, defaults.ape_scale),
         "draft_ngrams": (defaults.draft_max_ngram, defaults.draft_min_ngram),
         "draft_branches": defaults.draft_branches,
+        "draft_match_scaled": defaults.draft_match_scaled,
         "load_start": os.getloadavg()[0],
         "threads": torch.get_num_threads(),
     }
@@ -378,13 +381,7 @@ def _measure_model(
         run.notes.append(
             f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting not measured: {detail}."
         )
-    if settings["draft_tokens"] is None and CausalLMConfig().draft_match_scaled:
-        settings = dict(settings, draft_tokens=MATCH_SCALED_DRAFT_TOKENS)
-        run.notes.append(
-            f"{name}: drafting modes draft up to {MATCH_SCALED_DRAFT_TOKENS} tokens per step, at most 2L - 1 "
-            "after a match of L tokens (`RetrievalDrafter.match_scaled`)."
-        )
-    elif settings["draft_tokens"] is None:
+    if settings["draft_tokens"] is None:
         drafted = measured_draft_tokens(lm)
         settings = dict(settings, draft_tokens=drafted)
         run.notes.append(

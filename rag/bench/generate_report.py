@@ -147,6 +147,7 @@ def report(result: GenerateRun) -> SuiteResult:
     n_short, n_long = len(result.prompts["short"]), len(result.prompts["long"])
     gold = sum(p.gold_retrieved for p in result.prompts["short"])
     drafted = s["draft_tokens"] if s["draft_tokens"] is not None else "the measured number of"
+    scaled = ", at most 2L - 1 after a match of L tokens" if s.get("draft_match_scaled") else ""
     notes += [
         f"Prompts: {n_short} short-answer and {n_long} long-answer XQuAD-en questions spread evenly over "
         f"the file, each with its top-{s['k']} paragraphs from a MiniLM Flat index of the 240 XQuAD "
@@ -155,7 +156,7 @@ def report(result: GenerateRun) -> SuiteResult:
         "gold answers. Long: an instruction to explain in detail with quotes, "
         f"{s.get('long_min_tokens', 0)} to {s['long_tokens']} new tokens (end of sequence blocked before "
         "the minimum, in every mode: `min_new_tokens`), speed only.",
-        f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {drafted} tokens per step "
+        f"Modes: CAD α = {s['cad_alpha']}; retrieval drafting up to {drafted} tokens per step{scaled} "
         f"(n-grams {s['draft_ngrams'][0]}..{s['draft_ngrams'][1]} over prompt and answer, "
         f"{s['draft_branches']} {'branch' if s['draft_branches'] == 1 else 'branches'}); parallel contexts "
         "with APE temperature "
