@@ -38,45 +38,35 @@ def test_docstring_examples(module) -> None:
 # -- the drafter --------------------------------------------------------------------------------------
 
 
+def unscaled(**options: int) -> RetrievalDrafter:
+    """A drafter whose drafts run ``max_tokens`` whatever their match (``match_scaled=False``)."""
+    return RetrievalDrafter(match_scaled=False, **options)
+
+
 def test_drafter_prefers_the_longest_match() -> None:
     context = [1, 2, 3, 9, 9, 5, 3, 7, 7, 1, 2, 3]  # ends in [1, 2, 3], seen at 0; [3] also at 6
-    drafts = RetrievalDrafter(max_ngram=3, branches=2, match_scaled=False).propose(context, max_tokens=2)
+    drafts = unscaled(max_ngram=3, branches=2).propose(context, max_tokens=2)
     assert drafts == [[9, 9], [7, 7]]  # the 3-gram match first, then the 1-gram match at 6
 
 
 def test_drafter_takes_the_most_recent_occurrence_first() -> None:
     context = [7, 1, 7, 2, 8, 7, 3, 7]  # the last 7 follows 7s at 0, 2 and 5
-    assert RetrievalDrafter(max_ngram=1, branches=3, match_scaled=False).propose(context, 1) == [
-        [3],
-        [2],
-        [1],
-    ]
-    assert RetrievalDrafter(max_ngram=1, match_scaled=False).propose(context, 2) == [[3, 7]]
+    assert unscaled(max_ngram=1, branches=3).propose(context, 1) == [[3], [2], [1]]
+    assert unscaled(max_ngram=1).propose(context, 2) == [[3, 7]]
 
 
 def test_drafter_dedupes_caps_and_never_matches_the_suffix_itself() -> None:
     context = [4, 5, 6, 4, 5, 6, 4]
-    assert RetrievalDrafter(max_ngram=1, branches=5, match_scaled=False).propose(context, 3) == [
-        [5, 6, 4]
-    ]  # at 0 and 3: same
-    assert (
-        RetrievalDrafter(branches=5, match_scaled=False).propose([1, 2, 3], 4) == []
-    )  # 3 occurs only at the end
-    assert RetrievalDrafter(match_scaled=False).propose([7, 7], 4) == [
-        [7]
-    ]  # the continuation stops at the end
-    assert RetrievalDrafter(match_scaled=False).propose([1, 2, 1], 0) == []
-    assert (
-        len(RetrievalDrafter(max_ngram=1, branches=2, match_scaled=False).propose([1, 2, 1, 3, 1, 4, 1], 1))
-        == 2
-    )
+    assert unscaled(max_ngram=1, branches=5).propose(context, 3) == [[5, 6, 4]]  # at 0 and 3: same
+    assert unscaled(branches=5).propose([1, 2, 3], 4) == []  # 3 occurs only at the end
+    assert unscaled().propose([7, 7], 4) == [[7]]  # the continuation stops at the end
+    assert unscaled().propose([1, 2, 1], 0) == []
+    assert len(unscaled(max_ngram=1, branches=2).propose([1, 2, 1, 3, 1, 4, 1], 1)) == 2
 
 
 def test_drafter_min_ngram_skips_short_matches() -> None:
-    assert RetrievalDrafter(max_ngram=3, min_ngram=2, match_scaled=False).propose([1, 2, 5, 6, 2], 2) == []
-    assert RetrievalDrafter(max_ngram=3, min_ngram=2, match_scaled=False).propose([1, 2, 5, 1, 2], 2) == [
-        [5, 1]
-    ]
+    assert unscaled(max_ngram=3, min_ngram=2).propose([1, 2, 5, 6, 2], 2) == []
+    assert unscaled(max_ngram=3, min_ngram=2).propose([1, 2, 5, 1, 2], 2) == [[5, 1]]
 
 
 def test_scaled_drafts_are_at_most_twice_their_match_less_one() -> None:

@@ -12,6 +12,10 @@ plain decoding (docs/generation.md, "Retrieval drafting"). With ``SkinnyLinear``
 :func:`measured_draft_tokens` times a forward of ``d + 1`` new tokens for each candidate ``d`` and picks the
 one with the most expected tokens per second, the tokens a forward yields modelled by
 :func:`expected_tokens_per_forward` (fitted to those runs: 2.5-2.6 / 3.3-3.5 / 4.1-4.2 tokens per forward).
+
+That model is for drafts of a fixed length. Drafts scaled by their match (``RetrievalDrafter.match_scaled``,
+the default) are mostly short whatever the cap, and ``rag bench generate`` caps them at
+:data:`rag.generation.drafting.MATCH_SCALED_DRAFT_TOKENS` instead.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class RetrievalDrafter:
     ``match_scaled`` drafts at most ``2L - 1`` tokens after a match of ``L`` tokens: a long verbatim run is
     likely to go on, a one-token match rarely does (on 10 long XQuAD answers of Qwen2.5-1.5B, the first
     drafted token was accepted after 19% of 1-token matches and 94% of 10-or-longer ones), and each drafted
-    token costs verification work (docs/generation.md, "Draft length").
+    token costs verification work (docs/generation.md, "Draft length scaled by the match").
     """
 
     max_ngram: int = 3
