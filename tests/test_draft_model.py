@@ -85,6 +85,18 @@ def test_fused_drafter_drops_retrieval_drafts_the_draft_model_finds_unlikely() -
         FusedDrafter(retrieval, model, min_prob=1.5)
 
 
+def test_after_a_long_enough_match_the_draft_model_is_not_asked() -> None:
+    #          0  1  2  3  4  5  6  7  8  9 10 11
+    context = [4, 1, 2, 3, 5, 6, 7, 8, 9, 1, 2, 3]  # [1, 2, 3] recurs: a 3-token match, 5 drafted tokens
+    model = CraftedDraftModel([0.1] * 10, draft=[7, 7])
+    gated = FusedDrafter(RetrievalDrafter(), model, model_below=3)
+    assert gated.propose(context, 8) == [[5, 6, 7, 8, 9]] and model.contexts == []
+    below = FusedDrafter(RetrievalDrafter(), model, model_below=4)  # 3 < 4: the draft model is asked
+    assert below.propose(context, 8) == [[7, 7], [5, 6, 7, 8, 9]] and model.contexts == [context]
+    with pytest.raises(ConfigError):
+        FusedDrafter(RetrievalDrafter(), model, model_below=0)
+
+
 # -- the vocabulary check and the wiring -----------------------------------------------------------------
 
 

@@ -70,11 +70,16 @@ class RetrievalDrafter:
 
     def propose(self, context: Sequence[int], max_tokens: int) -> list[list[int]]:
         """Distinct continuations of ``context`` (prompt + answer so far), at most ``max_tokens`` long."""
+        return [draft for draft, _ in self.matches(context, max_tokens)]
+
+    def matches(self, context: Sequence[int], max_tokens: int) -> list[tuple[list[int], int]]:
+        """:meth:`propose`'s drafts, each with the length of the match it follows (counted back past the
+        matched n-gram while the tokens agree, up to what ``max_tokens`` needs)."""
         if max_tokens < 1:
             return []
         ids = np.asarray(context, dtype=np.int64)  # [length]
         length = len(ids)
-        drafts: list[list[int]] = []
+        found: list[tuple[list[int], int]] = []
         seen: set[tuple[int, ...]] = set()
         for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
             suffix = ids[length - n :]  # [n]
@@ -83,16 +88,15 @@ class RetrievalDrafter:
             for k in range(1, n):
                 starts = starts[ids[starts + k] == suffix[k]]
             for start in starts[::-1]:  # the most recent occurrence first
-                room = max_tokens
-                if self.match_scaled:
-                    room = min(max_tokens, 2 * _match_length(ids, start, n, (max_tokens + 2) // 2) - 1)
+                matched = _match_length(ids, start, n, (max_tokens + 2) // 2)
+                room = min(max_tokens, 2 * matched - 1) if self.match_scaled else max_tokens
                 draft = tuple(ids[start + n : start + n + room].tolist())
                 if draft not in seen:
                     seen.add(draft)
-                    drafts.append(list(draft))
-                    if len(drafts) == self.branches:
-                        return drafts
-        return drafts
+                    found.append((list(draft), matched))
+                    if len(found) == self.branches:
+                        return found
+        return found
 
 
 def _match_length(ids: np.ndarray, start: int, n: int, limit: int) -> int:

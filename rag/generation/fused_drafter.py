@@ -13,6 +13,10 @@ that the draft model finds plausible. The prune rule looks at a retrieval draft'
 
 The survivors follow the model draft, in the retrieval drafter's order; :class:`rag.generation.token_tree
 .TokenTree` merges their shared prefixes. Both drafters are deterministic, so the fused drafts are too.
+
+After a long match the retrieval draft is usually right and the draft model's forwards are wasted:
+with ``model_below`` set, the draft model is asked only when no retrieval match is ``model_below`` tokens or
+longer; otherwise the retrieval drafts are proposed alone.
 """
 
 from __future__ import annotations
@@ -52,16 +56,22 @@ class FusedDrafter:
     retrieval: RetrievalDrafter
     draft: ModelDrafter
     min_prob: float = 0.1
+    model_below: int | None = None  # ask the draft model only after retrieval matches shorter than this
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_prob <= 1:
             raise ConfigError(f"min_prob must be in [0, 1], got {self.min_prob}")
+        if self.model_below is not None and self.model_below < 1:
+            raise ConfigError(f"model_below must be at least 1 or None, got {self.model_below}")
 
     def propose(self, context: Sequence[int], max_tokens: int) -> list[list[int]]:
         """Candidate continuations of ``context`` (prompt + answer so far), at most ``max_tokens`` long."""
         if max_tokens < 1 or not context:
             return []
-        retrieved = self.retrieval.propose(context, max_tokens)
+        matches = self.retrieval.matches(context, max_tokens)
+        retrieved = [draft for draft, _ in matches]
+        if self.model_below is not None and any(matched >= self.model_below for _, matched in matches):
+            return retrieved
         # The distribution first: it is the one after ``context``; propose() moves the cache past the drafts.
         probs = self.draft.next_token_probs(context) if retrieved else None  # [vocab]
         drafts = self.draft.propose(context, max_tokens)
