@@ -17,6 +17,7 @@ from rag.generation.base import DecodeStats
 from rag.generation.draft_model import DraftModelProposer, check_vocabulary
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.fused_drafter import FusedDrafter, keep_retrieval_draft
+from rag.generation.passage_pruning import bf16_is_faster
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +190,10 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     model, tokenizer = smollm2
     plain_params = GenerationParams(max_new_tokens=24)
     draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
-    config = CausalLMConfig(max_new_tokens=24, draft_model="smollm2-135m-instruct")
+    # asked at every step and in fp32, the self-draft is the target's own greedy continuation
+    config = CausalLMConfig(
+        max_new_tokens=24, draft_model="smollm2-135m-instruct", draft_model_below=None, draft_model_bf16=False
+    )
     fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
     retrieval = CausalLMGenerator(CausalLMConfig(max_new_tokens=24), model=model, tokenizer=tokenizer)
     assert isinstance(fused.drafter, FusedDrafter)
@@ -215,6 +219,22 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     assert rate(fused_stats["copy"]) > 1.5 * rate(retrieval_stats["copy"])
     for kind in fused_stats:  # fewer verification steps than retrieval-only drafting
         assert fused_stats[kind].decode_steps < retrieval_stats[kind].decode_steps
+
+
+def test_the_default_gated_bf16_draft_model_keeps_greedy_output(smollm2) -> None:
+    model, tokenizer = smollm2
+    config = CausalLMConfig(max_new_tokens=24, draft_model="smollm2-135m-instruct")
+    fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
+    plain_params = GenerationParams(max_new_tokens=24)
+    draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
+    stats = DecodeStats()
+    for question in COPYING[:2] + NOT_COPYING[:2]:
+        ids = fused._encode_prompt(question, PASSAGES, plain_params)
+        assert list(fused._decode(ids, draft_params, None, stats)) == list(fused._decode(ids, plain_params))
+    assert stats.accepted_tokens > 0
+    draft_lm = fused.drafter.draft.model
+    expected = torch.bfloat16 if bf16_is_faster(next(model.parameters())) else torch.float32
+    assert next(draft_lm.parameters()).dtype == expected
 
 
 def test_fused_sampling_is_seeded_and_varies(smollm2) -> None:

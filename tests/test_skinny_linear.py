@@ -173,18 +173,22 @@ def test_gradients_flow_like_linear() -> None:
     torch.testing.assert_close(skinny.bias.grad, stock.bias.grad)
 
 
-def test_swaps_float32_linears_only_and_switches_back() -> None:
+def test_swaps_float32_and_bfloat16_linears_only_and_switches_back() -> None:
     model = torch.nn.Sequential(
         torch.nn.Linear(4, 4),
         torch.nn.ReLU(),
         torch.nn.Linear(4, 4).to(torch.bfloat16),
+        torch.nn.Linear(4, 4).to(torch.float16),
         torch.nn.Linear(4, 2),
     )
-    assert use_skinny_linears(model) == 2
-    assert [type(m).__name__ for m in model] == ["SkinnyLinear", "ReLU", "Linear", "SkinnyLinear"]
+    assert use_skinny_linears(model) == 3
+    names = ["SkinnyLinear", "ReLU", "SkinnyLinear", "Linear", "SkinnyLinear"]
+    assert [type(m).__name__ for m in model] == names
     with stock_linears(model, None):
-        assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear, torch.nn.Linear]
-    assert isinstance(model[0], SkinnyLinear) and isinstance(model[3], SkinnyLinear)
+        assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU] + [torch.nn.Linear] * 3
+    assert isinstance(model[0], SkinnyLinear) and isinstance(model[4], SkinnyLinear)
+    x = torch.randn(1, 4, dtype=torch.bfloat16)  # bf16: one row on the reordered weight where there is one
+    torch.testing.assert_close(model[2](x), torch.nn.functional.linear(x, model[2].weight, model[2].bias))
     assert use_skinny_linears(model) == 0  # already done
 
 

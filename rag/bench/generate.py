@@ -35,6 +35,7 @@ from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
+from rag.generation.draft_model import drafting_copy
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.models import install_hint, load_causal_lm
@@ -221,6 +222,9 @@ class _ModelBench:
         self.gens: dict[tuple[str, str | None, bool, bool], CausalLMGenerator] = {}
         # the smaller same-tokenizer model: transformers' assistant and ragloom's draft model (None: none)
         self.assistant = assistant
+        # ragloom's draft model: the assistant as CausalLMConfig.drafter() would load it (a bf16 copy)
+        drafting = CausalLMConfig().draft_model_bf16 and assistant is not None
+        self.draft_lm = drafting_copy(assistant) if drafting else assistant
         self.modes = [mode for mode in MODES if assistant is not None or not mode.draft_model]
         eos = self.generator("short", None).eos_token_ids
         lookup = (("prompt_lookup_num_tokens", settings["prompt_lookup"]),)
@@ -247,7 +251,7 @@ class _ModelBench:
             )
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
             # the draft-model mode drafts with the assistant already loaded for generate(assistant_model)
-            drafter = config.drafter(self.tokenizer, draft_lm=self.assistant) if draft_model else None
+            drafter = config.drafter(self.tokenizer, draft_lm=self.draft_lm) if draft_model else None
             self.gens[key] = CausalLMGenerator(
                 config,
                 model=self.lm,
@@ -320,7 +324,7 @@ def collect(
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
     draft_tokens: int | None = None,  # None: MATCH_SCALED_DRAFT_TOKENS (measured if drafts are not scaled)
-    draft_model_tokens: int = 1,  # the assistant's share of each draft in the draft-model mode
+    draft_model_tokens: int = 2,  # the assistant's share of each draft in the draft-model mode
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:
@@ -410,9 +414,9 @@ def _warm_up(bench: _ModelBench) -> None:
     """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here, and
     the :class:`~rag.models.skinny_linear.SkinnyLinear` kernels of every draft-tree size
     (:func:`~rag.models.skinny_linear.prime`)."""
-    for model in (bench.lm, bench.assistant):
-        if model is not None:
-            prime(model)
+    models = {id(model): model for model in (bench.lm, bench.assistant, bench.draft_lm) if model is not None}
+    for model in models.values():
+        prime(model)
     doc = Document("warm-up", "Paris is the capital and largest city of France.", title="France")
     for shape in ("short", "long"):
         bench.answer(Prompt(shape, "What is the capital of France?", [doc], ["Paris"]), 2)

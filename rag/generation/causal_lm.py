@@ -22,7 +22,7 @@ from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
-from rag.generation.draft_model import DraftModelProposer
+from rag.generation.draft_model import DraftModelProposer, drafting_copy
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.kv_batch import KVBatch
@@ -65,6 +65,8 @@ class CausalLMConfig:
     # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens.
     # On a 2-core CPU, where a 0.5B forward costs ~40% of a 1.5B one, 1 is the better choice (generation.md)
     draft_model_tokens: int | None = None
+    draft_model_below: int | None = 3  # the draft model drafts only after retrieval matches shorter than this
+    draft_model_bf16: bool = True  # the draft model runs as a bf16 copy where bf16 is faster (drafting_copy)
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
@@ -128,10 +130,13 @@ class CausalLMConfig:
         if not name.strip():
             raise ConfigError("draft_model is empty; pass a model name or folder, or None")
 
+        bf16 = self.draft_model_bf16
+
         def load() -> tuple[Any, Any]:
             from rag.models import load_causal_lm
 
-            return load_causal_lm(name, device=device)
+            model, tokenizer = load_causal_lm(name, device=device)
+            return (drafting_copy(model) if bf16 else model), tokenizer
 
         proposer = DraftModelProposer(
             draft_lm,
@@ -140,7 +145,7 @@ class CausalLMConfig:
             max_tokens_cap=self.draft_model_tokens,
             name=f"draft model {name!r}",
         )
-        return FusedDrafter(retrieval, proposer)
+        return FusedDrafter(retrieval, proposer, model_below=self.draft_model_below)
 
 
 @register("generator", "causal-lm", CausalLMConfig)

@@ -66,7 +66,10 @@ class SkinnyLinear(torch.nn.Linear):
         rows = x.numel() // self.in_features
         if rows == 0 or rows > MAX_ROWS or x.device.type != "cpu":
             return super().forward(x)
-        if rows >= PACKED_MIN_ROWS and self.prepack:
+        # bf16 products of any row count run on the reordered weight (a bf16 copy of the 1.5B: 202 ms a
+        # one-token forward instead of 240 with torch's linear, 2026-12-05)
+        bf16 = self.weight.dtype == torch.bfloat16
+        if (rows >= PACKED_MIN_ROWS or bf16) and self.prepack:
             packed = self._packed_weight()
             if packed is not None:
                 flat = x.reshape(rows, self.in_features)  # [rows, in]
@@ -134,12 +137,12 @@ def available_bytes() -> int:
 
 
 def use_skinny_linears(model: torch.nn.Module, prepack: bool = True) -> int:
-    """Make every plain float32 ``nn.Linear`` of ``model`` (the model itself included) a
+    """Make every plain float32 or bfloat16 ``nn.Linear`` of ``model`` (the model itself included) a
     :class:`SkinnyLinear`, in place, keeping its parameters; returns how many were changed. ``prepack``
     allows the reordered weights of 3-to-32-row products (on every SkinnyLinear of ``model``)."""
     changed = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
+        if type(module) is torch.nn.Linear and module.weight.dtype in (torch.float32, torch.bfloat16):
             module.__class__ = SkinnyLinear
             changed += 1
         if isinstance(module, SkinnyLinear):
