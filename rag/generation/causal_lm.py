@@ -63,7 +63,8 @@ class CausalLMConfig:
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
     # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens.
-    # On a 2-core CPU, where a 0.5B forward costs ~40% of a 1.5B one, 1 is the better choice (generation.md)
+    # On a 2-core CPU an fp32 0.5B forward costs ~40% of a 1.5B one (1 was best); the gated bf16 copy below
+    # drafts 2 in the bench (generation.md)
     draft_model_tokens: int | None = None
     draft_model_below: int | None = 3  # the draft model drafts only after retrieval matches shorter than this
     draft_model_bf16: bool = True  # the draft model runs as a bf16 copy where bf16 is faster (drafting_copy)
