@@ -17,7 +17,7 @@ from rag.generation.base import DecodeStats
 from rag.generation.draft_model import DraftModelProposer, check_vocabulary
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.fused_drafter import FusedDrafter, keep_retrieval_draft
-from rag.generation.passage_pruning import bf16_is_faster
+from rag.models.dtype_copy import bf16_is_faster
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,6 @@ from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.generation.passage_pruning import (
-    cpu_has_bf16_units,
     most_likely_passages,
     question_reader,
     read_question,
@@ -28,7 +27,7 @@ from rag.generation.passage_pruning import (
     scoring_head,
     token_logprobs,
 )
-from rag.models.dtype_copy import model_copy
+from rag.models.dtype_copy import cpu_has_bf16_units, model_copy
 
 QUESTION = "Which city was founded in 753 BC?"
 

@@ -37,7 +37,7 @@ from transformers import DynamicCache
 
 from rag.generation.kv_batch import additive_mask
 from rag.generation.passage_kv_store import PassageKV
-from rag.models.dtype_copy import model_copy
+from rag.models.dtype_copy import bf16_is_faster, model_copy
 from rag.models.skinny_linear import can_spare
 
 
@@ -138,17 +138,6 @@ def question_reader(model: Any) -> Any | None:
     if not bf16_is_faster(model.get_output_embeddings().weight) or not can_spare(size):
         return None
     return model_copy(model, torch.bfloat16)
-
-
-def bf16_is_faster(tensor: torch.Tensor) -> bool:
-    """Whether products with ``tensor`` run faster in bf16: it is fp32, on a CPU with bf16 matrix units."""
-    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and cpu_has_bf16_units()
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX512-BF16)."""
-    cpu = torch.cpu
-    return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
 
 
 @torch.inference_mode()

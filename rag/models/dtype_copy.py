@@ -6,6 +6,9 @@ made from the loaded model's own tensors: its modules are built on the meta devi
 initialisation), then take the converted parameters. Tied weights stay tied (converted once), non-persistent
 buffers (rotary frequencies) are shared as they are, and the copy is in eval mode without gradients. Custom
 module classes set on the original (``SkinnyLinear``) are not carried over: the copy has the stock modules.
+
+:func:`bf16_is_faster` is the one rule for when such a copy pays: the question reader, the pruning's scoring
+head and the draft model (rag.generation.draft_model.drafting_copy) go by it.
 """
 
 from __future__ import annotations
@@ -43,3 +46,14 @@ def model_copy(model: Any, dtype: torch.dtype) -> Any:
             twin.get_submodule(owner).register_buffer(leaf, buffer, persistent=False)
     twin.config.dtype = dtype
     return twin.eval().requires_grad_(False)
+
+
+def bf16_is_faster(tensor: torch.Tensor) -> bool:
+    """Whether products with ``tensor`` run faster in bf16: it is fp32, on a CPU with bf16 matrix units."""
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and cpu_has_bf16_units()
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX512-BF16)."""
+    cpu = torch.cpu
+    return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
