@@ -60,16 +60,13 @@ class SkinnyLinear(torch.nn.Linear):
     that measured faster on this host (:data:`TRANSPOSED_IS_FASTER`), and those of :data:`PACKED_MIN_ROWS` or
     more rows on a oneDNN-reordered copy of the weight where one can be made."""
 
-    prepack: bool = True  # products of PACKED_MIN_ROWS to MAX_ROWS rows may use a reordered weight
+    prepack: bool = True  # products of PACKED_MIN_ROWS (bf16: 1) to MAX_ROWS rows may use a reordered weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows == 0 or rows > MAX_ROWS or x.device.type != "cpu":
             return super().forward(x)
-        # bf16 products of any row count run on the reordered weight (a bf16 copy of the 1.5B: 202 ms a
-        # one-token forward instead of 240 with torch's linear, 2026-12-05)
-        bf16 = self.weight.dtype == torch.bfloat16
-        if (rows >= PACKED_MIN_ROWS or bf16) and self.prepack:
+        if self.packs(rows):
             packed = self._packed_weight()
             if packed is not None:
                 flat = x.reshape(rows, self.in_features)  # [rows, in]
@@ -82,6 +79,13 @@ class SkinnyLinear(torch.nn.Linear):
         if not transposed:
             return super().forward(x)
         return self._transposed(x)
+
+    def packs(self, rows: int) -> bool:
+        """Whether a product of ``rows`` rows runs on the reordered weight (where one can be made): from
+        :data:`PACKED_MIN_ROWS` rows, and for bf16 weights from one row (a bf16 copy of the 1.5B: 202 ms a
+        one-token forward instead of 240 with torch's linear, 2026-12-05)."""
+        min_rows = 1 if self.weight.dtype == torch.bfloat16 else PACKED_MIN_ROWS
+        return self.prepack and min_rows <= rows <= MAX_ROWS
 
     def _packed_weight(self) -> torch.Tensor | None:
         """The weight in oneDNN's blocked layout, reordered on first use and again after the weight changes;
@@ -152,15 +156,15 @@ def use_skinny_linears(model: torch.nn.Module, prepack: bool = True) -> int:
 
 @torch.inference_mode()
 def prime(model: torch.nn.Module, max_rows: int = MAX_ROWS) -> None:
-    """Do the first-call work of ``model``'s :class:`SkinnyLinear` layers now, for products of
-    :data:`PACKED_MIN_ROWS` to ``max_rows`` rows: the reordered weight, and oneDNN's kernel for each row
-    count, which the first product of a new count builds (~1 ms a layer: ~0.25 s per count for the 1.5B's
-    197 layers, 2026-12-04). Draft trees come in every size up to the draft length, so a drafted answer would
-    otherwise pay this, several seconds, on its first steps."""
+    """Do the first-call work of ``model``'s :class:`SkinnyLinear` layers now, for the products of up to
+    ``max_rows`` rows that run on the reordered weight (:meth:`SkinnyLinear.packs`): the reordered weight, and
+    oneDNN's kernel for each row count, which the first product of a new count builds (~1 ms a layer: ~0.25 s
+    per count for the 1.5B's 197 layers, 2026-12-04). Draft trees come in every size up to the draft length,
+    so a drafted answer would otherwise pay this, several seconds, on its first steps."""
     for module in model.modules():
-        if isinstance(module, SkinnyLinear) and module.prepack:
+        if isinstance(module, SkinnyLinear):
             weight = module.weight
-            for rows in range(PACKED_MIN_ROWS, max_rows + 1):
+            for rows in filter(module.packs, range(1, max_rows + 1)):
                 module(torch.zeros(rows, module.in_features, dtype=weight.dtype, device=weight.device))
 
 
