@@ -323,15 +323,13 @@ def collect(
     long_tokens: int = 160,
     long_min_tokens: int = 128,
     cad_alpha: float = 0.5,
-    draft_tokens: int | None = None,  # None: MATCH_SCALED_DRAFT_TOKENS (measured if drafts are not scaled)
+    draft_tokens: int | None = MATCH_SCALED_DRAFT_TOKENS,  # None: measured per model (for unscaled drafts)
     draft_model_tokens: int = 2,  # the assistant's share of each draft in the draft-model mode
     prompt_lookup: int = 10,
     progress: bool = True,
 ) -> GenerateRun:
     """Answer ``short`` + ``long`` XQuAD prompts in every mode with each installed model of ``models``."""
     defaults = CausalLMConfig()
-    if draft_tokens is None and defaults.draft_match_scaled:
-        draft_tokens = MATCH_SCALED_DRAFT_TOKENS
     settings = {
         "k": k,
         "short_tokens": short_tokens,
