@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import copy
 import doctest
+import gc
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -184,6 +186,25 @@ def test_no_reader_for_a_model_that_is_not_fp32_or_without_memory_to_spare(monke
     assert question_reader(model.to(torch.bfloat16)) is None
     monkeypatch.setattr(rag.models.skinny_linear, "available_bytes", lambda: 0)
     assert question_reader(model.float()) is None
+
+
+def test_one_reader_per_model_shared_by_its_generators_and_freed_with_it(monkeypatch) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    fp32 = lambda t: t.dtype == torch.float32  # noqa: E731  (bf16 taken as faster on any CPU)
+    monkeypatch.setattr(rag.generation.passage_pruning, "bf16_is_faster", fp32)
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    model, other = Qwen2ForCausalLM(config), Qwen2ForCausalLM(config)
+    reader = question_reader(model)
+    assert reader is not None and reader.dtype == torch.bfloat16
+    assert question_reader(model) is reader  # a second generator of the model: no second copy
+    assert question_reader(other) is not reader
+    freed = weakref.ref(reader)
+    del model, reader
+    gc.collect()
+    assert freed() is None
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ layer as it is.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,18 +127,28 @@ def scoring_head(model: Any) -> torch.Tensor:
     return weight.to(torch.bfloat16) if bf16_is_faster(weight) else weight
 
 
+# model -> its bf16 question reader; weak keys: a reader lives as long as its model
+_READERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def question_reader(model: Any) -> Any | None:
     """A bf16 copy of ``model`` to run the question's copies in, or None to run them in ``model`` itself.
 
     The copy is made when the model is fp32 on a CPU with bf16 matrix units, and only while the machine keeps
     :data:`~rag.models.skinny_linear.PACK_RESERVE_BYTES` available after it (+0.99 GB for Qwen2.5-0.5B,
     +3.1 GB for the 1.5B). With AMX the copies' forward then takes ~2x less time; their KV (the answer's
-    question tokens when one passage is kept) then carry bf16 rounding, the passages' KV do not.
+    question tokens when one passage is kept) then carry bf16 rounding, the passages' KV do not. One copy per
+    model object, shared by every generator of that model (its weights are taken as fixed) and freed with it.
     """
-    size = sum(p.numel() for p in model.parameters()) * 2  # tied weights counted once
-    if not bf16_is_faster(model.get_output_embeddings().weight) or not can_spare(size):
+    if not bf16_is_faster(model.get_output_embeddings().weight):
         return None
-    return model_copy(model, torch.bfloat16)
+    reader = _READERS.get(model)
+    if reader is None:
+        size = sum(p.numel() for p in model.parameters()) * 2  # tied weights counted once
+        if not can_spare(size):
+            return None
+        reader = _READERS[model] = model_copy(model, torch.bfloat16)
+    return reader
 
 
 @torch.inference_mode()
