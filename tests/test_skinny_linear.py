@@ -28,6 +28,12 @@ SHAPES = [(1, 7), (2, 7), (3, 7), (1, 1, 7), (2, 1, 7), (1, 4, 7), (3, 5, 7), (0
 
 
 @pytest.fixture
+def memory_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reordered copies allowed whatever else runs on this machine (their memory rule is tested apart)."""
+    monkeypatch.setattr(skinny_linear, "available_bytes", lambda: 1 << 40)
+
+
+@pytest.fixture
 def choices() -> Iterator[dict[tuple[int, int, int], bool]]:
     """The process-wide measured choices, emptied for the test and restored after it."""
     saved = dict(TRANSPOSED_IS_FASTER)
@@ -94,7 +100,7 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
 @needs_onednn
 @torch.no_grad()
 def test_products_of_3_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
-    choices: dict[tuple[int, int, int], bool],
+    choices: dict[tuple[int, int, int], bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 24)
@@ -117,7 +123,7 @@ def test_products_of_3_to_32_rows_reorder_the_weight_once_and_again_after_it_cha
 
 @needs_onednn
 def test_prime_reorders_the_weights_of_prepacking_layers_only(
-    choices: dict[tuple[int, int, int], bool],
+    choices: dict[tuple[int, int, int], bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8))
@@ -143,7 +149,7 @@ def test_without_memory_for_the_copy_the_weight_is_not_reordered(monkeypatch: py
 
 
 @needs_onednn
-def test_a_layer_made_in_inference_mode_is_reordered_once() -> None:
+def test_a_layer_made_in_inference_mode_is_reordered_once(memory_to_spare: None) -> None:
     with torch.inference_mode():
         layer = torch.nn.Linear(16, 24)
         use_skinny_linears(layer)
@@ -157,6 +163,17 @@ def test_a_layer_made_in_inference_mode_is_reordered_once() -> None:
 @pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="no /proc/meminfo (not Linux)")
 def test_available_bytes_reads_this_machine() -> None:
     assert 0 < skinny_linear.available_bytes() < 1 << 50
+
+
+def test_mapped_files_are_not_counted_as_available(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 24683792 kB\nMemAvailable: 10485760 kB\nMapped: 4194304 kB\n")
+    assert skinny_linear.available_bytes(str(meminfo)) == 6 << 30
+    meminfo.write_text("MemAvailable: 1048576 kB\nMapped: 4194304 kB\n")
+    assert skinny_linear.available_bytes(str(meminfo)) == 0
+    meminfo.write_text("MemFree: 1048576 kB\n")
+    assert skinny_linear.available_bytes(str(meminfo)) == 0
+    assert skinny_linear.available_bytes(str(tmp_path / "missing")) == 0
 
 
 def test_gradients_flow_like_linear() -> None:

@@ -17,8 +17,8 @@ tokens over 900 cached ones cost 134 / 157 / 190 ms instead of 210 / 247 / 242 f
 plain weight (130 vs 118 ms, 0.5B). That path is a rule, not a measured choice: timed one layer at a time,
 the weight stays in this CPU's 480 MB L3 cache and the figures mislead. The reordered copy doubles a layer's
 weight memory, so it is made on a layer's first 3-to-32-row product and only while the machine keeps
-:data:`PACK_RESERVE_BYTES` available after it (else that layer keeps the paths above);
-``use_skinny_linears(model, prepack=False)`` turns it off.
+:data:`PACK_RESERVE_BYTES` available after it (:func:`available_bytes`; else that layer keeps the paths
+above); ``use_skinny_linears(model, prepack=False)`` turns it off.
 
 >>> layer = torch.nn.Linear(8, 3)
 >>> x = torch.randn(1, 8)
@@ -128,16 +128,23 @@ def can_spare(nbytes: int) -> bool:
     return available_bytes() - nbytes >= PACK_RESERVE_BYTES
 
 
-def available_bytes() -> int:
-    """Memory the machine can still hand out (Linux ``MemAvailable``; 0 where it cannot be read)."""
+def available_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """Memory the machine can still hand out without evicting memory-mapped files (Linux ``MemAvailable`` less
+    ``Mapped``; 0 where it cannot be read). ``MemAvailable`` counts mapped pages as reclaimable, but the
+    models' safetensors weights are mapped: reclaimed, they are read back from disk on every forward (the
+    2026-12-05 bench run of the 1.5B with its draft models stalled so, with ``MemAvailable`` still 5.5 GB)."""
+    fields: dict[str, int] = {}
     try:
-        with open("/proc/meminfo") as f:
+        with open(meminfo) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+                name, _, rest = line.partition(":")
+                if name in ("MemAvailable", "Mapped"):
+                    fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    if "MemAvailable" not in fields:
+        return 0
+    return max(fields["MemAvailable"] - fields.get("Mapped", 0), 0)
 
 
 def use_skinny_linears(model: torch.nn.Module, prepack: bool = True) -> int:
