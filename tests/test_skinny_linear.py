@@ -1,5 +1,5 @@
 """SkinnyLinear computes what nn.Linear computes, for every input shape and path, picks a path per
-shape by measuring, reorders weights for 3-to-32-row products where memory allows, and can be switched off."""
+shape by measuring, reorders weights for 4-to-32-row products where memory allows, and can be switched off."""
 
 from __future__ import annotations
 
@@ -99,20 +99,20 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
 
 @needs_onednn
 @torch.no_grad()
-def test_products_of_3_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
+def test_products_of_4_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
     choices: dict[tuple[int, int, int], bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 24)
     use_skinny_linears(layer)
-    layer(torch.randn(2, 16))
-    assert getattr(layer, "_packed", None) is None  # two rows: the measured paths
+    layer(torch.randn(3, 16))
+    assert getattr(layer, "_packed", None) is None  # three rows: the measured paths
     for rows in (PACKED_MIN_ROWS, MAX_ROWS):
         x = torch.randn(rows, 16)
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     stamp, packed = layer._packed
     assert packed is not None and packed.is_mkldnn
-    assert set(choices) == {(24, 16, 2)}  # the reordered weight's products are not measured
+    assert set(choices) == {(24, 16, 4)}  # the reordered weight's products are not measured
     layer(torch.randn(5, 16))
     assert layer._packed[1] is packed  # reused
     layer.weight.mul_(2)

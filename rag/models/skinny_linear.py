@@ -10,13 +10,14 @@ each layer shape and row bucket (1, 2, 3-4, 5-8, 9-16, 17-32 rows) times both pa
 keeps the faster for the process; both compute the same product (to fp32 rounding). Larger inputs (prefill)
 keep ``linear``.
 
-Products of 3 to 32 rows (draft trees, a question encoded over cached passages) go faster still through
-oneDNN with the weight reordered once into its blocked layout: on the Xeon, a whole forward of 4 / 8 / 16 new
-tokens over 900 cached ones cost 134 / 157 / 190 ms instead of 210 / 247 / 242 for Qwen2.5-0.5B and 355 /
-410 / 515 ms instead of 558 / 580 / 590 for Qwen2.5-1.5B, while one or two rows stayed faster on the
-plain weight (130 vs 118 ms, 0.5B). That path is a rule, not a measured choice: timed one layer at a time,
-the weight stays in this CPU's 480 MB L3 cache and the figures mislead. The reordered copy doubles a layer's
-weight memory, so it is made on a layer's first 3-to-32-row product and only while the machine keeps
+Products of 4 to 32 rows (draft trees, a question encoded over cached passages) go faster still through oneDNN
+with the weight reordered once into its blocked layout: on the Xeon, a whole forward of 4 / 8 / 16 new tokens
+over 900 cached ones cost 134 / 157 / 190 ms instead of 210 / 247 / 242 for Qwen2.5-0.5B and 355 / 410 / 515
+ms instead of 558 / 580 / 590 for Qwen2.5-1.5B, while one to three float32 rows stay faster on the plain
+weight (2026-12-05, 1.5B: 214 / 237 / 242 ms against 252 / 282 / 297 reordered; oneDNN's three-row product is
+slower than its four-row one). That path is a rule, not a measured choice: timed one layer at a time, the
+weight stays in this CPU's 480 MB L3 cache and the figures mislead. The reordered copy doubles a layer's
+weight memory, so it is made on a layer's first 4-to-32-row product and only while the machine keeps
 :data:`PACK_RESERVE_BYTES` available after it (:func:`available_bytes`; else that layer keeps the paths
 above); ``use_skinny_linears(model, prepack=False)`` turns it off.
 
@@ -39,7 +40,7 @@ import torch
 from rag.timing import best_seconds
 
 MAX_ROWS = 32  # at 64 rows torch's linear is as fast (measured on the 0.5B's shapes)
-PACKED_MIN_ROWS = 3  # products of 3 to MAX_ROWS rows use the reordered weight where there is one
+PACKED_MIN_ROWS = 4  # float32 products of 4 to MAX_ROWS rows use the reordered weight where there is one
 PACK_RESERVE_BYTES = 2 << 30  # memory left available after reordering a weight
 
 # (out_features, in_features, row bucket) -> whether weight @ x.T was the faster path on this host
@@ -150,7 +151,7 @@ def available_bytes(meminfo: str = "/proc/meminfo") -> int:
 def use_skinny_linears(model: torch.nn.Module, prepack: bool = True) -> int:
     """Make every plain float32 or bfloat16 ``nn.Linear`` of ``model`` (the model itself included) a
     :class:`SkinnyLinear`, in place, keeping its parameters; returns how many were changed. ``prepack``
-    allows the reordered weights of 3-to-32-row products (on every SkinnyLinear of ``model``)."""
+    allows the reordered weights of 4-to-32-row products (on every SkinnyLinear of ``model``)."""
     changed = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear and module.weight.dtype in (torch.float32, torch.bfloat16):
