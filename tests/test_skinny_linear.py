@@ -34,7 +34,7 @@ def memory_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def choices() -> Iterator[dict[tuple[int, int, int], bool]]:
+def choices() -> Iterator[dict[tuple[int, int, int, torch.dtype], bool]]:
     """The process-wide measured choices, emptied for the test and restored after it."""
     saved = dict(TRANSPOSED_IS_FASTER)
     TRANSPOSED_IS_FASTER.clear()
@@ -52,7 +52,7 @@ def test_matches_linear(
     bias: bool,
     transposed: bool,
     prepack: bool,
-    choices: dict[tuple[int, int, int], bool],
+    choices: dict[tuple[int, int, int, torch.dtype], bool],
 ) -> None:
     torch.manual_seed(0)
     stock = torch.nn.Linear(7, 11, bias=bias)
@@ -62,7 +62,7 @@ def test_matches_linear(
     x = torch.randn(shape)
     rows = x.numel() // 7
     if rows:
-        choices[(11, 7, row_bucket(rows))] = transposed
+        choices[(11, 7, row_bucket(rows), torch.float32)] = transposed
     out = skinny(x)
     assert out.shape == (*shape[:-1], 11)
     assert out.is_contiguous()
@@ -79,7 +79,7 @@ def test_non_contiguous_input_and_one_output() -> None:
 
 
 def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
-    choices: dict[tuple[int, int, int], bool], monkeypatch: pytest.MonkeyPatch
+    choices: dict[tuple[int, int, int, torch.dtype], bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layer = torch.nn.Linear(16, 24)
     use_skinny_linears(layer, prepack=False)
@@ -94,13 +94,32 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
     for rows in (1, 3, 4, 3, 9, 1, 40):  # 40 rows: beyond MAX_ROWS, plain linear without measuring
         layer(torch.randn(rows, 16))
     assert measured == [1, 3, 9]
-    assert set(choices) == {(24, 16, 1), (24, 16, 4), (24, 16, 16)}
+    assert set(choices) == {(24, 16, b, torch.float32) for b in (1, 4, 16)}
+
+
+def test_layers_of_one_shape_in_another_dtype_measure_their_own_choice(
+    choices: dict[tuple[int, int, int, torch.dtype], bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 copy of a model has the fp32 model's layer shapes; its products are timed apart."""
+    measured: list[torch.dtype] = []
+
+    def fastest(self: SkinnyLinear, x: torch.Tensor, repeats: int = 5) -> bool:
+        measured.append(self.weight.dtype)
+        return self.weight.dtype == torch.bfloat16
+
+    monkeypatch.setattr(SkinnyLinear, "_transposed_is_faster", fastest)
+    for dtype in (torch.float32, torch.bfloat16, torch.float32):
+        layer = torch.nn.Linear(16, 24, dtype=dtype)
+        use_skinny_linears(layer, prepack=False)
+        layer(torch.randn(1, 16, dtype=dtype))
+    assert measured == [torch.float32, torch.bfloat16]
+    assert choices == {(24, 16, 1, torch.float32): False, (24, 16, 1, torch.bfloat16): True}
 
 
 @needs_onednn
 @torch.no_grad()
 def test_products_of_4_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
-    choices: dict[tuple[int, int, int], bool], memory_to_spare: None
+    choices: dict[tuple[int, int, int, torch.dtype], bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 24)
@@ -112,7 +131,7 @@ def test_products_of_4_to_32_rows_reorder_the_weight_once_and_again_after_it_cha
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     stamp, packed = layer._packed
     assert packed is not None and packed.is_mkldnn
-    assert set(choices) == {(24, 16, 4)}  # the reordered weight's products are not measured
+    assert set(choices) == {(24, 16, 4, torch.float32)}  # the reordered weight's products are not measured
     layer(torch.randn(5, 16))
     assert layer._packed[1] is packed  # reused
     layer.weight.mul_(2)
@@ -123,7 +142,7 @@ def test_products_of_4_to_32_rows_reorder_the_weight_once_and_again_after_it_cha
 
 @needs_onednn
 def test_prime_reorders_the_weights_of_prepacking_layers_only(
-    choices: dict[tuple[int, int, int], bool], memory_to_spare: None
+    choices: dict[tuple[int, int, int, torch.dtype], bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8))
@@ -131,7 +150,7 @@ def test_prime_reorders_the_weights_of_prepacking_layers_only(
     model[1].prepack = False
     prime(model, max_rows=5)
     assert model[0]._packed[1] is not None and not hasattr(model[1], "_packed")
-    assert not choices  # products of 3 or more rows are not measured
+    assert not choices  # products of 4 or more rows are not measured
     x = torch.randn(4, 16)
     hidden = torch.nn.functional.linear(x, model[0].weight, model[0].bias)
     torch.testing.assert_close(model(x), torch.nn.functional.linear(hidden, model[1].weight, model[1].bias))

@@ -6,9 +6,9 @@ with torch 2.13, Qwen2.5-0.5B's LM head (151,936 x 896) cost 45 ms for one row a
 ``linear`` (``x @ weight.T``), while ``weight @ x.T`` with a contiguous two-row ``x`` cost 20 ms; on a 2-core
 Intel Xeon (AVX512) with the same torch, ``linear`` of one or two rows runs at memory speed and ``weight @
 x.T`` is twice as slow, while 9- and 16-row products are faster as ``weight @ x.T``. So the first product of
-each layer shape and row bucket (1, 2, 3-4, 5-8, 9-16, 17-32 rows) times both paths on the real input and
-keeps the faster for the process; both compute the same product (to fp32 rounding). Larger inputs (prefill)
-keep ``linear``.
+each layer shape, dtype and row bucket (1, 2, 3-4, 5-8, 9-16, 17-32 rows) times both paths on the real input
+and keeps the faster for the process; both compute the same product (to fp32 rounding). Larger inputs
+(prefill) keep ``linear``.
 
 Products of 4 to 32 rows (draft trees, a question encoded over cached passages) go faster still through oneDNN
 with the weight reordered once into its blocked layout: on the Xeon, a whole forward of 4 / 8 / 16 new tokens
@@ -43,8 +43,8 @@ MAX_ROWS = 32  # at 64 rows torch's linear is as fast (measured on the 0.5B's sh
 PACKED_MIN_ROWS = 4  # float32 products of 4 to MAX_ROWS rows use the reordered weight where there is one
 PACK_RESERVE_BYTES = 2 << 30  # memory left available after reordering a weight
 
-# (out_features, in_features, row bucket) -> whether weight @ x.T was the faster path on this host
-TRANSPOSED_IS_FASTER: dict[tuple[int, int, int], bool] = {}
+# (out_features, in_features, row bucket, weight dtype) -> whether weight @ x.T measured faster on this host
+TRANSPOSED_IS_FASTER: dict[tuple[int, int, int, torch.dtype], bool] = {}
 
 
 def row_bucket(rows: int) -> int:
@@ -73,7 +73,7 @@ class SkinnyLinear(torch.nn.Linear):
                 flat = x.reshape(rows, self.in_features)  # [rows, in]
                 out = torch.ops.mkldnn._linear_pointwise(flat, packed, self.bias, "none", [], "")
                 return out.reshape(*x.shape[:-1], self.out_features)
-        key = (self.out_features, self.in_features, row_bucket(rows))
+        key = (self.out_features, self.in_features, row_bucket(rows), self.weight.dtype)
         transposed = TRANSPOSED_IS_FASTER.get(key)
         if transposed is None:
             transposed = TRANSPOSED_IS_FASTER[key] = self._transposed_is_faster(x)
