@@ -14,6 +14,7 @@ from rag.models.skinny_linear import (
     MAX_ROWS,
     PACKED_MIN_ROWS,
     TRANSPOSED_IS_FASTER,
+    PathKey,
     SkinnyLinear,
     prime,
     row_bucket,
@@ -34,7 +35,7 @@ def memory_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def choices() -> Iterator[dict[tuple[int, int, int, torch.dtype], bool]]:
+def choices() -> Iterator[dict[PathKey, bool]]:
     """The process-wide measured choices, emptied for the test and restored after it."""
     saved = dict(TRANSPOSED_IS_FASTER)
     TRANSPOSED_IS_FASTER.clear()
@@ -52,7 +53,7 @@ def test_matches_linear(
     bias: bool,
     transposed: bool,
     prepack: bool,
-    choices: dict[tuple[int, int, int, torch.dtype], bool],
+    choices: dict[PathKey, bool],
 ) -> None:
     torch.manual_seed(0)
     stock = torch.nn.Linear(7, 11, bias=bias)
@@ -79,7 +80,7 @@ def test_non_contiguous_input_and_one_output() -> None:
 
 
 def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
-    choices: dict[tuple[int, int, int, torch.dtype], bool], monkeypatch: pytest.MonkeyPatch
+    choices: dict[PathKey, bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layer = torch.nn.Linear(16, 24)
     use_skinny_linears(layer, prepack=False)
@@ -98,7 +99,7 @@ def test_the_first_product_of_a_shape_and_row_bucket_measures_both_paths_once(
 
 
 def test_layers_of_one_shape_in_another_dtype_measure_their_own_choice(
-    choices: dict[tuple[int, int, int, torch.dtype], bool], monkeypatch: pytest.MonkeyPatch
+    choices: dict[PathKey, bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bf16 copy of a model has the fp32 model's layer shapes; its products are timed apart."""
     measured: list[torch.dtype] = []
@@ -119,14 +120,14 @@ def test_layers_of_one_shape_in_another_dtype_measure_their_own_choice(
 @needs_onednn
 @torch.no_grad()
 def test_products_of_4_to_32_rows_reorder_the_weight_once_and_again_after_it_changes(
-    choices: dict[tuple[int, int, int, torch.dtype], bool], memory_to_spare: None
+    choices: dict[PathKey, bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 24)
     use_skinny_linears(layer)
     layer(torch.randn(3, 16))
     assert getattr(layer, "_packed", None) is None  # three rows: the measured paths
-    for rows in (PACKED_MIN_ROWS, MAX_ROWS):
+    for rows in (PACKED_MIN_ROWS[torch.float32], MAX_ROWS):
         x = torch.randn(rows, 16)
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     stamp, packed = layer._packed
@@ -142,7 +143,7 @@ def test_products_of_4_to_32_rows_reorder_the_weight_once_and_again_after_it_cha
 
 @needs_onednn
 def test_prime_reorders_the_weights_of_prepacking_layers_only(
-    choices: dict[tuple[int, int, int, torch.dtype], bool], memory_to_spare: None
+    choices: dict[PathKey, bool], memory_to_spare: None
 ) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8))

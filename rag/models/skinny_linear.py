@@ -40,11 +40,14 @@ import torch
 from rag.timing import best_seconds
 
 MAX_ROWS = 32  # at 64 rows torch's linear is as fast (measured on the 0.5B's shapes)
-PACKED_MIN_ROWS = 4  # float32 products of 4 to MAX_ROWS rows use the reordered weight where there is one
+# the fewest rows whose products use the reordered weight (where there is one), by weight dtype: oneDNN's
+# float32 products of 1-3 rows are slower than the plain weight's; its bf16 ones are faster from one row
+PACKED_MIN_ROWS: dict[torch.dtype, int] = {torch.float32: 4, torch.bfloat16: 1}
 PACK_RESERVE_BYTES = 2 << 30  # memory left available after reordering a weight
 
-# (out_features, in_features, row bucket, weight dtype) -> whether weight @ x.T measured faster on this host
-TRANSPOSED_IS_FASTER: dict[tuple[int, int, int, torch.dtype], bool] = {}
+PathKey = tuple[int, int, int, torch.dtype]  # (out_features, in_features, row bucket, weight dtype)
+# whether weight @ x.T measured faster than linear on this host, per layer shape, row bucket and dtype
+TRANSPOSED_IS_FASTER: dict[PathKey, bool] = {}
 
 
 def row_bucket(rows: int) -> int:
@@ -59,9 +62,9 @@ def row_bucket(rows: int) -> int:
 class SkinnyLinear(torch.nn.Linear):
     """``nn.Linear`` whose products with at most :data:`MAX_ROWS` input rows run as ``weight @ x.T`` where
     that measured faster on this host (:data:`TRANSPOSED_IS_FASTER`), and those of :data:`PACKED_MIN_ROWS` or
-    more rows on a oneDNN-reordered copy of the weight where one can be made."""
+    more rows (by dtype) on a oneDNN-reordered copy of the weight where one can be made."""
 
-    prepack: bool = True  # products of PACKED_MIN_ROWS (bf16: 1) to MAX_ROWS rows may use a reordered weight
+    prepack: bool = True  # products of PACKED_MIN_ROWS to MAX_ROWS rows may use a reordered weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -73,7 +76,7 @@ class SkinnyLinear(torch.nn.Linear):
                 flat = x.reshape(rows, self.in_features)  # [rows, in]
                 out = torch.ops.mkldnn._linear_pointwise(flat, packed, self.bias, "none", [], "")
                 return out.reshape(*x.shape[:-1], self.out_features)
-        key = (self.out_features, self.in_features, row_bucket(rows), self.weight.dtype)
+        key: PathKey = (self.out_features, self.in_features, row_bucket(rows), self.weight.dtype)
         transposed = TRANSPOSED_IS_FASTER.get(key)
         if transposed is None:
             transposed = TRANSPOSED_IS_FASTER[key] = self._transposed_is_faster(x)
@@ -83,10 +86,10 @@ class SkinnyLinear(torch.nn.Linear):
 
     def packs(self, rows: int) -> bool:
         """Whether a product of ``rows`` rows runs on the reordered weight (where one can be made): from
-        :data:`PACKED_MIN_ROWS` rows, and for bf16 weights from one row (a bf16 copy of the 1.5B: 202 ms a
-        one-token forward instead of 240 with torch's linear, 2026-12-05)."""
-        min_rows = 1 if self.weight.dtype == torch.bfloat16 else PACKED_MIN_ROWS
-        return self.prepack and min_rows <= rows <= MAX_ROWS
+        :data:`PACKED_MIN_ROWS` rows for the weight's dtype (bf16 from one row: a bf16 copy of the 1.5B took
+        202 ms a one-token forward instead of 240 with torch's linear, 2026-12-05)."""
+        min_rows = PACKED_MIN_ROWS.get(self.weight.dtype)
+        return self.prepack and min_rows is not None and min_rows <= rows <= MAX_ROWS
 
     def _packed_weight(self) -> torch.Tensor | None:
         """The weight in oneDNN's blocked layout, reordered on first use and again after the weight changes;
