@@ -160,6 +160,7 @@ def test_eval_retrieval_reranks_with_the_docstore_of_an_index(collection, tmp_pa
             "unknown reranker 'nope'; known: first, icr",
         ),
         (["eval", "retrieval", "{tmp}", "--reranker", "icr", "--rerank-depth", "200"], 2, "--rerank-depth"),
+        (["eval", "qa", "{good_corpus}", "--predictions", "{tmp}/no/dir/p.jsonl"], 2, "--predictions"),
     ],
 )
 def test_user_errors_exit_with_documented_codes(argv, code, message, collection, tmp_path, capsys) -> None:
@@ -204,9 +205,11 @@ def test_eval_qa_runs_the_pipeline_on_a_squad_file(tmp_path, capsys) -> None:
     }  # fmt: skip
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(squad))
+    predictions = tmp_path / "predictions.jsonl"
     code = main(
-        ["eval", "qa", str(path), "--generator", "smollm2-135m-instruct", "-k", "1", "--max-new-tokens", "8"]
-    )
+        ["eval", "qa", str(path), "--generator", "smollm2-135m-instruct", "-k", "1", "--max-new-tokens", "8",
+         "--predictions", str(predictions)]
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert "questions        2" in out
@@ -214,3 +217,14 @@ def test_eval_qa_runs_the_pipeline_on_a_squad_file(tmp_path, capsys) -> None:
     em = float(out.split("exact match")[1].split()[0])
     f1 = float(out.split("F1")[1].split()[0])
     assert 0 <= em <= f1 <= 100
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(r["id"], r["question"], r["golds"]) for r in rows] == [
+        ("q1", "How hot can lava get?", ["1200 degrees Celsius"]),
+        ("q2", "What makes sourdough rise?", ["wild yeast"]),
+    ]
+    assert [r["passages"] for r in rows] == [["Volcanoes-0-0"], ["Volcanoes-0-1"]]
+    assert all(r["gold_id"] == r["passages"][0] and r["gold_retrieved"] for r in rows)
+    for r in rows:
+        assert set(r["cited"]) <= set(r["passages"]) and r["gold_cited"] == (r["gold_id"] in r["cited"])
+    assert 100 * sum(r["em"] for r in rows) / 2 == pytest.approx(em, abs=0.05)
+    assert 100 * sum(r["f1"] for r in rows) / 2 == pytest.approx(f1, abs=0.05)

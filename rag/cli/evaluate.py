@@ -16,7 +16,7 @@ from rag.collection import build_index
 from rag.corpus import read_beir
 from rag.docstore import Docstore
 from rag.errors import ConfigError
-from rag.eval.qa import QA_SYSTEM_PROMPT, evaluate_qa
+from rag.eval.qa import QA_SYSTEM_PROMPT, evaluate_qa, write_predictions
 from rag.eval.retrieval import DEFAULT_MEASURES, evaluate_retrieval
 from rag.indexes import Retriever, load_index
 from rag.pipeline import Pipeline
@@ -54,6 +54,11 @@ def add_parser(commands: Any) -> None:
     qa.add_argument("squad", help="SQuAD v1.1 JSON file (its paragraphs are the corpus)")
     qa.add_argument("--index", help="a built index of the paragraphs (default: build one in a temp folder)")
     qa.add_argument("--limit", type=int, default=100, help="first N questions (default 100; 0 = all)")
+    qa.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="write one JSON line per question: prediction, gold answers, EM/F1, passages and cited ids",
+    )
     add_generation_options(qa, max_new_tokens=32)
     qa.set_defaults(handler=run_qa)
 
@@ -120,6 +125,8 @@ def _docstore(retriever: Retriever, beir: str, corpus: list[Document] | None) ->
 
 def run_qa(args: argparse.Namespace) -> int:
     params = generation_params(args)  # bad parameters fail before indexing or loading a model
+    if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
+        raise ConfigError(f"--predictions: the folder of {args.predictions} does not exist")
     with tempfile.TemporaryDirectory(prefix="rag-eval-qa-") as tmp:
         index = args.index
         if index is None:
@@ -133,4 +140,7 @@ def run_qa(args: argparse.Namespace) -> int:
     print(f"F1               {report.f1:.1f}")
     print(f"gold in top-{args.k}    {report.gold_in_passages:.1f}%")
     print(f"median seconds   {report.median_seconds:.2f}")
+    if args.predictions:
+        write_predictions(report.records, args.predictions)
+        print(f"predictions      {args.predictions}")
     return 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +36,20 @@ class QARecord:
     golds: list[str]
     em: float
     f1: float
-    gold_retrieved: bool  # the paragraph holding the answer was among the passages
+    gold_id: str  # the paragraph that holds the answer
+    passages: list[str]  # ids of the passages given to the generator, in rank order
+    cited: list[str]  # ids of the passages the answer cites
     seconds: float
+
+    @property
+    def gold_retrieved(self) -> bool:
+        """The paragraph holding the answer was among the passages."""
+        return self.gold_id in self.passages
+
+    @property
+    def gold_cited(self) -> bool:
+        """The answer cites the paragraph holding the answer."""
+        return self.gold_id in self.cited
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,20 @@ def evaluate_qa(
                 golds=q.answers,
                 em=exact_match(prediction, q.answers),
                 f1=f1_score(prediction, q.answers),
-                gold_retrieved=any(p.id == q.doc_id for p in answer.passages),
+                gold_id=q.doc_id,
+                passages=[p.id for p in answer.passages],
+                cited=list(answer.citations),
                 seconds=answer.timings.total_s,
             )
         )
     return QAReport(records)
+
+
+def write_predictions(records: Sequence[QARecord], path: str | Path) -> None:
+    """Write one JSON line per question: ``id``, ``question``, ``prediction`` (markers stripped), ``golds``,
+    ``em``, ``f1``, ``gold_id``, ``passages`` and ``cited`` (passage ids), ``seconds``, then whether the gold
+    paragraph was among the passages (``gold_retrieved``) and cited (``gold_cited``)."""
+    with Path(path).open("w", encoding="utf-8") as out:
+        for r in records:
+            row = {**dataclasses.asdict(r), "gold_retrieved": r.gold_retrieved, "gold_cited": r.gold_cited}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
