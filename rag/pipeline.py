@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag.docstore import Docstore
 from rag.errors import ConfigError, EmptyQueryError
+from rag.generation.answer_stream import AnswerStream
 from rag.generation.base import GenerationParams, Generator
 from rag.indexes import Retriever, load_index
 from rag.registry import build, make_config
@@ -93,14 +93,25 @@ class Pipeline:
         start = time.perf_counter()
         _, passages = self.retrieve(question)
         retrieve_s = time.perf_counter() - start
-        answer = self.generator.answer(question, passages, params)
-        timings = dataclasses.replace(answer.timings, retrieve_s=retrieve_s)
-        return dataclasses.replace(answer, timings=timings)
+        return _with_retrieval(self.generator.answer(question, passages, params), retrieve_s)
 
-    def stream(self, question: str, params: GenerationParams | None = None) -> Iterator[str]:
-        """Yield answer text as tokens are accepted."""
+    def stream(self, question: str, params: GenerationParams | None = None) -> AnswerStream:
+        """Answer text as tokens are accepted; after the last piece, ``.answer`` is what ``answer`` returns.
+
+        >>> stream = pipeline.stream("What does ragloom run on?")  # doctest: +SKIP
+        >>> for piece in stream:  # doctest: +SKIP
+        ...     print(piece, end="", flush=True)
+        >>> stream.answer.citations, stream.answer.timings.total_s  # doctest: +SKIP
+        """
+        start = time.perf_counter()
         _, passages = self.retrieve(question)
-        yield from self.generator.stream(question, passages, params)
+        retrieve_s = time.perf_counter() - start
+        pieces = self.generator.stream(question, passages, params)
+        return pieces.then(lambda answer: _with_retrieval(answer, retrieve_s))
+
+
+def _with_retrieval(answer: Answer, retrieve_s: float) -> Answer:
+    return dataclasses.replace(answer, timings=dataclasses.replace(answer.timings, retrieve_s=retrieve_s))
 
 
 def _docstore_of(retriever: Retriever) -> Docstore:

@@ -52,6 +52,19 @@ def test_ask_prints_answer_sources_and_timings(collection, capsys) -> None:
     assert "time to first token" in out and "tok/s" in out
 
 
+def test_ask_stream_prints_sources_and_timings_after_the_text(collection, capsys) -> None:
+    argv = ["ask", "How hot can lava get?", "--index", str(collection / "dense"),
+            "--generator", "smollm2-135m-instruct", "-k", "2", "--max-new-tokens", "16"]  # fmt: skip
+    assert main(argv) == 0
+    plain_text, plain_details = capsys.readouterr().out.split("\nSources:")
+    assert main([*argv, "--stream"]) == 0
+    text, details = capsys.readouterr().out.split("\nSources:")
+    assert text.strip() == plain_text.strip()  # greedy: the same answer, streamed
+    assert "volcanoes.md#0" in details and "Cited: " in details
+    assert details.split("Timings:")[0] == plain_details.split("Timings:")[0]  # same sources and citations
+    assert "time to first token" in details and "tok/s" in details
+
+
 def test_ask_with_cad_and_drafting(collection, capsys) -> None:
     argv = ["ask", "How hot can lava get?", "--index", str(collection / "dense"),
             "--generator", "smollm2-135m-instruct", "-k", "2", "--max-new-tokens", "16"]  # fmt: skip

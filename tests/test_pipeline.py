@@ -61,10 +61,20 @@ def test_answer_carries_passages_from_the_docstore_and_timings(pipeline) -> None
     assert t.total_s == pytest.approx(t.retrieve_s + t.prefill_s + t.decode_s)
 
 
-def test_stream_yields_the_same_text_as_answer(pipeline) -> None:
+def test_stream_yields_the_text_then_the_same_answer_as_answer(pipeline) -> None:
     params = GenerationParams(max_new_tokens=12)
-    streamed = "".join(pipeline.stream("How long is the Nile?", params))
-    assert streamed.strip() == pipeline.answer("How long is the Nile?", params).text
+    stream = pipeline.stream("How long is the Nile?", params)
+    with pytest.raises(RuntimeError, match="read the stream to the end"):
+        _ = stream.answer
+    streamed = "".join(stream)
+    answer = pipeline.answer("How long is the Nile?", params)
+    assert streamed.strip() == answer.text == stream.answer.text
+    assert stream.answer.citations == answer.citations
+    assert [p.id for p in stream.answer.passages] == [p.id for p in answer.passages]
+    t = stream.answer.timings
+    assert (t.new_tokens, t.decode_steps) == (answer.timings.new_tokens, answer.timings.decode_steps)
+    assert t.retrieve_s > 0 and t.prefill_s > 0 and 0 < t.new_tokens <= 12
+    assert t.total_s == pytest.approx(t.retrieve_s + t.prefill_s + t.decode_s)
 
 
 def test_empty_question_is_refused(pipeline) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any, TextIO
 
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
@@ -39,19 +38,26 @@ def run(args: argparse.Namespace) -> int:
     params = generation_params(args)  # bad parameters fail before any model loads
     pipeline = make_pipeline(args)
     if args.stream:
-        start = time.perf_counter()
-        for piece in pipeline.stream(args.question, params):
+        stream = pipeline.stream(args.question, params)
+        for piece in stream:
             print(piece, end="", flush=True)
-        print(f"\n\n({time.perf_counter() - start:.1f} s)")
+        print()
+        print_sources(stream.answer)
         return 0
     print_answer(pipeline.answer(args.question, params))
     return 0
 
 
 def print_answer(answer: Answer, out: TextIO | None = None) -> None:
+    """The answer's text, then its sources (cited ones marked ``*``), citations and timings."""
+    print(answer.text, file=out or sys.stdout)
+    print_sources(answer, out)
+
+
+def print_sources(answer: Answer, out: TextIO | None = None) -> None:
+    """What follows the answer's text, streamed or not: sources, citations and timings."""
     out = out or sys.stdout
     t = answer.timings
-    print(answer.text, file=out)
     print("\nSources:", file=out)
     for number, passage in enumerate(answer.passages, start=1):
         mark = "*" if passage.id in answer.citations else " "

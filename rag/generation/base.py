@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.errors import ConfigError
+from rag.generation.answer_stream import AnswerStream
 from rag.types import Answer, Document
 
 
@@ -92,5 +93,5 @@ class Generator(ABC):
     @abstractmethod
     def stream(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
-    ) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are accepted."""
+    ) -> AnswerStream:
+        """The answer's text piece by piece as tokens are accepted; then, as ``answer``, the whole Answer."""

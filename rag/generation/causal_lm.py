@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rag.errors import ConfigError, EmptyQueryError
+from rag.generation.answer_stream import AnswerPieces, AnswerStream
 from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
@@ -208,6 +209,40 @@ class CausalLMGenerator(Generator):
             if not ids:
                 first_token_at = time.perf_counter()
             ids.append(token)
+        return self._finish(question, passages, ids, start, first_token_at, stats)
+
+    def stream(
+        self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
+    ) -> AnswerStream:
+        """Text pieces whose concatenation is the answer's text (leading whitespace dropped), then the
+        stream's ``answer``: the same Answer as ``answer`` gives.
+
+        Each step decodes all generated ids and yields the new suffix, so that tokens which only make
+        sense together (multi-byte characters split across tokens) come out whole.
+        """
+        params = params or self.config.default_params()
+        start = time.perf_counter()
+        input_ids = self._encode_prompt(question, passages, params)  # raises before the first next()
+        parallel = self._split_prompt(question, passages, params)
+        context_free_ids = self._encode_context_free(question, params)
+        citations = self._citation_constraint(passages, params)
+        pieces = self._stream_text(
+            question, passages, start, input_ids, params, context_free_ids, parallel, citations
+        )
+        return AnswerStream(pieces)
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        question: str,
+        passages: Sequence[Document],
+        ids: list[int],
+        start: float,
+        first_token_at: float,
+        stats: DecodeStats,
+    ) -> Answer:
+        """The Answer of the generated ``ids``, with its citations and timings (``answer`` and ``stream``)."""
         end = time.perf_counter()
         text = self._detokenize(ids).strip()
         timings = Timings(
@@ -220,35 +255,25 @@ class CausalLMGenerator(Generator):
             text, citations=parse_citations(text, passages), passages=list(passages), timings=timings
         )
 
-    def stream(
-        self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
-    ) -> Iterator[str]:
-        """Yield text pieces whose concatenation is the answer's text (leading whitespace dropped).
-
-        Each step decodes all generated ids and yields the new suffix, so that tokens which only make
-        sense together (multi-byte characters split across tokens) come out whole.
-        """
-        params = params or self.config.default_params()
-        input_ids = self._encode_prompt(question, passages, params)  # raises before the first next()
-        parallel = self._split_prompt(question, passages, params)
-        context_free_ids = self._encode_context_free(question, params)
-        citations = self._citation_constraint(passages, params)
-        return self._stream_text(input_ids, params, context_free_ids, parallel, citations)
-
-    # -- internals ----------------------------------------------------------------------------------
-
     def _stream_text(
         self,
+        question: str,
+        passages: Sequence[Document],
+        start: float,  # time.perf_counter() when the request began
         input_ids: torch.Tensor,
         params: GenerationParams,
         context_free_ids: torch.Tensor | None = None,
         parallel: ParallelPrompt | None = None,
         citations: CitationConstraint | None = None,
-    ) -> Iterator[str]:
+    ) -> AnswerPieces:
         ids: list[int] = []
         emitted = 0  # characters of the (left-stripped) text already yielded
         text = ""
-        for token in self._decode(input_ids, params, context_free_ids, None, parallel, citations):
+        first_token_at = start
+        stats = DecodeStats()
+        for token in self._decode(input_ids, params, context_free_ids, stats, parallel, citations):
+            if not ids:
+                first_token_at = time.perf_counter()
             ids.append(token)
             text = self._detokenize(ids).lstrip()
             if text.endswith(_REPLACEMENT_CHAR):
@@ -258,6 +283,7 @@ class CausalLMGenerator(Generator):
                 emitted = len(text)
         if len(text) > emitted:
             yield text[emitted:]
+        return self._finish(question, passages, ids, start, first_token_at, stats)
 
     def _encode_prompt(
         self, question: str, passages: Sequence[Document], params: GenerationParams
