@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.requests import Request
 
+from rag.generation.attribution import attribute
 from rag.generation.base import GenerationParams
-from rag.generation.prompt import parse_citations
 from rag.serving.state import Collection, ServerState
 from rag.types import Document, Hit
 
@@ -52,7 +52,7 @@ class Generation:
 
     @property
     def citations(self) -> list[str]:
-        return parse_citations(self.text, self.passages)
+        return attribute(self.text, self.passages, self.question).citations
 
     @property
     def finish_reason(self) -> str:

@@ -13,6 +13,7 @@ from rag.generation import (
     build_messages,
     parse_citations,
 )
+from rag.generation.attribution import attribute
 from rag.generation.sampling import next_token, top_k_filter, top_p_filter
 from rag.types import Document
 
@@ -208,7 +209,7 @@ def test_answer_text_citations_and_timings(generator: CausalLMGenerator) -> None
     answer = generator.answer(QUESTIONS[0], DOCS)
     assert answer.text and answer.text == answer.text.strip()
     assert "Paris" in answer.text
-    assert answer.citations == parse_citations(answer.text, DOCS)
+    assert answer.citations == attribute(answer.text, DOCS, QUESTIONS[0]).citations == ["fr"]
     assert answer.passages == DOCS
     t = answer.timings
     assert 1 <= t.new_tokens <= 16

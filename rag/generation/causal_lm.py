@@ -20,6 +20,7 @@ import torch
 
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.answer_stream import AnswerPieces, AnswerStream
+from rag.generation.attribution import attribute
 from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
@@ -31,7 +32,7 @@ from rag.generation.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.generation.passage_pruning import question_reader, scoring_head
-from rag.generation.prompt import SYSTEM_PROMPT, build_messages, parse_citations
+from rag.generation.prompt import SYSTEM_PROMPT, build_messages
 from rag.generation.sampling import next_token
 from rag.generation.speculative import DraftProposer, speculative_decode
 from rag.registry import register
@@ -251,9 +252,8 @@ class CausalLMGenerator(Generator):
             new_tokens=len(ids),
             decode_steps=stats.decode_steps,
         )
-        return Answer(
-            text, citations=parse_citations(text, passages), passages=list(passages), timings=timings
-        )
+        cited = attribute(text, passages, question).citations  # by span overlap, not by the [n] markers
+        return Answer(text, citations=cited, passages=list(passages), timings=timings)
 
     def _stream_text(
         self,
