@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.eval.qa import strip_citations
+from rag.eval.qa import QARecord, QAReport, strip_citations
 from rag.eval.retrieval import score_run, write_trec_run
 from rag.eval.squad_metrics import exact_match, f1_score, normalize_answer
 from rag.types import Hit
@@ -54,3 +54,20 @@ def test_exact_match_and_f1() -> None:
 def test_strip_citations() -> None:
     assert strip_citations("Paris [1].") == "Paris."
     assert strip_citations("1200 degrees [2, 3]") == "1200 degrees"
+
+
+def _record(em: float, cited: list[str]) -> QARecord:
+    return QARecord("q", "Who?", "x", ["x"], em, em, "gold", ["other", "gold"], cited, 1.0)
+
+
+def test_gold_cited_when_right_counts_the_first_citation_of_exact_answers() -> None:
+    report = QAReport(
+        [
+            _record(1.0, ["gold", "other"]),
+            _record(1.0, ["other", "gold"]),  # the gold cited second does not count
+            _record(1.0, []),
+            _record(0.0, ["gold"]),  # a wrong answer does not count either way
+        ]
+    )
+    assert report.gold_cited_when_right == pytest.approx(100 / 3)
+    assert QAReport([_record(0.0, ["gold"])]).gold_cited_when_right is None

@@ -139,6 +139,8 @@ def run_qa(args: argparse.Namespace) -> int:
     print(f"exact match      {report.em:.1f}")
     print(f"F1               {report.f1:.1f}")
     print(f"gold in top-{args.k}    {report.gold_in_passages:.1f}%")
+    if report.gold_cited_when_right is not None:
+        print(f"gold cited first {report.gold_cited_when_right:.1f}% of the exactly right answers")
     print(f"median seconds   {report.median_seconds:.2f}")
     if args.predictions:
         write_predictions(report.records, args.predictions)

@@ -69,6 +69,12 @@ class QAReport:
         return 100 * statistics.fmean(r.gold_retrieved for r in self.records)
 
     @property
+    def gold_cited_when_right(self) -> float | None:
+        """% of the exactly right answers whose first citation is the gold paragraph (None: none right)."""
+        right = [r for r in self.records if r.em == 1]
+        return 100 * statistics.fmean(r.cited[:1] == [r.gold_id] for r in right) if right else None
+
+    @property
     def median_seconds(self) -> float:
         return statistics.median(r.seconds for r in self.records)
 
