@@ -36,9 +36,20 @@ class Retriever(ABC):
     def load(cls, directory: str | Path) -> Retriever:
         """Open an index written by :meth:`save`."""
 
+    def reload(self, directory: str | Path) -> Retriever:
+        """The index saved in ``directory`` now (another process may have replaced it); a kind may reuse its
+        loaded models."""
+        from rag.indexes import load_index
+
+        return load_index(directory)
+
     @abstractmethod
     def __len__(self) -> int:
         """Number of searchable documents."""
+
+    @abstractmethod
+    def doc_ids(self) -> set[str]:
+        """The ids of the searchable documents."""
 
 
 def check_queries(queries: Sequence[str], k: int) -> None:

@@ -78,6 +78,9 @@ class DenseRetriever(Retriever):
     def __len__(self) -> int:
         return len(self._labels)
 
+    def doc_ids(self) -> set[str]:
+        return set(self._labels)
+
     # -- encoding ------------------------------------------------------------------------------------------
 
     def encode_documents(self, docs: Sequence[Document]) -> np.ndarray:
@@ -196,9 +199,21 @@ class DenseRetriever(Retriever):
                 extra={"dim": self.dim, "factory": self.config.factory},
             ).write(work)
 
+    def reload(self, directory: str | Path) -> Retriever:
+        """The saved index, reusing this retriever's loaded encoder when the saved config is this one's."""
+        manifest = Manifest.read(directory)
+        if manifest.kind == self.kind and make_config(DenseConfig, manifest.config) == self.config:
+            return type(self).load(directory, model=self.encoder)
+        return super().reload(directory)
+
     @classmethod
-    def load(cls, directory: str | Path, *, encoder: str | None = None) -> DenseRetriever:
-        """Open a saved index; refuses one whose encoder differs from the installed (or given) encoder."""
+    def load(
+        cls, directory: str | Path, *, encoder: str | None = None, model: SentenceTransformer | None = None
+    ) -> DenseRetriever:
+        """Open a saved index; refuses one whose encoder differs from the installed (or given) encoder.
+
+        ``model``: an already loaded encoder of the configured name, used instead of loading it again.
+        """
         directory = Path(directory)
         manifest = Manifest.read(directory)
         if manifest.kind != cls.kind:
@@ -211,7 +226,7 @@ class DenseRetriever(Retriever):
                 f"{manifest.encoder_sha256[:12]}…), but {config.encoder!r} has sha256 {checksum[:12]}…; "
                 "query with the encoder the index was built with, or rebuild the index"
             )
-        retriever = cls(config)
+        retriever = cls(config, encoder=model)
         try:
             retriever.index = faiss.read_index(str(directory / _FAISS_FILE))
         except RuntimeError as error:

@@ -135,6 +135,9 @@ class HybridRetriever(Retriever):
     def __len__(self) -> int:
         return len(self.parts[0])
 
+    def doc_ids(self) -> set[str]:
+        return self.parts[0].doc_ids()
+
     def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
         check_queries(queries, k)
         fetch = max(k, self.config.fetch_k)

@@ -40,6 +40,9 @@ class LuceneRetriever(Retriever):
     def __len__(self) -> int:
         return len(self._ids)
 
+    def doc_ids(self) -> set[str]:
+        return set(self._ids)
+
     # -- what a subclass provides ----------------------------------------------------------------------------
 
     def to_records(self, docs: Sequence[Document]) -> list[dict[str, str]]:

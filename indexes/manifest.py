@@ -1,7 +1,9 @@
 """The on-disk index format: one directory per index with a ``manifest.json`` beside its payload files.
 
 Indexes are written atomically: the payload goes to a temporary sibling directory, which then replaces the
-old one, so a crash mid-build leaves the previous index intact.
+old one, so a crash mid-build leaves the previous index intact. The manifest records the sha256 of every
+payload file (``rag.indexes.checksums``); reading a manifest verifies them once per process, unless
+``RAG_VERIFY_INDEX=0``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rag.errors import IndexFormatError
+from rag.indexes.checksums import payload_checksums, verification_enabled, verify_payload
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+_VERIFIED: dict[str, tuple[int, int, int, int]] = {}  # index directory -> manifest file verified
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,17 @@ class Manifest:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    payload_sha256: dict[str, str] = field(default_factory=dict)  # filled by write(); empty: not verified
 
     def write(self, directory: Path) -> None:
-        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        """Write the manifest last, with the checksums of the payload files already in ``directory``."""
+        manifest = replace(self, payload_sha256=payload_checksums(directory))
+        (directory / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def read(cls, directory: str | Path) -> Manifest:
+    def read(cls, directory: str | Path, *, verify: bool | None = None) -> Manifest:
+        """Read and check the manifest; verify the payload checksums (``verify=None``: unless
+        ``RAG_VERIFY_INDEX=0``, and once per process and manifest version)."""
         directory = Path(directory)
         path = directory / MANIFEST
         if not directory.is_dir():
@@ -57,6 +66,11 @@ class Manifest:
                 f"{path}: index format version {manifest.format_version}, this ragloom reads version "
                 f"{FORMAT_VERSION}; rebuild the index with `rag index build`"
             )
+        if verify or (verify is None and verification_enabled()):
+            key = _file_key(path)
+            if verify or _VERIFIED.get(str(directory.resolve())) != key:
+                verify_payload(directory, manifest.payload_sha256)
+                _VERIFIED[str(directory.resolve())] = key
         return manifest
 
     def docstore_path(self, directory: str | Path) -> Path | None:
@@ -81,6 +95,11 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _file_key(path: Path) -> tuple[int, int, int, int]:
+    s = path.stat()
+    return (s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size)
 
 
 def relative_docstore(index_dir: Path, docstore: Path | None) -> str:

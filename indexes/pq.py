@@ -110,6 +110,9 @@ class PQRetriever(Retriever):
     def __len__(self) -> int:
         return len(self.dense)
 
+    def doc_ids(self) -> set[str]:
+        return self.dense.doc_ids()
+
     def add(self, docs: Iterable[Document]) -> int:
         docs = list(docs)
         if not self.dense.index.is_trained and len(docs) < self.min_training_docs():

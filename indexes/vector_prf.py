@@ -57,6 +57,9 @@ class VectorPRFRetriever(Retriever):
     def __len__(self) -> int:
         return len(self.base)
 
+    def doc_ids(self) -> set[str]:
+        return self.base.doc_ids()
+
     def _dense(self) -> Any:
         return getattr(self.base, "dense", self.base)  # PQ retrievers wrap a DenseRetriever
 

@@ -6,8 +6,11 @@ A collection is a folder::
         docstore.sqlite        text and metadata of every document
         dense/                 an index: manifest.json + payload, pointing at ../docstore.sqlite
 
-Building reads and validates the whole corpus first, then encodes, then stores the documents in one
-transaction and writes the index atomically, so a bad record or a crash leaves no half-built index.
+Building reads and validates the whole corpus and encodes it without any lock; then, holding the collection's
+writer lock, it stages the index and commits the documents and the index as one step
+(``rag.collection_commit``), so a bad record or a crash at any point leaves the previous index and docstore.
+The documents' texts replace those of the same ids in the docstore (upsert). If another process changed the
+index while this build encoded, the build is refused (``CollectionBusyError``) and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rag.collection_commit import IndexKey, commit, index_key, recover, stage
+from rag.collection_lock import writer_lock
 from rag.corpus import read_corpus
 from rag.docstore import Docstore
-from rag.errors import CorpusError
+from rag.errors import CollectionBusyError, CorpusError
 from rag.indexes.base import Retriever
 from rag.registry import build
-from rag.types import Document
 
 DOCSTORE_FILE = "docstore.sqlite"
 
@@ -42,17 +46,31 @@ def build_index(
     if not docs:
         raise CorpusError(f"corpus {corpus} has no documents")
     collection = Path(collection)
-    retriever: Retriever = build("retriever", kind, dict(config or {}))
-    retriever.add(docs)
+    index_dir = collection / name
     store_path = collection / DOCSTORE_FILE
-    collection.mkdir(parents=True, exist_ok=True)
-    with Docstore.create(store_path, exist_ok=True) as store:
-        store.add(_missing_from(store, docs))
+    retriever: Retriever = build("retriever", kind, dict(config or {}))
+    seen = _index_state(collection, index_dir)
+    retriever.add(docs)
     retriever.docstore_path = store_path  # type: ignore[attr-defined]
-    retriever.save(collection / name)
+    collection.mkdir(parents=True, exist_ok=True)
+    with writer_lock(collection), Docstore.create(store_path, exist_ok=True) as store:
+        recover(collection, store)
+        if index_key(index_dir) != seen:
+            raise CollectionBusyError(
+                f"{index_dir} was changed by another process while this build ran; nothing was written "
+                "(run the build again)"
+            )
+        commit(store, index_dir, stage(retriever, index_dir), lambda: store.upsert(docs))
     return retriever
 
 
-def _missing_from(store: Docstore, docs: list[Document]) -> list[Document]:
-    """Documents the shared docstore lacks (another index of the collection may have added some)."""
-    return [d for d in docs if d.id not in store]
+def _index_state(collection: Path, index_dir: Path) -> IndexKey:
+    """The index as this build starts (after finishing any interrupted commit); None if it does not exist."""
+    if not collection.is_dir():
+        return None
+    with writer_lock(collection):
+        store_path = collection / DOCSTORE_FILE
+        if store_path.is_file():
+            with Docstore(store_path) as store:
+                recover(collection, store)
+        return index_key(index_dir)

@@ -1,4 +1,4 @@
-"""Add or delete documents of a live index and its docstore, all or nothing, and save the index atomically.
+"""Add or delete documents of a live index and its docstore as one commit, under the collection's writer lock.
 
     >>> from rag.indexes import load_index                              # doctest: +SKIP
     >>> retriever = load_index("my-collection/dense")                   # doctest: +SKIP
@@ -7,14 +7,14 @@
     >>> add_documents(retriever, store, "my-collection/dense", docs)    # doctest: +SKIP
     1
 
-The order keeps search consistent at every step, and each failure undoes what was done before it:
+Each update changes the index in memory, stages the saved index beside the old one, then commits the docstore
+change and swaps the index in as one step (``rag.collection_commit``): after a crash at any point, the next
+open sees either the old index and docstore or the new ones. A failure before the commit undoes the change in
+memory. Adding an id the docstore already holds is refused (``CorpusError``); to replace a text, delete it
+first, or rebuild the index (a build replaces the texts of the ids in its corpus).
 
-- add: index in memory -> docstore (one transaction) -> index saved (atomic rename). A crash between the
-  docstore commit and the save leaves documents in the docstore that no index returns, never the reverse.
-- delete: index in memory -> index saved -> docstore. A crash before the docstore delete leaves a document
-  no index returns.
-
-The caller serialises updates and searches of one index (the server holds a per-collection lock).
+``retriever`` must hold what is on disk (``rag.shared_index.SharedIndex`` reloads it when another process
+has committed a change); the writer lock serialises writers of every process.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from rag.collection_commit import commit, recover, stage
+from rag.collection_lock import writer_lock
 from rag.docstore import Docstore
 from rag.errors import CorpusError
 from rag.indexes.base import Retriever
@@ -41,20 +43,20 @@ def add_documents(
         raise CorpusError(
             f"document id(s) {repeated} appear more than once in the request; nothing was added"
         )
-    taken = [i for i in ids if i in docstore]
-    if taken:
-        raise CorpusError(f"document id(s) {taken[:5]} already exist; delete them first; nothing was added")
-    retriever.add(docs)  # raises before changing anything on a known id or an encoder failure
-    try:
-        docstore.add(docs)  # one transaction
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir.parent):
+        recover(index_dir.parent, docstore)
+        taken = [i for i in ids if i in docstore]
+        if taken:
+            raise CorpusError(
+                f"document id(s) {taken[:5]} already exist; delete them first; nothing was added"
+            )
+        retriever.add(docs)  # raises before changing anything on a known id or an encoder failure
         try:
-            retriever.save(index_dir)  # atomic: the previous index stays on failure
+            commit(docstore, index_dir, stage(retriever, index_dir), lambda: docstore.add(docs))
         except BaseException:
-            docstore.delete(ids)
+            retriever.delete(ids)
             raise
-    except BaseException:
-        retriever.delete(ids)
-        raise
     return len(docs)
 
 
@@ -62,16 +64,21 @@ def delete_documents(
     retriever: Retriever, docstore: Docstore, index_dir: str | Path, ids: Sequence[str]
 ) -> int:
     """Delete ``ids`` from the index and the docstore; returns how many documents the docstore held."""
-    present = [i for i in dict.fromkeys(ids) if i in docstore]
-    if not present:
-        return 0
-    docs = docstore.get(present)
-    removed = retriever.delete(present)
-    try:
-        retriever.save(index_dir)
-    except BaseException:
-        if removed:
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir.parent):
+        recover(index_dir.parent, docstore)
+        present = [i for i in dict.fromkeys(ids) if i in docstore]
+        if not present:
+            return 0
+        indexed = retriever.doc_ids().intersection(present)
+        if not indexed:  # only the docstore holds them (another index of the collection may index them)
+            docstore.delete(present)
+            return len(present)
+        docs = docstore.get(sorted(indexed))
+        retriever.delete(indexed)
+        try:
+            commit(docstore, index_dir, stage(retriever, index_dir), lambda: docstore.delete(present))
+        except BaseException:
             retriever.add(docs)  # re-encode from the docstore, which still holds them
-        raise
-    docstore.delete(present)
+            raise
     return len(present)

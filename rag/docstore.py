@@ -25,12 +25,12 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
 
-from rag.errors import CorpusError, IndexFormatError
+from rag.errors import CollectionBusyError, CorpusError, IndexFormatError
 from rag.types import Document
 
 FORMAT = "ragloom-docstore"
@@ -102,7 +102,7 @@ class Docstore:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         docs = iter(docs)
         added: dict[str, int] = {}  # id -> position in docs, to name both positions of a duplicate
-        with self._lock, self._transaction():
+        with self._using(), self._transaction():
             while batch := list(islice(docs, batch_size)):
                 rows = []
                 for doc in batch:
@@ -123,21 +123,85 @@ class Docstore:
                 )
         return len(added)
 
+    def upsert(self, docs: Iterable[Document]) -> int:
+        """Add ``docs``, replacing the title, text and metadata of ids already stored; one transaction.
+
+        An id repeated in ``docs`` is refused (``CorpusError``) and nothing is written.
+        """
+        rows: dict[str, tuple[str, str, str, str]] = {}
+        for doc in docs:
+            if doc.id in rows:
+                raise CorpusError(f"duplicate document id {doc.id!r} in the documents; nothing was written")
+            rows[doc.id] = (doc.id, doc.title, doc.text, _dump_metadata(doc))
+        with self._using(), self._transaction():
+            self._conn.executemany(
+                "INSERT INTO documents (id, title, text, metadata) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET title = excluded.title, text = excluded.text, "
+                "metadata = excluded.metadata",
+                list(rows.values()),
+            )
+        return len(rows)
+
     def delete(self, ids: Iterable[str]) -> int:
         """Delete the documents with these ids in one transaction; return how many were actually removed."""
         unique = list(dict.fromkeys(ids))
-        with self._lock, self._transaction():
+        with self._using(), self._transaction():
             cursor = self._conn.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in unique])
             return max(cursor.rowcount, 0)
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One transaction around several calls (``add``, ``upsert``, ``delete``, ``set_pending``...)."""
+        with self._using(), self._transaction():
+            yield
+
+    # --- the pending-commit marker (see rag.collection_commit) ---------------------------------------------
+
+    def set_pending(self, index: str, work: str) -> None:
+        """Record, in the current transaction, that index folder ``index`` is to be replaced by ``work``."""
+        with self._using(), self._transaction():
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS pending (index_name TEXT PRIMARY KEY, work TEXT NOT NULL)"
+            )
+            self._conn.execute("INSERT OR REPLACE INTO pending VALUES (?, ?)", (index, work))
+
+    def clear_pending(self, index: str) -> None:
+        with self._using(), self._transaction():
+            if self._has_pending_table():
+                self._conn.execute("DELETE FROM pending WHERE index_name = ?", (index,))
+
+    def pending(self) -> dict[str, str]:
+        """Index folder name -> staged folder name, for commits whose index swap may not have happened."""
+        with self._using():
+            if not self._has_pending_table():
+                return {}
+            return dict(self._conn.execute("SELECT index_name, work FROM pending").fetchall())
+
+    def _has_pending_table(self) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending'"
+        return self._conn.execute(query).fetchone() is not None
 
     # --- reading -------------------------------------------------------------------------------------------
 
     def get(self, ids: Sequence[str]) -> list[Document]:
         """The documents with these ids, in the same order; raise ``KeyError`` naming any missing id."""
+        found = self._fetch(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            shown = ", ".join(map(repr, missing[:5])) + (" …" if len(missing) > 5 else "")
+            raise KeyError(f"{len(missing)} document id(s) not in the docstore {self.path}: {shown}")
+        return [found[i] for i in ids]
+
+    def get_present(self, ids: Sequence[str]) -> list[Document]:
+        """The documents with these ids that are stored, in the order of ``ids``; missing ids are skipped."""
+        found = self._fetch(ids)
+        return [found[i] for i in ids if i in found]
+
+    def _fetch(self, ids: Sequence[str]) -> dict[str, Document]:
         if isinstance(ids, str):
             raise TypeError("Docstore.get takes a sequence of ids; use store[doc_id] for one")
         found: dict[str, Document] = {}
-        with self._lock:
+        with self._using():
             for start in range(0, len(ids), _PAGE):
                 page = list(dict.fromkeys(ids[start : start + _PAGE]))
                 rows = self._conn.execute(
@@ -146,11 +210,16 @@ class Docstore:
                     page,
                 )
                 found.update((row[0], _document(row)) for row in rows)
-        missing = [i for i in dict.fromkeys(ids) if i not in found]
-        if missing:
-            shown = ", ".join(map(repr, missing[:5])) + (" …" if len(missing) > 5 else "")
-            raise KeyError(f"{len(missing)} document id(s) not in the docstore {self.path}: {shown}")
-        return [found[i] for i in ids]
+        return found
+
+    def quick_check(self) -> str:
+        """SQLite's ``PRAGMA quick_check``: ``"ok"``, or what is damaged (reads every page of the file)."""
+        try:
+            with self._lock:
+                rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as error:
+            return str(error)
+        return "; ".join(str(r[0]) for r in rows[:5])
 
     def __getitem__(self, doc_id: str) -> Document:
         return self.get([doc_id])[0]
@@ -158,12 +227,12 @@ class Docstore:
     def __contains__(self, doc_id: object) -> bool:
         if not isinstance(doc_id, str):
             return False
-        with self._lock:
+        with self._using():
             row = self._conn.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone()
         return row is not None
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._using():
             return self._conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
 
     def ids(self) -> Iterator[str]:
@@ -211,13 +280,43 @@ class Docstore:
             )
 
     @contextmanager
+    def _using(self) -> Iterator[None]:
+        """Hold the connection; SQLite's errors become ragloom's (a damaged file: ``IndexFormatError``)."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.ProgrammingError:  # a closed connection, a bad statement: a bug, not damage
+                raise
+            except sqlite3.IntegrityError as error:
+                raise CorpusError(f"docstore {self.path}: {error}") from None
+            except sqlite3.OperationalError as error:
+                if "locked" in str(error) or "busy" in str(error):
+                    raise CollectionBusyError(
+                        f"docstore {self.path} is locked by another process ({error})"
+                    ) from None
+                raise IndexFormatError(
+                    f"cannot read the docstore {self.path} ({error}); run `rag index check`"
+                ) from None
+            except sqlite3.DatabaseError as error:
+                raise IndexFormatError(
+                    f"the docstore {self.path} is damaged ({error}); restore it from a backup or rebuild "
+                    "the collection (`rag index check` tells more)"
+                ) from None
+
+    @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception; joins one already open."""
+        if self._conn.in_transaction:
+            yield
+            return
         self._conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not at the first write
         try:
             yield
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            with suppress(
+                sqlite3.Error
+            ):  # a damaged file may refuse the rollback too; the original error wins
+                self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
 
@@ -234,7 +333,7 @@ class Docstore:
         """Rows in insertion order, a page at a time, so no read stays open between pages."""
         last = 0
         while True:
-            with self._lock:
+            with self._using():
                 rows = self._conn.execute(
                     f"SELECT seq, {columns} FROM documents WHERE seq > ? ORDER BY seq LIMIT ?", (last, _PAGE)
                 ).fetchall()

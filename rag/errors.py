@@ -31,3 +31,9 @@ class ModelError(RagError):
     """A model that is unknown, not installed, or fails its checksum."""
 
     exit_code = 5
+
+
+class CollectionBusyError(RagError):
+    """Another process kept the collection's writer lock too long, or changed the index under a build."""
+
+    exit_code = 4

@@ -8,17 +8,13 @@ rerankers share unless ``reranker_model`` names another), the model gate, metric
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.collection_updates import add_documents, delete_documents
-from rag.docstore import Docstore
 from rag.errors import ConfigError
 from rag.generation.base import Generator
-from rag.indexes import Retriever, load_index
 from rag.pipeline import Pipeline
 from rag.registry import lookup, make_config
 from rag.rerankers.base import Reranker
@@ -26,25 +22,26 @@ from rag.rerankers.lm import MemoryDocs
 from rag.serving.gate import ModelGate
 from rag.serving.metrics import Metrics
 from rag.serving.settings import ServeSettings
+from rag.shared_index import SharedIndex
 from rag.types import Document, Hit
 
 
 class Collection:
-    """One served index with its docstore and pipeline; a lock serialises its searches and updates."""
+    """One served index with its docstore and pipeline, shared safely with other processes (``SharedIndex``).
+
+    Searches and updates of one collection run one at a time in this process; the writer lock of the
+    collection folder serialises updates across processes, and searches follow other processes' commits.
+    """
 
     def __init__(self, name: str, index_dir: str | Path, generator: Generator | None, k: int) -> None:
         self.name = name
         self.index_dir = Path(index_dir)
-        self.retriever: Retriever = load_index(self.index_dir)
-        path = getattr(self.retriever, "docstore_path", None)
-        if path is None:
-            raise ConfigError(f"collection {name!r}: the index {self.index_dir} records no docstore")
-        self.docstore = Docstore(path)
+        self.retriever = SharedIndex(self.index_dir)
+        self.docstore = self.retriever.docstore
         # the pipeline serves the Python API (LangChain); routes pass a per-request k to search()
         self.pipeline = (
             Pipeline(self.retriever, generator, docstore=self.docstore, k=k) if generator else None
         )
-        self.lock = threading.RLock()
 
     @property
     def kind(self) -> str:
@@ -55,26 +52,22 @@ class Collection:
 
     def search(self, query: str, k: int) -> tuple[list[Hit], list[Document]]:
         """Top-``k`` hits for ``query`` and their documents (blocking: run it in a worker thread)."""
-        with self.lock:
-            hits = self.retriever.search([query], k=k)[0]
-            return hits, self.docstore.get([h.doc_id for h in hits])
+        return self.retriever.search_documents([query], k)[0]
 
     def documents(self, ids: Sequence[str]) -> tuple[list[Document], list[str]]:
         """The documents with these ids, and the ids the collection does not hold (then no documents)."""
-        with self.lock:
-            missing = [i for i in ids if i not in self.docstore]
-            return ([] if missing else self.docstore.get(ids)), missing
+        found = self.docstore.get_present(ids)
+        missing = [i for i in ids if i not in {d.id for d in found}]
+        return ([] if missing else found), missing
 
     def add(self, docs: list[Document]) -> int:
-        with self.lock:
-            return add_documents(self.retriever, self.docstore, self.index_dir, docs)
+        return self.retriever.add(docs)
 
     def delete(self, doc_id: str) -> int:
-        with self.lock:
-            return delete_documents(self.retriever, self.docstore, self.index_dir, [doc_id])
+        return self.retriever.delete([doc_id])
 
     def close(self) -> None:
-        self.docstore.close()
+        self.retriever.close()
 
 
 @dataclass
@@ -144,6 +137,6 @@ def _reranker_lm(settings: ServeSettings, generator: Generator | None) -> tuple[
     model, tokenizer = getattr(generator, "model", None), getattr(generator, "tokenizer", None)
     if name == settings.generator and model is not None and tokenizer is not None:
         return model, tokenizer
-    from rag.models import load_causal_lm
+    from rag.lm import load_causal_lm
 
     return load_causal_lm(name, device=settings.device)

@@ -103,8 +103,11 @@ def test_index_built_with_another_encoder_is_refused(saved) -> None:
         load_index(saved)
 
 
-def test_corrupt_payload_is_refused(saved) -> None:
+def test_corrupt_payload_is_refused(saved, monkeypatch: pytest.MonkeyPatch) -> None:
     (saved / "vectors.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexFormatError, match=r"vectors.faiss does not match the checksum"):
+        load_index(saved)
+    monkeypatch.setenv("RAG_VERIFY_INDEX", "0")  # checksums skipped: faiss itself still refuses garbage
     with pytest.raises(IndexFormatError, match="corrupt faiss file"):
         load_index(saved)
 

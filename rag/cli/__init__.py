@@ -5,7 +5,7 @@ Exit codes:
     1  unexpected internal error (a bug: the traceback is printed)
     2  bad usage or configuration (unknown option, unknown component, empty query)
     3  bad corpus input (missing file, malformed record, duplicate id)
-    4  missing, corrupt or mismatched index
+    4  missing, corrupt or mismatched index; a collection another process kept locked or changed
     5  model unknown, not installed, or failing its checksum
     130 interrupted
 """

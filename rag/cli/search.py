@@ -7,9 +7,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from rag.docstore import Docstore
-from rag.indexes import load_index
+from rag.indexes import Manifest, load_index
 from rag.indexes.base import check_queries
+from rag.shared_index import SharedIndex
 
 
 def add_parser(commands: Any) -> None:
@@ -23,12 +23,16 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_queries(args.queries, args.k)  # before loading anything
-    retriever = load_index(args.index)
-    results = retriever.search(args.queries, k=args.k)
-    store_path = getattr(retriever, "docstore_path", None)
-    store = Docstore(store_path) if store_path else None
-    for query, hits in zip(args.queries, results, strict=True):
-        docs = store.get([h.doc_id for h in hits]) if store else [None] * len(hits)
+    if Manifest.read(args.index).docstore:
+        index = SharedIndex(args.index)  # finishes a commit a crashed writer left; reads one consistent state
+        try:
+            results = index.search_documents(args.queries, k=args.k)
+        finally:
+            index.close()
+    else:  # an index saved on its own: ids and scores only
+        hits_per_query = load_index(args.index).search(args.queries, k=args.k)
+        results = [(hits, [None] * len(hits)) for hits in hits_per_query]
+    for query, (hits, docs) in zip(args.queries, results, strict=True):
         if args.json:
             for hit, doc in zip(hits, docs, strict=True):
                 print(json.dumps({"query": query, **asdict(hit), "title": doc.title if doc else ""}))
