@@ -38,8 +38,8 @@ class CheckReport:
 def check_index(index_dir: str | Path) -> CheckReport:
     index_dir = Path(index_dir)
     report = CheckReport()
-    report.facts += recover_index(index_dir)
     try:
+        report.facts += recover_index(index_dir)
         manifest = Manifest.read(index_dir, verify=True)
         for part in index_dir.rglob(MANIFEST):  # the parts of a hybrid or PQ index
             Manifest.read(part.parent, verify=True)

@@ -62,6 +62,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return Health(
             status="ok",
             collections=len(state.collections),
+            unavailable=sorted(state.unavailable),
             generator=settings.generator,
             in_flight=state.gate.in_flight,
         )
@@ -96,7 +97,9 @@ def _add_error_handlers(app: FastAPI, settings: ServeSettings, metrics: Metrics)
 
     @app.exception_handler(RagError)
     async def rag_error(request: Request, error: RagError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=error_status(error))
+        status = error_status(error)
+        headers = {"Retry-After": str(settings.retry_after_s)} if status == 503 else None
+        return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception) -> JSONResponse:

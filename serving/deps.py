@@ -57,6 +57,9 @@ WriteAuth = Depends(require_write)
 
 
 def find_collection(state: ServerState, name: str) -> Collection:
+    if name in state.unavailable:
+        why = state.unavailable[name]
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"collection {name!r} is unavailable: {why}")
     try:
         return state.collections[name]
     except KeyError:

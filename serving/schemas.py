@@ -132,6 +132,7 @@ class CollectionsResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     collections: int
+    unavailable: list[str] = Field(default_factory=list, description="collections that answer 503 (damaged)")
     generator: str | None
     in_flight: int
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rag.errors import CorpusError, RagError
+from rag.errors import CollectionBusyError, CorpusError, IndexFormatError, RagError
 from rag.serving.gate import QueueFullError
 from rag.serving.generation import GenerationTimeout
 
@@ -20,8 +20,8 @@ def sse(data: Any, event: str | None = None) -> str:
 
 def error_status(error: BaseException) -> int:
     """The HTTP status a failure maps to (also reported inside a stream that has already started)."""
-    if isinstance(error, QueueFullError):
-        return 503
+    if isinstance(error, QueueFullError | IndexFormatError | CollectionBusyError):
+        return 503  # a full queue; a damaged collection; one another process keeps locked
     if isinstance(error, GenerationTimeout):
         return 504
     if isinstance(error, CorpusError):
@@ -34,6 +34,6 @@ def error_status(error: BaseException) -> int:
 def error_detail(error: BaseException) -> str:
     return (
         str(error)
-        if error_status(error) < 500 or isinstance(error, QueueFullError | GenerationTimeout)
+        if error_status(error) < 500 or isinstance(error, QueueFullError | GenerationTimeout | RagError)
         else ("internal error while generating; the server logged it")
     )

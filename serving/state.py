@@ -8,12 +8,13 @@ rerankers share unless ``reranker_model`` names another), the model gate, metric
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.errors import ConfigError
+from rag.errors import ConfigError, IndexFormatError
 from rag.generation.base import Generator
 from rag.pipeline import Pipeline
 from rag.registry import lookup, make_config
@@ -24,6 +25,8 @@ from rag.serving.metrics import Metrics
 from rag.serving.settings import ServeSettings
 from rag.shared_index import SharedIndex
 from rag.types import Document, Hit
+
+log = logging.getLogger(__name__)
 
 
 class Collection:
@@ -78,6 +81,7 @@ class ServerState:
     gate: ModelGate
     metrics: Metrics = field(default_factory=Metrics)
     reranker_lm: tuple[Any, Any] | None = None  # (model, tokenizer) of the rerankers; None: cannot rerank
+    unavailable: dict[str, str] = field(default_factory=dict)  # collection -> why it cannot be served (503)
 
     @classmethod
     def load(cls, settings: ServeSettings, metrics: Metrics | None = None) -> ServerState:
@@ -91,15 +95,20 @@ class ServerState:
             generator = build("generator", "causal-lm", config)
         reranker_lm = _reranker_lm(settings, generator)
         collections: dict[str, Collection] = {}
+        unavailable: dict[str, str] = {}
         try:
             for name, index_dir in settings.collections.items():
-                collections[name] = Collection(name, index_dir, generator, settings.default_k)
+                try:
+                    collections[name] = Collection(name, index_dir, generator, settings.default_k)
+                except IndexFormatError as error:  # damaged or missing: served as an error, the rest served
+                    log.error("collection %r is unavailable: %s", name, error)
+                    unavailable[name] = str(error)
         except BaseException:
             for collection in collections.values():
                 collection.close()
             raise
         gate = ModelGate(settings.model_concurrency, settings.queue_size)
-        return cls(settings, collections, generator, gate, metrics or Metrics(), reranker_lm)
+        return cls(settings, collections, generator, gate, metrics or Metrics(), reranker_lm, unavailable)
 
     @property
     def reranker_model(self) -> str | None:
