@@ -5,7 +5,7 @@ generation: the passages are labelled ``[A]``, ``[B]``, ... and ordered by the n
 identifiers at the start of the reply (Reddy et al., 2024, "FIRST: Faster Improved Listwise Reranking with
 Single Token Decoding").
 
->>> reranker = FirstReranker(ListwiseConfig(model="qwen2.5-0.5b-instruct"))  # doctest: +SKIP
+>>> reranker = FirstReranker(ListwiseConfig(model="qwen2.5-coder-0.5b-instruct"))  # doctest: +SKIP
 >>> reranker.permute("what do cats say?", docs)  # doctest: +SKIP
 [2, 0, 1]
 

@@ -14,7 +14,7 @@ the query rows). The model's own attention setting is restored after each pass, 
 loaded with any of them. Lists larger than
 ``docs_per_prompt`` are split into prompts scored independently (two passes each).
 
->>> reranker = InContextReranker(ICRConfig(model="qwen2.5-0.5b-instruct"))  # doctest: +SKIP
+>>> reranker = InContextReranker(ICRConfig(model="qwen2.5-coder-0.5b-instruct"))  # doctest: +SKIP
 >>> reranker.score("what do cats say?", docs)  # doctest: +SKIP
 [0.41, -0.02, 0.13]
 """
@@ -29,7 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from rag.errors import ConfigError
-from rag.models.attention import attention_implementation
+from rag.lm.attention import attention_implementation
 from rag.registry import register
 from rag.rerankers.lm import LMReranker, LMRerankerConfig
 from rag.types import Document

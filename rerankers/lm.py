@@ -50,7 +50,7 @@ class MemoryDocs:
 class LMRerankerConfig:
     """Options shared by the LLM rerankers."""
 
-    model: str = "qwen2.5-0.5b-instruct"  # a bundled model name, a local folder or a hub id
+    model: str = "qwen2.5-coder-0.5b-instruct"  # a bundled model name, a local folder or a hub id
     device: str | None = None  # None: the loader's choice
     passage_tokens: int = 128  # each passage is cut to this many tokens
     max_prompt_tokens: int = 4096  # a prompt never exceeds this (nor the model's context)
@@ -88,7 +88,7 @@ class LMReranker(Reranker):
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
         if model is None:
-            from rag.models import load_causal_lm
+            from rag.lm import load_causal_lm
 
             # SDPA prefills ~1.8x faster than eager on a CPU; ICR switches to eager for its query rows.
             model, tokenizer = load_causal_lm(

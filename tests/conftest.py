@@ -45,18 +45,30 @@ def scifact_dense(shared_data, minilm):
     return retriever
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    """The bundled SmolLM2-135M ``(model, tokenizer)``, with one torch thread while the module's tests run.
+def _one_thread_model(precision: str):
+    """The bundled SmolLM2-135M ``(model, tokenizer)`` at ``precision``, with one torch thread meanwhile.
 
     On a busy 2-core machine two threads per forward were measured 10-20x slower than one (20 tokens:
     2.7 s vs 29-62 s); with an idle machine both are fast.
     """
     import torch
 
-    from rag.models import load_causal_lm
+    from rag.lm import load_causal_lm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_causal_lm("smollm2-135m-instruct", device="cpu")
+    yield load_causal_lm("smollm2-135m-instruct", device="cpu", precision=precision)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M as the product runs it on a CPU: int4 weights, bf16 activations (rag.lm)."""
+    yield from _one_thread_model("int4")
+
+
+@pytest.fixture(scope="module")
+def smollm2_exact():
+    """SmolLM2-135M in float32: for checks that two computations are the same arithmetic up to fp32 rounding
+    (a packed batch against single rows, blended caches against sequential ones)."""
+    yield from _one_thread_model("exact")

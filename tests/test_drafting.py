@@ -293,7 +293,7 @@ NOT_COPYING = [
 
 @pytest.fixture(scope="module")
 def generator():
-    from rag.models import load_causal_lm
+    from rag.lm import load_causal_lm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -369,9 +369,9 @@ def test_sampled_drafting_on_smollm2_is_seeded(generator: CausalLMGenerator) -> 
 @pytest.mark.slow
 def test_greedy_drafting_equals_plain_greedy_on_qwen_0_5b() -> None:
     """The default generator model (fused draft-model drafting: on SmolLM2 and in the bench test)."""
-    from rag.models import load_causal_lm
+    from rag.lm import load_causal_lm
 
-    model, tokenizer = load_causal_lm("qwen2.5-0.5b-instruct", device="cpu")
+    model, tokenizer = load_causal_lm("qwen2.5-coder-0.5b-instruct", device="cpu")
     generator = CausalLMGenerator(CausalLMConfig(), model=model, tokenizer=tokenizer)
     plain_params = GenerationParams(max_new_tokens=16)
     draft_params = GenerationParams(max_new_tokens=16, draft_tokens=6)

@@ -188,7 +188,10 @@ def test_injecting_only_a_model_is_refused(smollm2) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("question", QUESTIONS)
-def test_greedy_loop_equals_transformers_generate(generator: CausalLMGenerator, question: str) -> None:
+def test_greedy_loop_equals_transformers_generate(smollm2_exact, question: str) -> None:
+    """In float32: transformers' loop attends with SDPA, ours with the grouped arithmetic (rag.lm)."""
+    model, tokenizer = smollm2_exact
+    generator = CausalLMGenerator(CausalLMConfig(max_new_tokens=16), model=model, tokenizer=tokenizer)
     params = GenerationParams(max_new_tokens=20)
     input_ids = generator._encode_prompt(question, DOCS, params)  # [1, prompt_len]
     ours = list(generator._decode(input_ids, params))

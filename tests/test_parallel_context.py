@@ -22,7 +22,7 @@ from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import shared_prefix_length
 from rag.generation.parallel_prompt import split_prompt, split_text
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.models.grouped_attention import GROUPED_SDPA
+from rag.lm.grouped_attention import GROUPED_SDPA
 from rag.types import Document
 
 PASSAGES = [
@@ -82,8 +82,9 @@ def test_segment_ids_mark_the_passage_columns() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(smollm2):
-    return smollm2
+def model_and_tokenizer(smollm2_exact):
+    """float32: most checks here compare the parallel arithmetic with the sequential one to fp32 tolerance."""
+    return smollm2_exact
 
 
 def make_generator(model_and_tokenizer, store: PassageKVStore | None = None, **config) -> CausalLMGenerator:
@@ -134,6 +135,19 @@ def test_ape_wrapper_leaves_other_forwards_unchanged(model_and_tokenizer) -> Non
     assert (
         ape[0, 6:] - before[0, 6:]
     ).abs().max() > 1e-2  # APE changes the queries after the passage columns
+
+
+@pytest.mark.slow
+def test_single_passage_with_temperature_and_scale_one_answers_as_sequential_on_the_cpu_runtime(
+    smollm2,
+) -> None:
+    """int4/int8 weights and bf16 activations: the same greedy tokens (the logits differ in bf16 rounding)."""
+    gen = make_generator(smollm2)
+    sequential = GenerationParams(max_new_tokens=16)
+    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=1.0, ape_scale=1.0)
+    for doc in PASSAGES:
+        ids = gen._encode_prompt(QUESTION, [doc], sequential)
+        assert decode(gen, [doc], parallel) == list(gen._decode(ids, sequential)), doc.id
 
 
 @pytest.mark.slow

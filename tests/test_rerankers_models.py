@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rag.models.attention import attention_implementation
+from rag.lm.attention import attention_implementation
 from rag.registry import build
 from rag.rerankers.first import FirstReranker
 from rag.rerankers.icr import ICRConfig, InContextReranker
@@ -34,7 +34,7 @@ QUERY = "What sounds do cats make?"
 
 @pytest.fixture(scope="module")
 def lm():
-    from rag.models import load_causal_lm
+    from rag.lm import load_causal_lm
 
     torch.manual_seed(0)
     return load_causal_lm(MODEL, device="cpu")

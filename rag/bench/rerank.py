@@ -27,13 +27,14 @@ from rag.docstore import Docstore
 from rag.errors import ConfigError
 from rag.eval.retrieval import run_queries, score_run
 from rag.indexes import Retriever, load_index
-from rag.models import install_hint, load_causal_lm, resolve_model
+from rag.lm import load_causal_lm
+from rag.models import install_hint, resolve_model
 from rag.registry import lookup
 from rag.rerankers.run import rerank_run
 from rag.settings import cache_dir, data_dir
 from rag.types import Hit
 
-MODELS = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct")
+MODELS = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 RERANKERS = ("listwise", "first", "icr", "pointwise")
 STAGES = ("bm25", "dense")
 MEASURE = "nDCG@10"

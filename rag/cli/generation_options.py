@@ -7,6 +7,7 @@ from typing import Any
 
 from rag.generation.base import GenerationParams
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
+from rag.lm.policy import PRECISIONS
 from rag.models import DEFAULT_GENERATOR
 
 
@@ -19,6 +20,12 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
     parser.add_argument("--seed", type=int, help="seed for sampling")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="weights: int4 (the CPU default) or stored (4-bit tensors as in the GGUF file, the rest int8), "
+        "or dequantized: bf16 (the CUDA default) or exact (float32); see docs/generation.md",
+    )
     parser.add_argument(
         "--cad-alpha",
         type=float,
@@ -68,13 +75,6 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         help="with --parallel-contexts: answer from the K passages under which the question is most likely "
         "(each read apart first, one forward); 0 = all; see docs/generation.md",
     )
-    parser.add_argument(
-        "--exact-question-reading",
-        action="store_true",
-        help="with --keep-passages: read the question in the model's own dtype, not in a bf16 copy on a CPU "
-        "with bf16 matrix units (~2x slower to the first token; keep 1 then answers exactly as the kept "
-        "passage's sequential prompt)",
-    )
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
     parser.add_argument(
         "--require-citation",
@@ -91,7 +91,7 @@ def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         "passage_cache_dir": args.passage_cache_dir,
         "draft_model": args.draft_model,
         "draft_model_tokens": args.draft_model_tokens,
-        "bf16_question_reading": not args.exact_question_reading,
+        "precision": args.precision,
         **extra,
     }
 

@@ -28,7 +28,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from rag.errors import ConfigError
 from rag.kernels import segmented_attention
-from rag.models.grouped_attention import GROUPED_SDPA
+from rag.lm.grouped_attention import GROUPED_SDPA
 
 _PREFIX = "ragloom_ape_"
 _BASES = ("eager", "sdpa", GROUPED_SDPA)

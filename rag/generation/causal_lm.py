@@ -24,17 +24,17 @@ from rag.generation.attribution import attribute
 from rag.generation.base import DecodeStats, GenerationParams, Generator
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
-from rag.generation.draft_model import DraftModelProposer, drafting_copy
+from rag.generation.draft_model import DraftModelProposer
 from rag.generation.drafting import RetrievalDrafter
 from rag.generation.fused_drafter import FusedDrafter
 from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.generation.passage_pruning import question_reader, scoring_head
 from rag.generation.prompt import SYSTEM_PROMPT, build_messages
 from rag.generation.sampling import next_token
 from rag.generation.speculative import DraftProposer, speculative_decode
+from rag.lm.policy import Precision
 from rag.registry import register
 from rag.types import Answer, Document, Timings
 
@@ -48,8 +48,11 @@ _REPLACEMENT_CHAR = "\ufffd"  # what a partial UTF-8 sequence decodes to
 class CausalLMConfig:
     """Which model to load and the default decoding parameters of every request."""
 
-    model: str = "qwen2.5-0.5b-instruct"  # a bundled model name, a local folder or a hub id
+    model: str = "qwen2.5-coder-0.5b-instruct"  # a bundled model name, a local folder or a hub id
     device: str | None = None  # None: the loader's choice
+    # int4/int8 weights from the GGUF file ("int4", "stored"; int4 is the CPU default) or dequantized ("bf16",
+    # the CUDA default; "exact": float32); see rag.lm.policy
+    precision: Precision | None = None
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -64,21 +67,14 @@ class CausalLMConfig:
     # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.fused_drafter):
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
-    # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens.
-    # On a 2-core CPU an fp32 0.5B forward costs ~40% of a 1.5B one (1 was best); the gated bf16 copy below
-    # drafts 2 in the bench (generation.md)
+    # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens
     draft_model_tokens: int | None = None
     draft_model_below: int | None = 3  # the draft model drafts only after retrieval matches shorter than this
-    draft_model_bf16: bool = True  # the draft model runs as a bf16 copy where bf16 is faster (drafting_copy)
     parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
     blend_ratio: float = 0.0  # share of passage tokens recomputed across passages (CacheBlend); 0 = off
     keep_passages: int = 0  # answer from the k passages the question is most likely under; 0 = all
-    # pruning runs the question's copies in a bf16 copy of an fp32 model on a CPU with bf16 matrix units
-    # (passage_pruning.question_reader): ~2x faster first token, answers may change slightly. False: in the
-    # model itself, so keep 1 answers token for token as the sequential prompt of the kept passage
-    bf16_question_reading: bool = True
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
@@ -129,17 +125,14 @@ class CausalLMConfig:
         )
         if self.draft_model is None:
             return retrieval
-        name, device = self.draft_model, self.device
+        name, device, precision = self.draft_model, self.device, self.precision
         if not name.strip():
             raise ConfigError("draft_model is empty; pass a model name or folder, or None")
 
-        bf16 = self.draft_model_bf16
-
         def load() -> tuple[Any, Any]:
-            from rag.models import load_causal_lm
+            from rag.lm import load_causal_lm
 
-            model, tokenizer = load_causal_lm(name, device=device)
-            return (drafting_copy(model) if bf16 else model), tokenizer
+            return load_causal_lm(name, device=device, precision=precision)
 
         proposer = DraftModelProposer(
             draft_lm,
@@ -179,9 +172,11 @@ class CausalLMGenerator(Generator):
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
         if model is None:
-            from rag.models import load_causal_lm
+            from rag.lm import load_causal_lm
 
-            model, tokenizer = load_causal_lm(self.config.model, device=self.config.device)
+            model, tokenizer = load_causal_lm(
+                self.config.model, device=self.config.device, precision=self.config.precision
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.processors = tuple(processors)
@@ -189,8 +184,6 @@ class CausalLMGenerator(Generator):
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.passage_store = passage_store or self.config.passage_store()
         self._model_id: str | None = None  # model_identity(), computed on the first parallel request
-        # passage_pruning.question_reader() or else scoring_head(), made on the first pruned request
-        self._pruning: tuple[Any, torch.Tensor | None] | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -392,10 +385,6 @@ class CausalLMGenerator(Generator):
     def _parallel_prefill(self, params: GenerationParams) -> ParallelPrefill:
         if self._model_id is None:
             self._model_id = model_identity(self.model, self.tokenizer)
-        if params.keep_passages > 0 and self._pruning is None:
-            reader = question_reader(self.model) if self.config.bf16_question_reading else None
-            self._pruning = (reader, None if reader is not None else scoring_head(self.model))
-        reader, head = self._pruning or (None, None)
         store, model_id = self.passage_store, self._model_id
         return ParallelPrefill(
             self.model,
@@ -406,8 +395,6 @@ class CausalLMGenerator(Generator):
             self.config.passage_cache_int8,
             params.blend_ratio,
             params.keep_passages,
-            head,
-            reader,
         )
 
     def _process_logits(

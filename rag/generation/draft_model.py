@@ -18,8 +18,6 @@ import torch
 from transformers import DynamicCache
 
 from rag.errors import ConfigError
-from rag.models.dtype_copy import bf16_is_faster, model_copy
-from rag.models.skinny_linear import use_skinny_linears
 
 # () -> (model, tokenizer): loads the draft model on first use
 Loader = Callable[[], tuple[Any, Any]]
@@ -39,17 +37,6 @@ def check_vocabulary(draft_tokenizer: Any, target_tokenizer: Any, name: str = "t
         f"target's ({len(target)} tokens) in {len(differing)} entries (e.g. {example}); a draft model must "
         "use the target's tokenizer (e.g. a smaller model of the same family)"
     )
-
-
-def drafting_copy(model: Any) -> Any:
-    """``model`` for drafting: a bf16 copy with reordered weights on a CPU with bf16 matrix units (the 0.5B's
-    forward 85 ms instead of 111, 2026-12-05), else ``model`` itself. Drafts only propose: the target
-    verifies them in its own dtype, so greedy output is unchanged."""
-    if not bf16_is_faster(next(model.parameters())):
-        return model
-    copy = model_copy(model, torch.bfloat16)
-    use_skinny_linears(copy)
-    return copy
 
 
 class DraftModelProposer:

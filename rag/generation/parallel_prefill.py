@@ -48,13 +48,14 @@ _PREFIX_BLOCK = ""  # the passage text under which the prefix's own block is sto
 def model_identity(model: Any, tokenizer: Any) -> str:
     """A fingerprint of the weights and config: a cached block is reused only by the model that made it.
 
-    Hashes the config, the tokenizer's vocabulary size and class, and every parameter's name, shape, dtype
-    and first and last 256 values (cheap for any model size, and any fine-tuning changes them).
+    Hashes the config, the tokenizer's vocabulary size and class, and every parameter's and stored buffer's
+    name, shape, dtype and first and last 256 values (cheap for any model size; fine-tuning and another
+    precision of the weights, e.g. int4 against float32, change them).
     """
     digest = hashlib.sha256()
     digest.update(model.config.to_json_string(use_diff=False).encode())
     digest.update(f"{type(tokenizer).__name__}:{len(tokenizer)}".encode())
-    for name, parameter in model.named_parameters():
+    for name, parameter in model.state_dict().items():
         flat = parameter.detach().reshape(-1)
         sample = torch.cat([flat[:256], flat[-256:]]).float().cpu().contiguous()
         digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
@@ -139,11 +140,6 @@ class ParallelPrefill:
     # answer from this many passages, those under which the question is most likely
     # (rag.generation.passage_pruning); 0 = all
     keep_passages: int = 0
-    # [vocab, hidden] the output layer the question's tokens are scored with when pruning
-    # (passage_pruning.scoring_head); None = the reader's
-    scoring_head: torch.Tensor | None = None
-    # the model the question's copies run in when pruning (passage_pruning.question_reader); None = the model
-    reader: Any = None
 
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
@@ -168,8 +164,6 @@ class ParallelPrefill:
                 question,
                 prompt.question_span,
                 answer_after=0 if one else None,
-                head=self.scoring_head,
-                reader=self.reader,
             )
             kept = most_likely_passages(reading.scores, self.keep_passages)
             stats.passages_pruned += len(passages) - len(kept)

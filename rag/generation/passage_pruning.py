@@ -11,35 +11,24 @@ are scored (the template around them says little about a passage, and its tokens
 one passage is kept, the answer goes on from its copy's KV: the cache is then the sequential prompt's of the
 prefix and that passage, and the question is not run a second time.
 
-That forward (~75 rows for five passages) is compute-bound on a CPU. With an fp32 model on a CPU with bf16
-matrix units it runs in a bf16 copy of the model (:func:`question_reader`), ~2x faster with AMX; the copy's
-KV then carry bf16 rounding (the passages' KV stay as cached). Run in the model itself, the kept passage's
-cache is exactly the sequential prompt's.
+That forward (~75 rows for five passages) runs in the model as loaded: with quantized weights
+(rag.lm) more than a few rows multiply the weights expanded to bf16, on AMX tiles where the CPU has them.
 
 On Qwen2.5-0.5B and XQuAD-en (top-5 MiniLM paragraphs) the most likely passage was the gold paragraph more
 often than the retriever's first hit (docs/generation.md).
-
-The scored rows' logits cost an output-layer product each (the vocabulary is large); on a CPU with bf16
-matrix units they are computed in bf16: the bf16 copy's output layer, or, when the model itself reads, a bf16
-copy of its output layer (:func:`scoring_head`). The answer's own logits always come from the model's output
-layer as it is.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from rag.generation.kv_batch import additive_mask
 from rag.generation.passage_kv_store import PassageKV
-from rag.models.dtype_copy import bf16_is_faster, model_copy
-from rag.models.skinny_linear import can_spare
 
 
 def stacked_cache(model: Any, blocks: Sequence[PassageKV], dtype: torch.dtype | None = None) -> DynamicCache:
@@ -115,42 +104,6 @@ def scored_tokens(question_len: int, span: tuple[int, int] | None) -> tuple[int,
     return (first, read) if first < read else (1, question_len - 1)
 
 
-def scoring_head(model: Any) -> torch.Tensor:
-    """The output layer's weight ``# [vocab, hidden]`` to score the question's tokens with.
-
-    A bf16 copy when the model is fp32 on a CPU with bf16 matrix units (AMX or AVX512-BF16): those rows'
-    logits then cost ~2.5x less. Measured on the first 100 XQuAD-en questions with Qwen2.5-0.5B: the most
-    likely passage was the same as with fp32 scores for all 100, the scores within 0.25 nats. Otherwise (a
-    GPU, a bf16 or fp16 model, a CPU without those units) the weight itself.
-    """
-    weight = model.get_output_embeddings().weight.detach()
-    return weight.to(torch.bfloat16) if bf16_is_faster(weight) else weight
-
-
-# model -> its bf16 question reader; weak keys: a reader lives as long as its model
-_READERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def question_reader(model: Any) -> Any | None:
-    """A bf16 copy of ``model`` to run the question's copies in, or None to run them in ``model`` itself.
-
-    The copy is made when the model is fp32 on a CPU with bf16 matrix units, and only while the machine keeps
-    :data:`~rag.models.skinny_linear.PACK_RESERVE_BYTES` available after it (+0.99 GB for Qwen2.5-0.5B,
-    +3.1 GB for the 1.5B). With AMX the copies' forward then takes ~2x less time; their KV (the answer's
-    question tokens when one passage is kept) then carry bf16 rounding, the passages' KV do not. One copy per
-    model object, shared by every generator of that model (its weights are taken as fixed) and freed with it.
-    """
-    if not bf16_is_faster(model.get_output_embeddings().weight):
-        return None
-    reader = _READERS.get(model)
-    if reader is None:
-        size = sum(p.numel() for p in model.parameters()) * 2  # tied weights counted once
-        if not can_spare(size):
-            return None
-        reader = _READERS[model] = model_copy(model, torch.bfloat16)
-    return reader
-
-
 @torch.inference_mode()
 def read_question(
     model: Any,
@@ -159,8 +112,6 @@ def read_question(
     question_ids: torch.Tensor,  # [m]
     span: tuple[int, int] | None = None,  # question_ids[a:b] are the question's own tokens
     answer_after: int | None = None,  # also read the rest of the question part after this passage's copy
-    head: torch.Tensor | None = None,  # [vocab, hidden] the output layer to score with; None: the reader's
-    reader: Any = None,  # the model the copies run in (e.g. its bf16 copy, see question_reader); None: model
 ) -> QuestionReading:
     """Score each passage by ``log P(question | prefix, passage i)`` (see :func:`scored_tokens`).
 
@@ -168,10 +119,7 @@ def read_question(
     prompt of the prefix and passage ``i`` alone); logits only where a scored token is predicted. With
     ``answer_after = g`` the rest of the question part follows copy ``g`` in the same forward, for a few
     tokens more: if passage ``g`` is the one kept, the answer's first token needs no further forward.
-    The copies run in ``reader`` (over the blocks in its dtype); the answer's first logits come from
-    ``model``'s output layer.
     """
-    reader = model if reader is None else reader
     device = question_ids.device
     m, n = len(question_ids), len(passages)
     first, read = scored_tokens(m, span)
@@ -196,48 +144,29 @@ def read_question(
     keep = (torch.arange(n, device=device)[:, None] * read + rows).view(-1)
     if answer_after is not None:
         keep = torch.cat([keep, keep.new_tensor([len(ids) - 1])])
-    cache = stacked_cache(reader, [prefix, *passages], reader.dtype)
-    hidden = reader.get_decoder()(
+    cache = stacked_cache(model, [prefix, *passages], model.dtype)
+    hidden = model.get_decoder()(
         input_ids=ids[None],
-        attention_mask=additive_mask(allowed[None, None], reader.dtype),
+        attention_mask=additive_mask(allowed[None, None], model.dtype),
         position_ids=(prefix.tokens + lengths[copy] + offset)[None],
         cache=cache,
         use_cache=True,
     ).last_hidden_state[0, keep]  # [kept, hidden]
-    scorer = reader.get_output_embeddings()
-    weight = scorer.weight if head is None else head
-    targets = question_ids[first:read].repeat(n)  # [n * scored]
-    logprobs = token_logprobs(hidden[: len(targets)], targets, weight, scorer.bias).view(n, -1)
     output = model.get_output_embeddings()
-    ready = output(hidden[-1].to(model.dtype)) if answer_after is not None else None  # [vocab]
+    targets = question_ids[first:read].repeat(n)  # [n * scored]
+    logprobs = token_logprobs(output(hidden[: len(targets)]), targets).view(n, -1)
+    ready = output(hidden[-1:])[0] if answer_after is not None else None  # [vocab]
     sizes = tuple(p.tokens for p in passages)
     return QuestionReading(logprobs.sum(dim=1), cache, prefix.tokens, sizes, read, answer_after, ready)
 
 
 def token_logprobs(
-    hidden: torch.Tensor,  # [rows, hidden]
+    logits: torch.Tensor,  # [rows, vocab]
     targets: torch.Tensor,  # [rows] the token each row predicts
-    weight: torch.Tensor,  # [vocab, hidden] the output layer
-    bias: torch.Tensor | None = None,  # [vocab]
-    slice_size: int = 32768,
 ) -> torch.Tensor:
-    """``log P(target)`` of each row ``# [rows]``, in fp32, the logits computed in ``weight``'s dtype.
-
-    The normaliser is summed over vocabulary slices, so the ``[rows, vocab]`` fp32 logits (40 MB for 65 rows
-    of Qwen's 152k tokens) are never allocated, converted and swept whole: for 65 rows with a bf16 weight,
-    38-48 ms instead of 67-75 ms for one product and a full-vocabulary log-sum-exp (2-core Xeon, torch 2.13).
-    """
-    hidden = hidden.to(weight.dtype)
-    bias = None if bias is None else bias.to(weight.dtype)
-    normalisers = []
-    for start in range(0, len(weight), slice_size):
-        part = slice(start, start + slice_size)
-        logits = F.linear(hidden, weight[part], None if bias is None else bias[part])  # [rows, slice]
-        normalisers.append(logits.float().logsumexp(-1))
-    target = (hidden.float() * weight[targets].float()).sum(-1)  # [rows]
-    if bias is not None:
-        target = target + bias[targets].float()
-    return target - torch.stack(normalisers, -1).logsumexp(-1)
+    """``log P(target)`` of each row ``# [rows]``, in fp32."""
+    logits = logits.float()
+    return logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)
 
 
 def most_likely_passages(scores: torch.Tensor, keep: int) -> list[int]:

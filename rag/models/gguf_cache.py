@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rag.models.bundled import assemble, verify
+from rag.models.bundled import gguf_file
 from rag.models.catalog import BundledModel
 from rag.settings import cache_dir
 
@@ -52,10 +52,7 @@ def _convert(model: BundledModel, target: Path) -> None:
     logger.warning("converting %s from GGUF to a safetensors cache at %s (once)", model.name, target)
     work = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=target.parent))
     try:
-        if len(model.files) == 1:
-            gguf = verify(model)[0]
-        else:
-            gguf = assemble(model, work / f"{model.name}.gguf")
+        gguf = gguf_file(model, work)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         out = work / "model"

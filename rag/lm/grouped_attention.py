@@ -7,8 +7,10 @@ key/value heads among 6 query heads, so an 8-token tree over 1,000 cached tokens
 
 :data:`GROUPED_SDPA` folds each head group's queries into one query block, ``[B, Hk, G * Lq, D]``, and runs
 the eager attention arithmetic over the unrepeated keys, which measured faster than torch's SDPA kernel on
-that layout. Everything else (one query token, prefill, no mask, no head groups) goes to transformers' own
-SDPA function unchanged.
+that layout. A decode step (one query token) takes the same arithmetic: a query's result then does not depend
+on how many queries share the call (torch's matrix products compute each row alike, and masked columns add
+exact zeros), so a token verified in a draft tree gets the bf16 logits it gets decoded alone. Everything else
+(prefill, no mask, no head groups) goes to transformers' own SDPA function unchanged.
 
 >>> import torch
 >>> module = type("Attention", (), {"num_key_value_groups": 2})()
@@ -30,7 +32,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 GROUPED_SDPA = "ragloom_grouped_sdpa"
-MAX_GROUPED_QUERIES = 32  # query tokens up to which the grouped layout is used (draft trees, questions)
+MAX_GROUPED_QUERIES = 64  # query tokens up to which the grouped layout is used (decode steps, draft trees)
 
 
 def grouped_sdpa_attention(
@@ -49,7 +51,7 @@ def grouped_sdpa_attention(
     groups = heads // kv_heads
     if (
         groups == 1
-        or not 1 < queries <= MAX_GROUPED_QUERIES
+        or queries > MAX_GROUPED_QUERIES
         or attention_mask is None
         or attention_mask.dim() != 4
         or attention_mask.shape[1] != 1

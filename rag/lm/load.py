@@ -1,0 +1,86 @@
+"""Load a causal LM and its tokenizer under a :class:`~rag.lm.policy.RuntimePolicy`.
+
+>>> model, tokenizer = load_causal_lm("qwen2.5-coder-0.5b-instruct")  # doctest: +SKIP
+>>> model.dtype, type(model.lm_head).__name__  # doctest: +SKIP
+(torch.bfloat16, 'QuantizedLinear')
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.errors import ModelError
+from rag.lm.gguf_weights import LowBits
+from rag.lm.policy import Precision, RuntimePolicy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    device: str | None = None,
+    precision: Precision | None = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM in eval mode and its tokenizer: ``name`` is a bundled model, a local folder or a hub id.
+
+    ``precision`` (default: the device's, see :class:`RuntimePolicy`): ``int4`` and ``stored`` keep a bundled
+    GGUF model's 4-bit weights as they are and round the others to int4 groups or int8 rows (a folder's or
+    hub model's float weights are rounded the same way); ``bf16`` and ``exact`` dequantize to bf16 and
+    float32.
+    ``attn_implementation``: "sdpa" runs as :data:`~rag.lm.grouped_attention.GROUPED_SDPA`; "eager" returns
+    attention weights.
+    """
+    import torch
+
+    from rag.lm.grouped_attention import register_grouped_sdpa
+    from rag.models import resolve_model
+
+    policy = RuntimePolicy.for_device(device, precision)
+    try:
+        if policy.quantized:
+            model, tokenizer = _load_quantized(name, policy.low_bits, attn_implementation)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            source = resolve_model(name)
+            dtype = torch.float32 if policy.precision == "exact" else torch.bfloat16
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, attn_implementation=attn_implementation
+            )
+            model = model.to(policy.device).eval()
+    except OSError as error:
+        raise ModelError(
+            f"could not load model {name!r}: {error}\n"
+            "Bundled models work offline; a hub id needs the hub or a local copy of it."
+        ) from error
+    if attn_implementation == "sdpa":
+        model.set_attn_implementation(register_grouped_sdpa())  # SDPA, with decode-sized GQA unrepeated
+    return model, tokenizer
+
+
+def _load_quantized(name: str, low_bits: LowBits, attn_implementation: str) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rag.lm.quantized_cache import ensure_quantized, load_weights
+    from rag.lm.quantized_model import materialize, quantize_float_model, skeleton
+    from rag.models import bundled_model, resolve_model
+
+    bundled = bundled_model(name)
+    if bundled is not None and bundled.fmt == "gguf":
+        folder = ensure_quantized(bundled, low_bits)
+        model = skeleton(AutoConfig.from_pretrained(folder), attn_implementation)
+        materialize(model, *load_weights(folder))
+        return model, AutoTokenizer.from_pretrained(folder)
+    source: Path | str = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype="float32", attn_implementation=attn_implementation
+    )
+    return quantize_float_model(model, low_bits), AutoTokenizer.from_pretrained(source)

@@ -1,0 +1,63 @@
+"""How a causal LM runs on a device: the precision of its weights and the attention it uses.
+
+=============  ======================================================================================
+precision      weights (activations are bf16 except with ``exact``)
+=============  ======================================================================================
+``int4``       4-bit tensors of the GGUF file kept as they are, the others rounded to int4 groups
+``stored``     4-bit tensors kept as they are, the others (5-, 6-, 8-bit) as int8 rows
+``bf16``       dequantized to bf16 (the default on CUDA)
+``exact``      dequantized to float32: the reference the others are measured against
+=============  ======================================================================================
+
+The CPU default is :data:`CPU_DEFAULT`; docs/generation.md has the measured speed and answer quality of each.
+
+The policy is applied once, when the model is loaded (:func:`rag.lm.load_causal_lm`); the decoding loop, the
+drafters, CAD, parallel contexts and the rerankers see a transformers model either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rag.errors import ConfigError
+from rag.lm.gguf_weights import LowBits
+
+Precision = Literal["int4", "stored", "bf16", "exact"]
+PRECISIONS: tuple[Precision, ...] = ("int4", "stored", "bf16", "exact")
+CPU_DEFAULT: Precision = "int4"
+
+
+@dataclass(frozen=True)
+class RuntimePolicy:
+    """``device`` ("cpu", "cuda", "cuda:1", ...) and the ``precision`` of the weights (see the module doc)."""
+
+    device: str = "cpu"
+    precision: Precision = CPU_DEFAULT
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantized and not self.device.startswith("cpu"):
+            raise ConfigError(
+                f"precision {self.precision!r} runs torch's CPU int4/int8 kernels; "
+                f"on {self.device} use 'bf16' or 'exact'"
+            )
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ("int4", "stored")
+
+    @property
+    def low_bits(self) -> LowBits:
+        """What the file's tensors that are not 4-bit become."""
+        return "int4" if self.precision == "int4" else "int8"
+
+    @classmethod
+    def for_device(cls, device: str | None = None, precision: Precision | None = None) -> RuntimePolicy:
+        """The default policy of ``device`` (default: CUDA when present, else the CPU), with overrides."""
+        import torch
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        chosen = precision or (CPU_DEFAULT if device.startswith("cpu") else "bf16")
+        return cls(device=device, precision=chosen)

@@ -1,0 +1,134 @@
+"""Linear and embedding layers that keep int4/int8 weights and multiply with torch's CPU weight-only kernels.
+
+A decode step multiplies one to a few rows by every weight of the model, so its time is the time to read
+the weights: int4 reads a quarter of what bf16 does. Up to :data:`KERNEL_MAX_ROWS` rows go through
+``aten._weight_int4pack_mm_for_cpu`` / ``aten._weight_int8pack_mm``; both compute each row on its own, so a
+row's result does not depend on how many rows share the call (a drafted token verified in a tree gets the
+logits it would get alone, and greedy drafting stays token-identical to greedy decoding). A prompt of more
+rows is compute-bound instead: the weight is expanded to bf16 for that call and multiplied by oneDNN (AMX
+tiles where the CPU has them), several times faster than the int4 kernel on hundreds of rows.
+
+Activations are bf16 in and out; the scales and zero points are bf16 too (torch's kernels take them so).
+
+>>> import numpy as np, torch
+>>> from rag.lm.quantized_weight import int8_from_float
+>>> layer = QuantizedLinear(int8_from_float(np.eye(64, dtype=np.float32)))
+>>> layer(torch.ones(1, 64)).tolist()[0][:3]
+[1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rag.lm.quantized_weight import Int4Weight, Int8Weight, QuantizedWeight
+
+KERNEL_MAX_ROWS = 64  # rows up to which the weight-only kernels run; more rows run on the expanded weight
+_BLOCK_ROWS = 64  # the CPU int4 layout packs rows in blocks of 64
+
+
+def int4_supported(rows: int, cols: int, group_size: int) -> bool:
+    """Whether torch's CPU int4 kernel takes a ``rows x cols`` weight with this group size."""
+    return (
+        hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        and rows % _BLOCK_ROWS == 0
+        and cols % group_size == 0
+        and group_size in (32, 64, 128, 256)
+    )
+
+
+class QuantizedLinear(torch.nn.Module):
+    """``y = x @ w.T + b`` with ``w`` held as an :class:`Int4Weight` or :class:`Int8Weight`."""
+
+    def __init__(self, weight: QuantizedWeight, bias: np.ndarray | torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.bits = 4 if isinstance(weight, Int4Weight) else 8
+        if isinstance(weight, Int4Weight):
+            if not int4_supported(self.out_features, self.in_features, weight.group_size):
+                raise ValueError(f"torch's CPU int4 kernel does not take a {weight.shape} weight")
+            self.group_size = weight.group_size
+            values = torch.from_numpy(weight.values().astype(np.int32))  # [rows, cols]
+            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1))
+            scale_zero = np.stack([weight.scale.T, weight.zero.T], axis=-1)  # [groups, rows, 2]
+            self.register_buffer("scale_zero", torch.from_numpy(scale_zero).to(torch.bfloat16).contiguous())
+        else:
+            self.register_buffer("q", torch.from_numpy(np.ascontiguousarray(weight.q)))
+            self.register_buffer("scale", torch.from_numpy(weight.scale).to(torch.bfloat16))
+        bias_tensor = None if bias is None else torch.as_tensor(bias).to(torch.bfloat16)
+        self.register_buffer("bias", bias_tensor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out] bf16
+        rows = x.numel() // self.in_features
+        flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
+        if rows > KERNEL_MAX_ROWS:
+            out = F.linear(flat, self.dense())
+        elif self.bits == 4:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat, self.packed, self.group_size, self.scale_zero
+            )
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def dense(self) -> torch.Tensor:
+        """The weight expanded to bf16 ``# [out, in]``."""
+        if self.bits == 8:
+            return self.q.to(torch.bfloat16) * self.scale[:, None]
+        rows, cols, group = self.out_features, self.in_features, self.group_size
+        values = unpack_int4(self.packed, rows, cols).to(torch.bfloat16).view(rows, cols // group, group)
+        scale, zero = self.scale_zero.transpose(0, 1).unbind(-1)  # [rows, groups] each
+        return ((values - 8) * scale[..., None] + zero[..., None]).view(rows, cols)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+
+
+class QuantizedEmbedding(torch.nn.Module):
+    """Token embeddings held as int8 rows; a lookup expands only the rows it reads, to bf16."""
+
+    def __init__(self, weight: Int8Weight) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.register_buffer("q", torch.from_numpy(np.ascontiguousarray(weight.q)))
+        self.register_buffer("scale", torch.from_numpy(weight.scale).to(torch.bfloat16))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., dim] bf16
+        return self.q[ids].to(torch.bfloat16) * self.scale[ids, None]
+
+
+def unpack_int4(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The values ``# [rows, cols]`` uint8 of ``aten._convert_weight_to_int4pack_for_cpu``'s layout.
+
+    That layout (torch 2.6-2.13) stores rows in blocks of 64: byte ``[block, col, j]`` holds row
+    ``64 * block + j`` in its low nibble and row ``64 * block + 32 + j`` in its high one. The layout is
+    torch's own, so it is checked once against the packing op; where it differs, the values are read back
+    through the kernel itself (slower, same result).
+    """
+    if not _layout_known():
+        eye = torch.eye(cols, dtype=torch.bfloat16)
+        ones = torch.zeros(cols // 32, rows, 2, dtype=torch.bfloat16)
+        ones[..., 0] = 1  # scale 1, zero 0: the kernel returns q - 8
+        values = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, 32, ones)  # [cols, rows]
+        return (values.t() + 8).to(torch.uint8)
+    blocks = packed.view(rows // _BLOCK_ROWS, cols, _BLOCK_ROWS // 2)
+    halves = torch.stack([blocks & 0x0F, blocks >> 4], dim=1)  # [blocks, 2, cols, 32]
+    return halves.transpose(2, 3).reshape(rows, cols)
+
+
+@lru_cache(maxsize=1)
+def _layout_known() -> bool:
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 16, (2 * _BLOCK_ROWS, 64), dtype=torch.int32, generator=generator)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1)
+    if packed.shape != (2 * _BLOCK_ROWS, 32) or packed.dtype != torch.uint8:
+        return False
+    blocks = packed.view(2, 64, 32)
+    halves = torch.stack([blocks & 0x0F, blocks >> 4], dim=1)
+    return bool(torch.equal(halves.transpose(2, 3).reshape(2 * _BLOCK_ROWS, 64).int(), values))
