@@ -17,19 +17,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import Response
 
-from rag.errors import RagError
 from rag.serving import routes_answer, routes_collections, routes_openai, routes_rerank, routes_search
 from rag.serving.deps import StateDep
-from rag.serving.gate import QueueFullError
-from rag.serving.generation import ClientGone, GenerationTimeout
+from rag.serving.errors import add_error_handlers
 from rag.serving.metrics import Metrics
 from rag.serving.middleware import BodyLimit, RequestMetrics
 from rag.serving.schemas import Health
 from rag.serving.settings import ServeSettings
-from rag.serving.sse import error_status
 from rag.serving.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -71,37 +68,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    _add_error_handlers(app, settings, metrics)
+    add_error_handlers(app, settings, metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees the 413s too
     return app
-
-
-def _add_error_handlers(app: FastAPI, settings: ServeSettings, metrics: Metrics) -> None:
-    @app.exception_handler(QueueFullError)
-    async def queue_full(request: Request, error: QueueFullError) -> JSONResponse:
-        metrics.rejected.inc()
-        return JSONResponse(
-            {"detail": f"{error}; retry after {settings.retry_after_s} s"},
-            status_code=503,
-            headers={"Retry-After": str(settings.retry_after_s)},
-        )
-
-    @app.exception_handler(GenerationTimeout)
-    async def timeout(request: Request, error: GenerationTimeout) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=504)
-
-    @app.exception_handler(ClientGone)
-    async def gone(request: Request, error: ClientGone) -> Response:
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-
-    @app.exception_handler(RagError)
-    async def rag_error(request: Request, error: RagError) -> JSONResponse:
-        status = error_status(error)
-        headers = {"Retry-After": str(settings.retry_after_s)} if status == 503 else None
-        return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error; the server logged it"}, status_code=500)

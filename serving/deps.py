@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from rag.serving.errors import FieldError
 from rag.serving.settings import ServeSettings
 from rag.serving.state import Collection, ServerState
 
@@ -71,7 +72,7 @@ def find_collection(state: ServerState, name: str) -> Collection:
 
 def check_query(settings: ServeSettings, text: str, what: str = "query") -> None:
     if not text.strip():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the {what} is empty")
+        raise FieldError(what, f"the {what} is empty", text, "string_too_short")
     if len(text) > settings.max_query_chars:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
@@ -81,9 +82,7 @@ def check_query(settings: ServeSettings, text: str, what: str = "query") -> None
 
 def check_at_most(value: int, limit: int, what: str) -> None:
     if value > limit:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{what}={value} is above the limit of {limit}"
-        )
+        raise FieldError(what, f"{what}={value} is above the limit of {limit}", value, "less_than_equal")
 
 
 def require_generator(state: ServerState) -> None:

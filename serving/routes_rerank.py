@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from rag.registry import names
 from rag.serving.deps import ReadAuth, StateDep, check_at_most, check_query, find_collection
+from rag.serving.errors import FieldError
 from rag.serving.gate import QueueFullError
 from rag.serving.generation import GenerationTimeout
 from rag.serving.routes_search import passage
@@ -43,9 +44,8 @@ async def rerank(body: RerankRequest, state: StateDep) -> RerankResponse:
         hits, docs = await anyio.to_thread.run_sync(collection.search, body.query, fetch_k)
     else:
         if body.fetch_k is not None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                "fetch_k applies to a fresh search; documents were given",
+            raise FieldError(
+                "fetch_k", "fetch_k applies to a fresh search; documents were given", body.fetch_k
             )
         check_at_most(len(body.documents), settings.max_rerank, "documents")
         docs = await given_documents(collection, body.documents)
@@ -70,15 +70,13 @@ def reranker_name(state: ServerState, requested: str | None) -> str:
     known = names("reranker")
     name = requested or state.settings.reranker
     if name is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+        raise FieldError(
+            "reranker",
             "no reranker is configured on this server (--reranker); "
             f"name one in the request's 'reranker': {', '.join(known)}",
         )
     if name not in known:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown reranker {name!r}; known: {', '.join(known)}"
-        )
+        raise FieldError("reranker", f"unknown reranker {name!r}; known: {', '.join(known)}", name)
     return name
 
 
@@ -88,9 +86,7 @@ def fetch_depth(k: int, fetch_k: int | None, limit: int) -> int:
         return min(max(k, DEFAULT_FETCH_K), limit)
     check_at_most(fetch_k, limit, "fetch_k")
     if fetch_k < k:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"fetch_k={fetch_k} is below k={k}: rerank at least k hits"
-        )
+        raise FieldError("fetch_k", f"fetch_k={fetch_k} is below k={k}: rerank at least k hits", fetch_k)
     return fetch_k
 
 
@@ -99,9 +95,7 @@ async def given_documents(collection: Collection, items: list[str | RerankDocume
     ids = [item if isinstance(item, str) else item.id or str(n) for n, item in enumerate(items)]
     repeated = [i for i, count in Counter(ids).items() if count > 1]
     if repeated:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"document id {repeated[0]!r} appears twice in documents"
-        )
+        raise FieldError("documents", f"document id {repeated[0]!r} appears twice in documents", repeated[0])
     stored, missing = await anyio.to_thread.run_sync(
         collection.documents, [item for item in items if isinstance(item, str)]
     )

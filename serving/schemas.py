@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+
+MAX_TEMPERATURE = 2.0  # as in OpenAI's API; sampling itself is safe for any finite value
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a signed 64-bit integer
 
 
 class _Strict(BaseModel):
@@ -18,7 +21,7 @@ class _Strict(BaseModel):
 class SearchRequest(_Strict):
     collection: str
     query: str = Field(min_length=1)
-    k: int = Field(default=10, ge=1)
+    k: StrictInt = Field(default=10, ge=1)
 
 
 class Passage(BaseModel):
@@ -47,7 +50,7 @@ class RerankDocument(_Strict):
 class RerankRequest(_Strict):
     collection: str
     query: str = Field(min_length=1)
-    k: int = Field(default=10, ge=1, description="hits returned, best first")
+    k: StrictInt = Field(default=10, ge=1, description="hits returned, best first")
     reranker: str | None = Field(
         default=None, description="listwise, first, icr or pointwise; default: the server's --reranker"
     )
@@ -57,7 +60,7 @@ class RerankRequest(_Strict):
         description="rerank these instead of a fresh search: a string is the id of a document of the "
         "collection, an object a text of your own",
     )
-    fetch_k: int | None = Field(
+    fetch_k: StrictInt | None = Field(
         default=None, ge=1, description="hits retrieved and reranked when no documents are given"
     )
 
@@ -72,12 +75,12 @@ class RerankResponse(BaseModel):
 class AnswerRequest(_Strict):
     collection: str
     question: str = Field(min_length=1)
-    k: int | None = Field(default=None, ge=1, description="passages given to the generator")
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stream: bool = False
+    k: StrictInt | None = Field(default=None, ge=1, description="passages given to the generator")
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: StrictFloat = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    stream: StrictBool = False
 
 
 class TimingsOut(BaseModel):
@@ -150,19 +153,24 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = Field(default=False, description="send a last chunk with the request's usage")
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # OpenAI fields ragloom ignores (user, stop, ...)
 
     model: str = Field(description="a collection name, as listed by GET /v1/models")
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
-    stream: bool = False
-    k: int | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    n: StrictInt = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    k: StrictInt | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
 
 
 class ModelCard(BaseModel):

@@ -1,5 +1,10 @@
 """Pick the next token from one row of logits: greedy, or temperature → top-k → top-p → multinomial.
 
+Safe for every value ``GenerationParams`` accepts, however extreme: the logits are shifted so that their
+maximum is 0 before dividing by the temperature (a temperature of 1e-300 then gives -inf for every token but
+the best ones, never inf - inf = nan), NaN logits count as -inf, and a row left without any finite probability
+falls back to the argmax.
+
 >>> import torch
 >>> from rag.generation.base import GenerationParams
 >>> next_token(torch.tensor([0.1, 3.0, -1.0]), GenerationParams())
@@ -14,8 +19,22 @@ from rag.generation.base import GenerationParams
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Scale logits ``# [vocab]`` by ``1 / temperature`` (> 0)."""
-    return logits / temperature
+    """Scale logits ``# [vocab]`` by ``1 / temperature`` (> 0), after shifting their maximum to 0.
+
+    In float64, where a temperature as small as 5e-324 is still > 0 (in float32 it would round to 0 and make
+    the best logit 0 / 0 = nan); the result is <= 0 everywhere: 0 for the best tokens, at worst -inf.
+    """
+    logits = sanitize(logits).double()
+    top = logits.max()
+    if not torch.isfinite(top):  # every logit is -inf: nothing to scale
+        return logits
+    return (logits - top) / temperature
+
+
+def sanitize(logits: torch.Tensor) -> torch.Tensor:
+    """NaN -> -inf and +inf -> the largest finite value, so that softmax and argmax stay defined."""
+    finite_max = torch.finfo(logits.dtype).max
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=finite_max, neginf=float("-inf"))
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -40,10 +59,15 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def target_probs(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
     """The distribution a sampled token is drawn from: temperature → top-k → top-p → softmax ``# [vocab]``."""
-    logits = apply_temperature(logits.float(), params.temperature)
-    logits = top_k_filter(logits, params.top_k)
-    logits = top_p_filter(logits, params.top_p)
-    return torch.softmax(logits, dim=-1)
+    logits = sanitize(logits.float())
+    scaled = apply_temperature(logits, params.temperature)
+    scaled = top_k_filter(scaled, params.top_k)
+    scaled = top_p_filter(scaled, params.top_p)
+    probs = torch.softmax(scaled, dim=-1).float()
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:  # no finite logit at all
+        probs = torch.zeros_like(probs)
+        probs[int(torch.argmax(logits))] = 1.0
+    return probs
 
 
 def next_token(
@@ -55,6 +79,6 @@ def next_token(
     if logits.dim() != 1:
         raise ValueError(f"expected logits of shape [vocab], got {tuple(logits.shape)}")
     if params.temperature == 0:
-        return int(torch.argmax(logits))
+        return int(torch.argmax(sanitize(logits)))
     probs = target_probs(logits, params)  # [vocab]
     return int(torch.multinomial(probs, num_samples=1, generator=generator))
