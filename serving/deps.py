@@ -49,8 +49,16 @@ def require_read(
 def require_write(
     state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Writes always need the token when one is set."""
+    """Writes need the token when one is set; with none, they are refused unless ``open_writes``."""
+    if state.settings.api_token is None and not state.settings.open_writes:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, WRITES_CLOSED)
     _check_token(state, credentials)
+
+
+WRITES_CLOSED = (
+    "writes are closed: this server has no token; start it with --token (or RAG_API_TOKEN) to allow writes "
+    "with that token, or with --open-writes (RAG_OPEN_WRITES=1) to let anyone add and delete documents"
+)
 
 
 ReadAuth = Depends(require_read)

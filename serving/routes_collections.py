@@ -36,8 +36,9 @@ async def add_documents(name: str, body: AddDocumentsRequest, state: StateDep) -
     return AddDocumentsResponse(collection=name, added=added, count=len(collection))
 
 
-@router.delete("/{name}/documents/{doc_id}", dependencies=[WriteAuth])
+@router.delete("/{name}/documents/{doc_id:path}", dependencies=[WriteAuth])
 async def delete_document(name: str, doc_id: str, state: StateDep) -> DeleteDocumentResponse:
+    """Delete one document; its id may contain ``/`` (as added), sent as is or as ``%2F``."""
     collection = find_collection(state, name)
     if not await anyio.to_thread.run_sync(collection.delete, doc_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id!r} is not in collection {name!r}")

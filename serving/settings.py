@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import ConfigError
+from rag.limits import MAX_QUERY_CHARS
 from rag.models import DEFAULT_GENERATOR
 from rag.registry import make_config
 
@@ -36,13 +37,14 @@ class ServeSettings:
     generator: str | None = DEFAULT_GENERATOR  # bundled name, folder or hub id; None: search only
     device: str | None = None  # generator device; None: the loader's choice
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
-    api_token: str | None = None  # bearer token; None: no auth
+    api_token: str | None = None  # bearer token; None: reads need none, writes are closed unless open_writes
+    open_writes: bool = False  # without a token: let anyone add and delete documents (say so explicitly)
     public_reads: bool = False  # with a token: let search/answer/list through without it (writes never)
     reranker: str | None = None  # default of POST /v1/rerank (listwise, first, icr, pointwise); None: none
     reranker_model: str | None = None  # causal LM of the rerankers; None: the generator's, shared
     default_k: int = 5  # passages given to the generator when a request names none
     max_body_bytes: int = 1_000_000
-    max_query_chars: int = 2_000
+    max_query_chars: int = MAX_QUERY_CHARS
     max_k: int = 100  # hits per search
     max_passages: int = 20  # passages per answer
     max_rerank: int = 50  # candidates per rerank request (fetch_k, or documents given)

@@ -39,8 +39,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rag(*args: str, stderr: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``rag ARGS`` in its own process (stdout piped, stderr to a file when given)."""
+def rag(
+    *args: str, stderr: Path | None = None, env: dict[str, str] | None = None, cwd: Path | str = "/"
+) -> subprocess.Popen:
+    """Start ``rag ARGS`` in its own process (stdout piped, stderr to a file when given).
+
+    The working directory is never the checkout, whose kernels/ folder shadows a PyPI package.
+    """
     err = open(stderr, "w") if stderr else subprocess.PIPE  # noqa: SIM115  (closed by the child's exit)
     return subprocess.Popen(
         [RAG, *args],
@@ -48,21 +53,30 @@ def rag(*args: str, stderr: Path | None = None, env: dict[str, str] | None = Non
         stderr=err,
         text=True,
         env={**os.environ, **(env or {})},
-        cwd="/",  # never the checkout: its kernels/ folder shadows a PyPI package
+        cwd=cwd,
     )
 
 
 class RagServer:
     """``rag serve`` in its own process on a free loopback port; ``kill()`` is SIGKILL, ``stop()`` SIGTERM."""
 
-    def __init__(self, collections: dict[str, Path], log: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        collections: dict[str, Path],
+        log: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | str = "/",
+        token: str | None = TOKEN,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        args = ["serve", "--port", str(self.port), "--token", TOKEN, "--generator", "none", *extra]
+        args = ["serve", "--port", str(self.port), "--generator", "none", *extra]
+        args += ["--token", token] if token else []
         for name, index in collections.items():
             args += ["--collection", f"{name}={index}"]
-        self.process = rag(*args, stderr=log)
+        self.process = rag(*args, stderr=log, env=env, cwd=cwd)
         if not wait_for(self._healthy, 240, 0.25):
             self.kill()
             raise RuntimeError(f"rag serve did not start:\n{log.read_text()}")

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
 from rag.errors import ConfigError
 from rag.indexes import load_index
+from rag.limits import check_length
 from rag.pipeline import Pipeline
 from rag.registry import build
 from rag.types import Answer
@@ -35,6 +36,7 @@ def make_pipeline(args: argparse.Namespace) -> Pipeline:
 def run(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise ConfigError("the question is empty")
+    check_length(args.question, "question")  # the server's limit (rag.limits)
     params = generation_params(args)  # bad parameters fail before any model loads
     pipeline = make_pipeline(args)
     if args.stream:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rag.indexes import Manifest, load_index
 from rag.indexes.base import check_queries
+from rag.limits import check_length
 from rag.shared_index import SharedIndex
 
 
@@ -23,6 +24,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_queries(args.queries, args.k)  # before loading anything
+    for query in args.queries:
+        check_length(query, "query")
     if Manifest.read(args.index).docstore:
         index = SharedIndex(args.index)  # finishes a commit a crashed writer left; reads one consistent state
         try:

@@ -41,6 +41,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--token", dest="api_token", help="bearer token required by the API (or RAG_API_TOKEN)"
     )
+    parser.add_argument(
+        "--open-writes",
+        action="store_true",
+        default=None,
+        help="without --token: let anyone add and delete documents (by default writes need a token)",
+    )
     parser.add_argument("--queue-size", type=int, help="generations allowed to wait for the model")
     parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds")
     parser.add_argument(
@@ -68,6 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         "device": args.device,
         "threads": args.threads,
         "api_token": args.api_token,
+        "open_writes": args.open_writes,
         "queue_size": args.queue_size,
         "request_timeout_s": args.request_timeout_s,
     }
@@ -76,6 +83,15 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         if (getattr(args, name) or "").lower() == "none":
             overrides[name] = None
     return dataclasses.replace(base, collections=collections, **overrides)
+
+
+def writes_policy(settings: ServeSettings) -> str:
+    """How adds and deletes are allowed, as said at start-up."""
+    if settings.api_token is not None:
+        return "allowed with the token"
+    if settings.open_writes:
+        return "OPEN: anyone who reaches this address may add and delete documents (--open-writes)"
+    return "closed (403): no --token was given; pass --token T, or --open-writes to allow them to anyone"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"serving {', '.join(settings.collections)} on http://{settings.host}:{settings.port} (docs at /docs)"
     )
+    print(f"writes: {writes_policy(settings)}", flush=True)
     uvicorn.run(
         app,
         host=settings.host,
