@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
+from rag.lm.kv_cache import new_cache
 from rag.registry import register
 from rag.rerankers.listwise_base import ListwiseBase, ListwiseConfig
 from rag.rerankers.permutation import parse_permutation
@@ -41,7 +41,7 @@ class ListwiseReranker(ListwiseBase):
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``ids`` (KV-cached; one forward per token), stopping at end of sequence."""
         stop = self._eos_ids()
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model)
         step = torch.tensor([ids], device=self.model.device)  # [1, prompt_len], then [1, 1]
         new: list[int] = []
         while len(new) < max_new_tokens:

@@ -155,8 +155,10 @@ def test_cli_passes_the_draft_model_to_the_generator_config() -> None:
 # -- the proposer on SmolLM2 -----------------------------------------------------------------------------
 
 
-def test_cache_reuse_gives_the_proposals_of_a_fresh_proposer(smollm2) -> None:
-    model, tokenizer = smollm2
+def test_cache_reuse_gives_the_proposals_of_a_fresh_proposer(smollm2_exact) -> None:
+    """In float32: a fresh prompt pass and the reused cache's increments are the same arithmetic to fp32
+    rounding (with int4 weights a long prompt runs on the expanded weights, increments on the kernels)."""
+    model, tokenizer = smollm2_exact
     prompt = tokenizer("The Nile is a major north-flowing river in northeastern Africa. It flows into")[
         "input_ids"
     ]
@@ -212,8 +214,9 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     # 2026-11-28): free 0.94 fused vs 0.005 retrieval-only; copy 0.87 vs 0.54. Rejected nodes are mostly
     # retrieval drafts the prune rule kept and self-drafts past the eos.
     assert rate(fused_stats["free"]) > 0.6
-    assert rate(fused_stats["free"]) > 10 * rate(retrieval_stats["free"])
-    assert rate(fused_stats["copy"]) > 1.5 * rate(retrieval_stats["copy"])
+    # the self-draft runs its own, incremental, bf16 arithmetic: most of its tokens, not all, are the target's
+    assert rate(fused_stats["free"]) > 0.8 and rate(fused_stats["free"]) > 5 * rate(retrieval_stats["free"])
+    assert rate(fused_stats["copy"]) >= 0.95 and rate(fused_stats["copy"]) > rate(retrieval_stats["copy"])
     for kind in fused_stats:  # fewer verification steps than retrieval-only drafting
         assert fused_stats[kind].decode_steps < retrieval_stats[kind].decode_steps
 

@@ -68,8 +68,8 @@ def test_other_calls_go_to_stock_sdpa_unchanged(queries: int, heads: int, masked
 
 
 @pytest.mark.slow
-def test_a_loaded_model_runs_grouped_sdpa_and_a_draft_tree_scores_as_with_stock_sdpa(smollm2) -> None:
-    model, tokenizer = smollm2
+def test_a_loaded_model_runs_grouped_sdpa_and_a_draft_tree_scores_as_with_stock_sdpa(smollm2_exact) -> None:
+    model, tokenizer = smollm2_exact
     assert model.config._attn_implementation == GROUPED_SDPA
     prompt = tokenizer("The capital of France is Paris. The capital of", return_tensors="pt")["input_ids"][0]
     tree = ([11, 22, 33, 44, 55, 66], [-1, 0, 0, 1, 3, 2])  # two branches under the root's first child

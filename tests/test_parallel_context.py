@@ -138,16 +138,33 @@ def test_ape_wrapper_leaves_other_forwards_unchanged(model_and_tokenizer) -> Non
 
 
 @pytest.mark.slow
-def test_single_passage_with_temperature_and_scale_one_answers_as_sequential_on_the_cpu_runtime(
+def test_single_passage_with_temperature_and_scale_one_scores_as_sequential_on_the_cpu_runtime(
     smollm2,
 ) -> None:
-    """int4/int8 weights and bf16 activations: the same greedy tokens (the logits differ in bf16 rounding)."""
+    """int4 weights, bf16 activations: the whole prompt runs on the expanded weights in one pass, the pieces
+    apart (the question on the kernels), so the two agree to bf16 rounding, not bit for bit (the float32
+    test below checks the construction exactly). Teacher-forced on the sequential answer: every step's logits
+    within 1.0 (a misplaced position or mask moves them by several), the same argmax wherever the sequential
+    top-2 margin leaves room for that."""
     gen = make_generator(smollm2)
     sequential = GenerationParams(max_new_tokens=16)
     parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=1.0, ape_scale=1.0)
+    agreeing = steps = 0
     for doc in PASSAGES:
         ids = gen._encode_prompt(QUESTION, [doc], sequential)
-        assert decode(gen, [doc], parallel) == list(gen._decode(ids, sequential)), doc.id
+        expected = list(gen._decode(ids, sequential))
+        plain = KVBatch(gen.model, [ids[0]])
+        cached = gen._parallel_prefill(parallel).batch(gen._split_prompt(QUESTION, [doc], parallel))
+        with torch.inference_mode():
+            ours = torch.cat([cached.prefill()[:, None], cached.extend(expected[:-1])], dim=1)[0]
+            theirs = torch.cat([plain.prefill()[:, None], plain.extend(expected[:-1])], dim=1)[0]
+        torch.testing.assert_close(ours, theirs, atol=1.0, rtol=0)  # [steps, vocab]
+        top2 = theirs.topk(2, dim=-1).values  # [steps, 2]
+        clear = (top2[:, 0] - top2[:, 1]) > 2.0
+        assert torch.equal(ours.argmax(-1)[clear], theirs.argmax(-1)[clear]), doc.id
+        agreeing += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        steps += len(expected)
+    assert agreeing >= 0.9 * steps
 
 
 @pytest.mark.slow

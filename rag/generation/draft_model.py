@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from rag.errors import ConfigError
+from rag.lm.kv_cache import new_cache
 
 # () -> (model, tokenizer): loads the draft model on first use
 Loader = Callable[[], tuple[Any, Any]]
@@ -115,7 +116,7 @@ class DraftModelProposer:
         # the cached tokens, its last token is cropped and fed again.
         keep = min(common, len(context) - 1)
         if keep == 0 or self._cache is None:
-            self._cache = DynamicCache(config=self.model.config)
+            self._cache = new_cache(self.model)
             self._ids, keep = [], 0
         elif keep < len(self._ids):
             self._cache.crop(keep - len(self._ids))  # a negative count: the tokens removed from the end

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from rag.errors import ConfigError
+from rag.lm.kv_cache import new_cache
 
 
 def tree_mask(parents: Sequence[int]) -> torch.Tensor:
@@ -91,7 +91,7 @@ class KVBatch:
             self._ids[row, width - len(prompt) :] = prompt
             self._valid[row, width - len(prompt) :] = True
         self.lengths = self._valid.sum(dim=1)  # [rows] real tokens in the cache (after prefill)
-        self.cache = DynamicCache(config=model.config)
+        self.cache = new_cache(model)
         self._pending = 0  # nodes of the last extend() not yet settled by keep()
         self.forward_calls = 0
 
@@ -120,7 +120,7 @@ class KVBatch:
         pieces = [self._ids[r, self._valid[r]] for r in range(self.rows)]  # each [len_r]
         lengths = torch.tensor([len(p) for p in pieces], device=self.device)  # [rows]
         offset, allowed = packed_causal_mask(lengths)  # [total], [total, total]
-        rows_cache, self.cache = self.cache, DynamicCache(config=self.model.config)  # run on a packed cache
+        rows_cache, self.cache = self.cache, new_cache(self.model)  # run on a packed cache
         ends = lengths.cumsum(0) - 1  # [rows] index of each piece's last token
         logits = self._run(
             torch.cat(pieces)[None], allowed[None, None], offset[None], logits_to_keep=ends

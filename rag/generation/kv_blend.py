@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from rag.errors import ConfigError
 from rag.generation.kv_batch import additive_mask
 from rag.generation.passage_kv_store import PassageKV
+from rag.lm.kv_cache import new_cache
 
 _SELECTION_LAYER = 1  # the first layer whose keys depend on the other tokens
 _CUT: ContextVar[bool] = ContextVar("ragloom_blend_cut", default=False)
@@ -62,7 +63,7 @@ def deviating_columns(
     Sorted ascending. Costs one layer and one attention over the context, not a prefill.
     """
     n = context_ids.shape[0]
-    fresh = DynamicCache(config=model.config)
+    fresh = new_cache(model)
     allowed = torch.ones(n, n, dtype=torch.bool, device=context_ids.device).tril()
     with _cut_short(model), contextlib.suppress(_CutShort):
         model(

@@ -41,6 +41,7 @@ from rag.generation.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
 from rag.generation.passage_pruning import most_likely_passages, read_question, stacked_cache
+from rag.lm.kv_cache import new_cache
 
 _PREFIX_BLOCK = ""  # the passage text under which the prefix's own block is stored
 
@@ -284,7 +285,7 @@ class ParallelPrefill:
         Every piece starts at the position right after the prefix. One forward; returns one block per piece.
         """
         device = ids.device
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model)
         past = 0
         if prefix is not None:
             past = prefix.tokens

@@ -29,11 +29,12 @@ from transformers import DynamicCache
 
 from rag.generation.kv_batch import additive_mask
 from rag.generation.passage_kv_store import PassageKV
+from rag.lm.kv_cache import new_cache
 
 
 def stacked_cache(model: Any, blocks: Sequence[PassageKV], dtype: torch.dtype | None = None) -> DynamicCache:
     """A one-row cache holding ``blocks`` one after another, in order (in ``dtype``; None: the blocks')."""
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model)
     for layer in range(len(blocks[0].keys)):
         k = torch.cat([b.keys[layer] for b in blocks], dim=1)[None]  # [1, kv_heads, cached, head_dim]
         v = torch.cat([b.values[layer] for b in blocks], dim=1)[None]
@@ -68,7 +69,7 @@ class QuestionReading:
         spans = [(copy, copy + self.read)]
         if i == self.answered:
             spans.append((copies + len(self.lengths) * self.read, self.cache.get_seq_length()))
-        path = DynamicCache(config=model.config)
+        path = new_cache(model)
         for layer, cached in enumerate(self.cache.layers):
             k = _joined(prefix.keys[layer], passage.keys[layer], cached.keys[0], spans, model.dtype)
             v = _joined(prefix.values[layer], passage.values[layer], cached.values[0], spans, model.dtype)
