@@ -38,8 +38,15 @@ lint: install
 test: install lint
 	$(BIN)/pytest -q  # not `python -m pytest`: that puts the checkout first on sys.path, where kernels/ shadows the PyPI kernels transformers imports
 
+# llama.cpp for the generation baseline, built from source for this CPU's instruction sets, AMX left out: with
+# GGML_NATIVE=ON on a CPU with AMX tiles, llama.cpp 0.3.36's AMX path crashed at the first decode here (as in
+# ggml-org/llama.cpp#20824); what a user can run is the same build without it. Another CPU: set LLAMA_CPP_CMAKE.
+LLAMA_CPP_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+
 bench: install
 	$(BIN)/pip install --no-deps $$($(BIN)/rag models requirements --all)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(BIN)/pip install -e ".[bench]"
 	$(BIN)/rag bench
 
 clean:
