@@ -16,7 +16,8 @@ import anyio
 from starlette.requests import Request
 
 from rag.generation.attribution import attribute
-from rag.generation.base import GenerationParams
+from rag.generation.base import GenerationParams, Generator
+from rag.generation.prompt import SYSTEM_PROMPT, build_messages
 from rag.serving.state import Collection, ServerState
 from rag.types import Document, Hit
 
@@ -45,6 +46,18 @@ class Generation:
     pieces: list[str] = field(default_factory=list)
     first_token_s: float = 0.0
     generate_s: float = 0.0
+    prompt_tokens: int = 0  # the chat prompt (instruction, passages, question), as the model reads it
+    completion_tokens: int = 0  # tokens generated (a piece of text may hold several)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """OpenAI's ``usage`` object."""
+        total = self.prompt_tokens + self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
 
     @property
     def text(self) -> str:
@@ -67,7 +80,24 @@ async def prepare(
     start = time.perf_counter()
     generation.hits, generation.passages = await anyio.to_thread.run_sync(collection.search, question, k)
     generation.retrieve_s = time.perf_counter() - start
+    generation.prompt_tokens = await anyio.to_thread.run_sync(
+        prompt_tokens, state.generator, question, generation.passages
+    )
     return generation
+
+
+def prompt_tokens(generator: Generator | None, question: str, passages: list[Document]) -> int:
+    """How many tokens the generator's chat prompt for this question and these passages has (0: unknown)."""
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is None:
+        return 0
+    system = getattr(getattr(generator, "config", None), "system_prompt", SYSTEM_PROMPT)
+    ids = tokenizer.apply_chat_template(
+        build_messages(question, passages, system), add_generation_prompt=True, tokenize=True
+    )
+    if not isinstance(ids, list):  # a BatchEncoding
+        ids = ids["input_ids"]
+    return len(ids)
 
 
 async def stream_tokens(state: ServerState, generation: Generation, request: Request) -> AsyncIterator[str]:
@@ -89,6 +119,7 @@ async def stream_tokens(state: ServerState, generation: Generation, request: Req
                         raise ClientGone("the client disconnected")
                     piece = await anyio.to_thread.run_sync(next, pieces, _END)
                     if piece is _END:
+                        generation.completion_tokens = _tokens_of(pieces, len(generation.pieces))
                         break
                     if not generation.pieces:
                         generation.first_token_s = time.perf_counter() - start
@@ -112,6 +143,14 @@ async def run_to_end(state: ServerState, generation: Generation, request: Reques
 
 def _timeout_message(state: ServerState, where: str) -> str:
     return f"the request took longer than its limit of {state.settings.request_timeout_s:g} s ({where})"
+
+
+def _tokens_of(pieces: Iterator[str], fallback: int) -> int:
+    """Tokens generated, from the finished stream's answer (a text piece may hold several tokens)."""
+    try:
+        return int(pieces.answer.timings.new_tokens) or fallback  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return fallback
 
 
 def _close(pieces: Iterator[str]) -> None:

@@ -29,6 +29,7 @@ from rag.docstore import Docstore
 from rag.generation.base import GenerationParams
 from rag.indexes.base import Retriever
 from rag.pipeline import Pipeline
+from rag.shared_index import SharedIndex
 from rag.types import Answer, Document, Hit
 
 
@@ -50,24 +51,26 @@ class RagRetriever(BaseRetriever):
 
     @classmethod
     def from_index(cls, index_dir: str | Path, k: int = 5) -> RagRetriever:
-        from rag.indexes import load_index
-        from rag.pipeline import _docstore_of
-
-        retriever = load_index(index_dir)
-        return cls(retriever=retriever, docstore=_docstore_of(retriever), k=k)
+        retriever = SharedIndex(index_dir)
+        return cls(retriever=retriever, docstore=retriever.docstore, k=k)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[LCDocument]:
-        hits = self.retriever.search([query], k=self.k)[0]
-        docs = self.docstore.get([h.doc_id for h in hits])
+        """The top ``k`` documents (``invoke(query, k=3)``; default: the retriever's ``k``)."""
+        k = self.k if k is None else k
+        if isinstance(self.retriever, SharedIndex):  # follows other processes' commits, whole
+            hits, docs = self.retriever.search_documents([query], k=k)[0]
+        else:
+            hits = self.retriever.search([query], k=k)[0]
+            docs = self.docstore.get([h.doc_id for h in hits])
         return [to_langchain(d, h) for h, d in zip(hits, docs, strict=True)]
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[LCDocument]:
         return await asyncio.to_thread(
-            self._get_relevant_documents, query, run_manager=run_manager.get_sync()
+            self._get_relevant_documents, query, run_manager=run_manager.get_sync(), k=k
         )
 
 

@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from rag.generation.base import GenerationParams
 from rag.serving.deps import ReadAuth, StateDep, find_collection
+from rag.serving.errors import FieldError, openai_error
 from rag.serving.gate import QueueFullError
 from rag.serving.generation import ClientGone, Generation, prepare, run_to_end, stream_tokens
 from rag.serving.routes_answer import check_generation_request
@@ -41,6 +42,14 @@ async def models(state: StateDep) -> ModelList:
     return ModelList(data=[ModelCard(id=name, created=_STARTED) for name in sorted(state.collections)])
 
 
+@router.get("/models/{model_id}")
+async def model(model_id: str, state: StateDep) -> ModelCard:
+    """One served collection, as OpenAI's ``GET /v1/models/{model}``; 404 for an unknown name."""
+    if model_id not in state.collections and model_id not in state.unavailable:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the model {model_id!r} does not exist")
+    return ModelCard(id=model_id, created=_STARTED)
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, state: StateDep, request: Request
@@ -48,9 +57,7 @@ async def chat_completions(
     collection = find_collection(state, body.model)
     question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
     if not question.strip():
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "the messages hold no user message with text"
-        )
+        raise FieldError("messages", "the messages hold no user message with text")
     max_tokens = body.max_completion_tokens or body.max_tokens
     k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
     params = GenerationParams(
@@ -62,8 +69,9 @@ async def chat_completions(
     generation = await prepare(state, collection, question, k, params)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _chunks(state, generation, request, completion_id, body.model),
+            _chunks(state, generation, request, completion_id, body.model, include_usage),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
@@ -81,6 +89,7 @@ async def chat_completions(
                 "logprobs": None,
             }
         ],
+        "usage": generation.usage,
         **_extras(generation),
     }
 
@@ -93,14 +102,20 @@ def _extras(g: Generation) -> dict[str, Any]:
 
 
 async def _chunks(
-    state: ServerState, generation: Generation, request: Request, completion_id: str, model: str
+    state: ServerState,
+    generation: Generation,
+    request: Request,
+    completion_id: str,
+    model: str,
+    include_usage: bool,
 ) -> AsyncIterator[str]:
     created = int(time.time())
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    usage = {"usage": None} if include_usage else {}  # OpenAI: null on every chunk but the last
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-        return sse({**body, "choices": [choice], **extra})
+        return sse({**body, "choices": [choice], **usage, **extra})
 
     yield chunk({"role": "assistant", "content": ""})
     try:
@@ -111,7 +126,9 @@ async def _chunks(
     except Exception as error:  # the openai client raises APIError on a chunk with an "error" field
         if error_status(error) >= 500 and not isinstance(error, QueueFullError):
             log.exception("chat completion stream failed")
-        yield sse({"error": {"message": error_detail(error), "code": error_status(error)}})
+        yield sse(openai_error(error_status(error), error_detail(error)))
         return
     yield chunk({}, generation.finish_reason, **_extras(generation))
+    if include_usage:  # one more chunk, with no choices, carrying the usage of the whole request
+        yield sse({**body, "choices": [], "usage": generation.usage})
     yield sse("[DONE]")
