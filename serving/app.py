@@ -20,7 +20,14 @@ import anyio
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from rag.serving import routes_answer, routes_collections, routes_openai, routes_rerank, routes_search
+from rag.serving import (
+    openapi,
+    routes_answer,
+    routes_collections,
+    routes_openai,
+    routes_rerank,
+    routes_search,
+)
 from rag.serving.deps import StateDep
 from rag.serving.errors import add_error_handlers
 from rag.serving.metrics import Metrics
@@ -69,6 +76,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     add_error_handlers(app, settings, metrics)
+    openapi.install(app, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees the 413s too
     return app

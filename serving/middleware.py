@@ -22,7 +22,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _too_large(send, self.max_bytes)
+            return await _too_large(scope, send, self.max_bytes)
         # no (or a small) Content-Length: read the body here, counting, then replay it to the app
         chunks: list[bytes] = []
         size = 0
@@ -32,7 +32,7 @@ class BodyLimit:
                 return  # disconnected before the body was complete
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                return await _too_large(send, self.max_bytes)
+                return await _too_large(scope, send, self.max_bytes)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
@@ -48,8 +48,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(send: Send, max_bytes: int) -> None:
-    body = json.dumps({"detail": f"the request body is larger than the limit of {max_bytes} bytes"}).encode()
+async def _too_large(scope: Scope, send: Send, max_bytes: int) -> None:
+    from rag.serving.errors import OPENAI_PATHS, openai_error
+
+    message = f"the request body is larger than the limit of {max_bytes} bytes"
+    error = openai_error(413, message) if scope["path"].startswith(OPENAI_PATHS) else {"detail": message}
+    body = json.dumps(error).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
