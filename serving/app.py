@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from rag.serving import (
+    docs_page,
     openapi,
     routes_answer,
     routes_collections,
@@ -57,7 +58,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
         version="1",
         summary="Retrieval-augmented generation with citations: search, answer, OpenAI-compatible chat.",
         lifespan=lifespan,
+        docs_url=None,  # docs_page: the same Swagger UI, from local files
+        redoc_url=None,  # ReDoc needs a CDN
     )
+    docs_page.install(app)
     for module in (routes_search, routes_rerank, routes_answer, routes_openai, routes_collections):
         app.include_router(module.router)  # each module's router carries the /v1 prefix
 
