@@ -6,22 +6,35 @@ the OpenAI-compatible request accepts and ignores the OpenAI fields ragloom does
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 MAX_TEMPERATURE = 2.0  # as in OpenAI's API; sampling itself is safe for any finite value
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a signed 64-bit integer
 
 
-class _Strict(BaseModel):
+class _Request(BaseModel):
+    """Numbers as JSON Schema types them: 3 and 3.0 are integers; "3" and true are not numbers."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        numeric = {int, float} & {annotation, *get_args(annotation)}
+        if numeric and isinstance(value, str | bool):
+            raise ValueError("must be a JSON number, not a string or a boolean")
+        return value
+
+
+class _Strict(_Request):
     model_config = ConfigDict(extra="forbid")
 
 
 class SearchRequest(_Strict):
     collection: str
     query: str = Field(min_length=1)
-    k: StrictInt = Field(default=10, ge=1)
+    k: int = Field(default=10, ge=1)
 
 
 class Passage(BaseModel):
@@ -50,7 +63,7 @@ class RerankDocument(_Strict):
 class RerankRequest(_Strict):
     collection: str
     query: str = Field(min_length=1)
-    k: StrictInt = Field(default=10, ge=1, description="hits returned, best first")
+    k: int = Field(default=10, ge=1, description="hits returned, best first")
     reranker: str | None = Field(
         default=None, description="listwise, first, icr or pointwise; default: the server's --reranker"
     )
@@ -60,7 +73,7 @@ class RerankRequest(_Strict):
         description="rerank these instead of a fresh search: a string is the id of a document of the "
         "collection, an object a text of your own",
     )
-    fetch_k: StrictInt | None = Field(
+    fetch_k: int | None = Field(
         default=None, ge=1, description="hits retrieved and reranked when no documents are given"
     )
 
@@ -75,11 +88,11 @@ class RerankResponse(BaseModel):
 class AnswerRequest(_Strict):
     collection: str
     question: str = Field(min_length=1)
-    k: StrictInt | None = Field(default=None, ge=1, description="passages given to the generator")
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: StrictFloat = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
-    top_p: StrictFloat = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    k: int | None = Field(default=None, ge=1, description="passages given to the generator")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: StrictBool = False
 
 
@@ -157,20 +170,20 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = Field(default=False, description="send a last chunk with the request's usage")
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_Request):
     model_config = ConfigDict(extra="allow")  # OpenAI fields ragloom ignores (user, stop, ...)
 
     model: str = Field(description="a collection name, as listed by GET /v1/models")
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
-    top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
-    n: StrictInt = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    k: StrictInt | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
+    k: int | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
 
 
 class ModelCard(BaseModel):
