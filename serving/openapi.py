@@ -39,18 +39,19 @@ LIMITS: dict[str, dict[str, tuple[str, str]]] = {
 }
 # (path, method) -> the error statuses it returns
 STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
-    ("/v1/search", "post"): (401, 404, 413, 422, 503),
-    ("/v1/rerank", "post"): (401, 404, 413, 422, 503, 504),
+    ("/v1/search", "post"): (400, 401, 404, 413, 422, 503),
+    ("/v1/rerank", "post"): (400, 401, 404, 413, 422, 503, 504),
     ("/v1/answer", "post"): (400, 401, 404, 413, 422, 503, 504),
     ("/v1/chat/completions", "post"): (400, 401, 404, 413, 422, 503, 504),
     ("/v1/models", "get"): (401,),
     ("/v1/models/{model_id}", "get"): (401, 404),
     ("/v1/collections", "get"): (401,),
-    ("/v1/collections/{name}/documents", "post"): (401, 403, 404, 409, 413, 422, 503),
+    ("/v1/collections/{name}/documents", "post"): (400, 401, 403, 404, 409, 413, 422, 503),
     ("/v1/collections/{name}/documents/{doc_id}", "delete"): (401, 403, 404, 503),  # doc_id: any text
 }
 DESCRIPTIONS = {
-    400: "a request the model cannot serve (the prompt does not fit its context)",
+    400: "a body that cannot be read (not UTF-8), or a request the model cannot serve (the prompt does not "
+    "fit its context)",
     401: "a token is configured and the request has none or a wrong one",
     403: "writes are closed: the server has no token and open writes were not asked for",
     404: "unknown collection, model or document",

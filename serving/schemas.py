@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 MAX_TEMPERATURE = 2.0  # as in OpenAI's API; sampling itself is safe for any finite value
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a signed 64-bit integer
+SEED_MIN, SEED_MAX = -(2**53 - 1), 2**53 - 1  # JSON's safe integers: exact in every client's doubles
 
 
 class _Request(BaseModel):
