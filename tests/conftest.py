@@ -63,8 +63,8 @@ def _one_thread_model(precision: str):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    """SmolLM2-135M as the product runs it on a CPU: int4 weights, bf16 activations (rag.lm)."""
-    yield from _one_thread_model("int4")
+    """SmolLM2-135M as the product runs it on a CPU: int4/int8 weights, bf16 activations (rag.lm)."""
+    yield from _one_thread_model("mixed")
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,9 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="weights: int4 (the CPU default) or stored (4-bit tensors as in the GGUF file, the rest int8), "
-        "or dequantized: bf16 (the CUDA default) or exact (float32); see docs/generation.md",
+        help="weights: mixed (the CPU default: the GGUF file's 4-bit tensors and the output layer in int4, "
+        "the rest int8) or int4 (all), or dequantized: bf16 (the CUDA default) or exact (float32); see "
+        "docs/runtime.md",
     )
     parser.add_argument(
         "--cad-alpha",

@@ -50,8 +50,8 @@ class CausalLMConfig:
 
     model: str = "qwen2.5-coder-0.5b-instruct"  # a bundled model name, a local folder or a hub id
     device: str | None = None  # None: the loader's choice
-    # int4/int8 weights from the GGUF file ("int4", "stored"; int4 is the CPU default) or dequantized ("bf16",
-    # the CUDA default; "exact": float32); see rag.lm.policy
+    # int4/int8 weights from the GGUF file ("mixed", the CPU default, or "int4") or dequantized ("bf16", the
+    # CUDA default; "exact": float32); see rag.lm.policy
     precision: Precision | None = None
     max_new_tokens: int = 128
     temperature: float = 0.0

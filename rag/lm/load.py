@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import ModelError
-from rag.lm.gguf_weights import LowBits
 from rag.lm.policy import Precision, RuntimePolicy
 
 if TYPE_CHECKING:
@@ -30,8 +29,8 @@ def load_causal_lm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM in eval mode and its tokenizer: ``name`` is a bundled model, a local folder or a hub id.
 
-    ``precision`` (default: the device's, see :class:`RuntimePolicy`): ``int4`` and ``stored`` keep a bundled
-    GGUF model's 4-bit weights as they are and round the others to int4 groups or int8 rows (a folder's or
+    ``precision`` (default: the device's, see :class:`RuntimePolicy`): ``mixed`` and ``int4`` keep a bundled
+    GGUF model's 4-bit weights as they are and round the others to int8 rows or int4 groups (a folder's or
     hub model's float weights are rounded the same way); ``bf16`` and ``exact`` dequantize to bf16 and
     float32.
     ``attn_implementation``: "sdpa" runs as :data:`~rag.lm.grouped_attention.GROUPED_SDPA`; "eager" returns
@@ -45,7 +44,7 @@ def load_causal_lm(
     policy = RuntimePolicy.for_device(device, precision)
     try:
         if policy.quantized:
-            model, tokenizer = _load_quantized(name, policy.low_bits, attn_implementation)
+            model, tokenizer = _load_quantized(name, policy, attn_implementation)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,7 +65,7 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def _load_quantized(name: str, low_bits: LowBits, attn_implementation: str) -> tuple[Any, Any]:
+def _load_quantized(name: str, policy: RuntimePolicy, attn_implementation: str) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from rag.lm.quantized_cache import ensure_quantized, load_weights
@@ -75,7 +74,7 @@ def _load_quantized(name: str, low_bits: LowBits, attn_implementation: str) -> t
 
     bundled = bundled_model(name)
     if bundled is not None and bundled.fmt == "gguf":
-        folder = ensure_quantized(bundled, low_bits)
+        folder = ensure_quantized(bundled, policy.precision, policy.low_bits)
         model = skeleton(AutoConfig.from_pretrained(folder), attn_implementation)
         materialize(model, *load_weights(folder))
         return model, AutoTokenizer.from_pretrained(folder)
@@ -83,4 +82,4 @@ def _load_quantized(name: str, low_bits: LowBits, attn_implementation: str) -> t
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype="float32", attn_implementation=attn_implementation
     )
-    return quantize_float_model(model, low_bits), AutoTokenizer.from_pretrained(source)
+    return quantize_float_model(model, policy.low_bits), AutoTokenizer.from_pretrained(source)

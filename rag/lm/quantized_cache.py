@@ -33,13 +33,14 @@ _WEIGHTS = "weights.safetensors"
 _MARKER = "ragloom-source.json"
 
 
-def quantized_dir(model: BundledModel, low_bits: LowBits) -> Path:
-    return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}-{low_bits}"
+def quantized_dir(model: BundledModel, scheme: str) -> Path:
+    return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}-{scheme}"
 
 
-def ensure_quantized(model: BundledModel, low_bits: LowBits) -> Path:
-    """The quantized folder of bundled GGUF ``model``, writing it first if needed."""
-    target = quantized_dir(model, low_bits)
+def ensure_quantized(model: BundledModel, scheme: str, low_bits: LowBits) -> Path:
+    """The quantized folder of bundled GGUF ``model`` for ``scheme`` (a precision name, e.g. "mixed", whose
+    non-4-bit linear weights become ``low_bits``), writing it first if needed."""
+    target = quantized_dir(model, scheme)
     if (target / _MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
