@@ -101,27 +101,58 @@ def save_weights(path: Path, model: GGUFModel, low_bits: str) -> None:
 
 
 def load_weights(folder: Path) -> tuple[dict[str, QuantizedWeight], dict[str, np.ndarray]]:
-    """``(weights, floats)`` of a quantized folder, as :func:`rag.lm.quantized_model.materialize` takes."""
-    from safetensors import safe_open
+    """``(weights, floats)`` of a quantized folder, as :func:`rag.lm.quantized_model.materialize` takes.
 
+    Each tensor is a copy-on-write memory map of its bytes in ``weights.safetensors`` (never written, so the
+    int8 weights stay the file's pages: resident once, no copy; the int4 ones are unmapped once packed).
+    """
     path = folder / _WEIGHTS
     try:
-        with safe_open(str(path), framework="np") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise ModelError(f"{path} is not a {FORMAT} file (format {metadata.get('format')!r})")
-            group = int(metadata["group_size"])
-            raw = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (OSError, ValueError) as error:  # a missing or damaged file
+        metadata, tensors = _mapped_safetensors(path)
+    except (OSError, ValueError, KeyError) as error:  # a missing, truncated or damaged file
         raise ModelError(f"cannot read the quantized model at {path}: {error}") from error
+    if metadata.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a {FORMAT} file (format {metadata.get('format')!r})")
+    group = int(metadata["group_size"])
     weights: dict[str, QuantizedWeight] = {}
     floats: dict[str, np.ndarray] = {}
-    for key, value in raw.items():
+    for key, value in tensors.items():
         name, _, part = key.partition(":")
         if not part:
             floats[name] = value
         elif part == "q4":
-            weights[name] = Int4Weight(value, raw[f"{name}:scale"], raw[f"{name}:zero"], group)
+            weights[name] = Int4Weight(value, tensors[f"{name}:scale"], tensors[f"{name}:zero"], group)
         elif part == "q8":
-            weights[name] = Int8Weight(value, raw[f"{name}:scale"])
+            weights[name] = Int8Weight(value, tensors[f"{name}:scale"])
     return weights, floats
+
+
+_DTYPES = {"F32": np.float32, "I8": np.int8, "U8": np.uint8, "I32": np.int32, "F16": np.float16}
+
+
+def _mapped_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The metadata and the tensors of a safetensors file, each tensor memory-mapped where it lies.
+
+    The format: an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and
+    byte range after the header, then the bytes.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 0 < length <= size - 8:
+            raise ValueError(f"header length {length} does not fit a {size}-byte file")
+        header = json.loads(f.read(length))
+    metadata = header.pop("__metadata__", {})
+    base = 8 + length
+    tensors = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        shape = tuple(info["shape"])
+        if end - start != int(np.prod(shape)) * dtype.itemsize or base + end > size:
+            raise ValueError(f"tensor {name} does not fit its bytes")
+        if end == start:
+            tensors[name] = np.zeros(shape, dtype)
+        else:
+            tensors[name] = np.memmap(path, dtype=dtype, mode="c", offset=base + start, shape=shape)
+    return metadata, tensors

@@ -52,8 +52,7 @@ class QuantizedLinear(torch.nn.Module):
             if not int4_supported(self.out_features, self.in_features, weight.group_size):
                 raise ValueError(f"torch's CPU int4 kernel does not take a {weight.shape} weight")
             self.group_size = weight.group_size
-            values = torch.from_numpy(weight.values().astype(np.int32))  # [rows, cols]
-            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1))
+            self.register_buffer("packed", _pack_int4(weight))
             scale_zero = np.stack([weight.scale.T, weight.zero.T], axis=-1)  # [groups, rows, 2]
             self.register_buffer("scale_zero", torch.from_numpy(scale_zero).to(torch.bfloat16).contiguous())
         else:
@@ -101,6 +100,18 @@ class QuantizedEmbedding(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., dim] bf16
         return self.q[ids].to(torch.bfloat16) * self.scale[ids, None]
+
+
+def _pack_int4(weight: Int4Weight, chunk_rows: int = 64 * _BLOCK_ROWS) -> torch.Tensor:
+    """``aten._convert_weight_to_int4pack_for_cpu`` of the weight's values, a few blocks of rows at a time:
+    the layout is block-major, so the chunks' packings laid end to end are the whole weight's (and the int32
+    values the op takes never exist for the whole weight: 0.6 GB for Qwen's output layer)."""
+    rows = weight.shape[0]
+    chunks = []
+    for start in range(0, rows, chunk_rows):
+        values = torch.from_numpy(weight.values(slice(start, start + chunk_rows)).astype(np.int32))
+        chunks.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1))
+    return torch.cat(chunks)
 
 
 def unpack_int4(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

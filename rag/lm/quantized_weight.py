@@ -39,10 +39,10 @@ class Int4Weight:
     def shape(self) -> tuple[int, int]:
         return self.q.shape[0], self.q.shape[1] * 2
 
-    def values(self) -> np.ndarray:
-        """The 4-bit values ``# [rows, cols]`` uint8 in 0..15."""
-        rows, cols = self.shape
-        return np.stack([self.q & 0x0F, self.q >> 4], axis=-1).reshape(rows, cols)
+    def values(self, rows: slice = slice(None)) -> np.ndarray:
+        """The 4-bit values ``# [rows, cols]`` uint8 in 0..15 (of the given rows only, if ``rows``)."""
+        q = self.q[rows]
+        return np.stack([q & 0x0F, q >> 4], axis=-1).reshape(len(q), -1)
 
     def dense(self) -> np.ndarray:
         """The weight ``# [rows, cols]`` float32."""

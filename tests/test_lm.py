@@ -1,0 +1,171 @@
+"""rag.lm: GGUF blocks repacked into int4/int8 weights, the kernels' row invariance, the quantized cache, the
+policy and the in-place KV cache."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+import rag.lm.kv_cache
+import rag.lm.quantized_linear
+import rag.lm.quantized_weight
+from rag.errors import ConfigError, ModelError
+from rag.lm import RuntimePolicy, load_causal_lm
+from rag.lm.gguf_weights import GGUFModel
+from rag.lm.kv_cache import GrowingLayer, new_cache
+from rag.lm.quantized_cache import load_weights, save_weights
+from rag.lm.quantized_linear import KERNEL_MAX_ROWS, QuantizedLinear, _pack_int4, unpack_int4
+from rag.lm.quantized_weight import (
+    Int4Weight,
+    int4_from_float,
+    int4_from_q4_0,
+    int4_from_q4_1,
+    int8_from_float,
+)
+
+
+@pytest.mark.parametrize("module", [rag.lm.quantized_weight, rag.lm.quantized_linear, rag.lm.kv_cache])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def random_weight(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.05, (rows, cols)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+def test_4_bit_gguf_blocks_repack_exactly(kind: str) -> None:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    weight = random_weight(64, 256)
+    qtype = GGMLQuantizationType[kind]
+    blocks = quantize(weight, qtype)  # [64, bytes per row]
+    repack = int4_from_q4_0 if kind == "Q4_0" else int4_from_q4_1
+    ours = repack(blocks, 64, 256).dense()
+    np.testing.assert_array_equal(ours, dequantize(blocks, qtype).reshape(64, 256))
+
+
+@pytest.mark.slow
+def test_q4_k_blocks_of_a_bundled_file_repack_exactly(tmp_path) -> None:
+    import gguf
+    from gguf.quants import dequantize
+
+    from rag.lm.quantized_weight import int4_from_q4_k
+    from rag.models import bundled_model
+    from rag.models.bundled import gguf_file
+
+    path = gguf_file(bundled_model("qwen2.5-coder-0.5b-instruct"), tmp_path)
+    tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.tensor_type.name == "Q4_K")
+    rows, cols = tensor.data.shape[0], int(tensor.shape[0])
+    ours = int4_from_q4_k(np.asarray(tensor.data), rows, cols).dense()
+    np.testing.assert_array_equal(ours, dequantize(tensor.data, tensor.tensor_type).reshape(rows, cols))
+
+
+def test_rounding_to_int8_rows_and_int4_groups_stays_within_half_a_step() -> None:
+    weight = random_weight(128, 256)
+    eight = int8_from_float(weight)
+    assert np.all(np.abs(eight.dense() - weight) <= eight.scale[:, None] / 2 + 1e-7)
+    four = int4_from_float(weight)
+    step = np.repeat(four.scale, 32, axis=1)  # [rows, cols]
+    assert np.all(np.abs(four.dense() - weight) <= step / 2 + 1e-6)
+    assert four.values().max() <= 15 and four.shape == (128, 256)
+
+
+def test_packing_in_row_chunks_equals_packing_the_whole_weight_and_unpacks_back() -> None:
+    weight = int4_from_float(random_weight(64 * 5, 128))
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        torch.from_numpy(weight.values().astype(np.int32)), 1
+    )
+    assert torch.equal(_pack_int4(weight, chunk_rows=128), whole)
+    assert torch.equal(unpack_int4(whole, 64 * 5, 128), torch.from_numpy(weight.values()))
+
+
+@pytest.mark.parametrize("form", ["int4", "int8"])
+def test_a_row_gets_the_same_bits_alone_or_among_up_to_64_rows(form: str) -> None:
+    dense = random_weight(256, 512)
+    weight = int4_from_float(dense) if form == "int4" else int8_from_float(dense)
+    layer = QuantizedLinear(weight, np.linspace(-1, 1, 256, dtype=np.float32))
+    x = torch.randn(KERNEL_MAX_ROWS, 512, generator=torch.Generator().manual_seed(1)).bfloat16()
+    batch = layer(x)  # [64, 256]
+    for row in (0, 7, 63):
+        assert torch.equal(layer(x[row : row + 1])[0], batch[row])
+    reference = x.float() @ torch.from_numpy(weight.dense()).T + layer.bias.float()
+    torch.testing.assert_close(batch.float(), reference, atol=0.05, rtol=0.02)
+    # more rows run on the weight expanded to bf16: the same product, within bf16 rounding
+    prompt = torch.cat([x, x])  # [128, 512]
+    torch.testing.assert_close(layer(prompt)[:KERNEL_MAX_ROWS].float(), batch.float(), atol=0.05, rtol=0.02)
+    assert layer(x[None]).shape == (1, KERNEL_MAX_ROWS, 256)  # leading dims kept
+
+
+def test_the_quantized_cache_file_round_trips_memory_mapped_and_damage_is_refused(tmp_path) -> None:
+    four, eight = int4_from_float(random_weight(64, 64)), int8_from_float(random_weight(8, 32))
+    model = GGUFModel(
+        "llama", {"a.weight": four, "b.weight": eight}, {"n.weight": np.ones(4, np.float32)}, {}
+    )
+    path = tmp_path / "weights.safetensors"
+    save_weights(path, model, "int8")
+    weights, floats = load_weights(tmp_path)
+    assert isinstance(weights["a.weight"], Int4Weight)
+    np.testing.assert_array_equal(weights["a.weight"].dense(), four.dense())
+    np.testing.assert_array_equal(weights["b.weight"].dense(), eight.dense())
+    assert isinstance(weights["b.weight"].q, np.memmap)  # the file's pages, not a copy
+    np.testing.assert_array_equal(floats["n.weight"], np.ones(4))
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ModelError, match="cannot read"):
+        load_weights(tmp_path)
+
+
+def test_the_policy_is_chosen_per_device_and_refuses_cpu_kernels_elsewhere() -> None:
+    assert RuntimePolicy.for_device("cpu") == RuntimePolicy("cpu", "mixed")
+    assert RuntimePolicy.for_device("cuda").precision == "bf16"
+    assert RuntimePolicy("cpu", "int4").low_bits == "int4" and RuntimePolicy("cpu").low_bits == "int8"
+    with pytest.raises(ConfigError, match="CPU int4/int8 kernels"):
+        RuntimePolicy("cuda", "mixed")
+    with pytest.raises(ConfigError, match="precision must be"):
+        RuntimePolicy("cpu", "fp8")  # type: ignore[arg-type]
+
+
+def test_the_growing_cache_holds_what_concatenation_holds_through_cuts_and_reorders() -> None:
+    generator = torch.Generator().manual_seed(0)
+    ours, theirs = GrowingLayer(), DynamicLayer()
+    for step, n in enumerate([300, 1, 4, 1, 200]):  # past the first buffer's room
+        k, v = torch.randn(2, 3, n, 8, generator=generator), torch.randn(2, 3, n, 8, generator=generator)
+        a, b = ours.update(k, v), theirs.update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        if step == 2:  # a draft tree's rejected nodes cut off, as KVBatch.keep does
+            for layer in (ours, theirs):
+                layer.keys, layer.values = layer.keys[..., :-2, :], layer.values[..., :-2, :]
+        if step == 3:  # kept nodes reordered: a new tensor, no longer a view of the buffer
+            index = torch.tensor([*range(302), 303])
+            for layer in (ours, theirs):
+                layer.keys, layer.values = (
+                    layer.keys.index_select(-2, index),
+                    layer.values.index_select(-2, index),
+                )
+    assert ours.get_seq_length() == theirs.get_seq_length() == 300 + 1 + 4 - 2 + 1 - 1 + 200
+
+
+@pytest.mark.slow
+def test_smollm2_quantized_loads_without_a_float_copy_and_answers_as_float32() -> None:
+    model, tokenizer = load_causal_lm("smollm2-135m-instruct", device="cpu")
+    exact, _ = load_causal_lm("smollm2-135m-instruct", device="cpu", precision="exact")
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(not isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert {m.bits for m in layers} == {4, 8}  # Q4_1 layers exact in int4; the tied Q8_0 output layer int8
+    assert model.dtype == torch.bfloat16 and isinstance(new_cache(model), DynamicCache)
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.inference_mode():
+        ours = model.generate(ids["input_ids"], max_new_tokens=12, do_sample=False)
+        theirs = exact.generate(ids["input_ids"], max_new_tokens=12, do_sample=False)
+    assert tokenizer.decode(ours[0]) == tokenizer.decode(theirs[0])
+    assert "Paris" in tokenizer.decode(ours[0, ids["input_ids"].shape[1] :])
