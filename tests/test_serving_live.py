@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "live-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUESTION = "What is the capital of France?"
-RAMBLE = "List every capital city of Europe, one per line."  # runs to max_tokens with SmolLM2
+RAMBLE = "Write a long poem about tea, Paris and Rome."  # runs to max_tokens with SmolLM2 (int4, bf16)
 
 
 class LiveServer:
