@@ -69,3 +69,26 @@ def test_gguf_model_is_converted_once_and_reloads(tmp_path, monkeypatch) -> None
     assert resolve_model("smollm2-135m-instruct") == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.rglob(".smollm2*") if p.is_dir()]  # no temp folders left
+
+
+def test_old_qwen_names_are_aliases_of_the_coder_models(caplog) -> None:
+    from rag.models import bundled_model, canonical_name
+
+    assert bundled_model("qwen2.5-0.5b-instruct") is CATALOG["qwen2.5-coder-0.5b-instruct"]
+    assert canonical_name("qwen2.5-1.5b-instruct") == "qwen2.5-coder-1.5b-instruct"
+    assert "please use the new name" in caplog.text
+    assert canonical_name("minilm") == "minilm"
+
+
+def test_list_models_names_the_precisions_each_gguf_model_is_cached_in(tmp_path, monkeypatch) -> None:
+    from rag.lm.quantized_cache import quantized_dir
+
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path))
+    model = CATALOG["smollm2-135m-instruct"]
+    assert {r.name: r.cache for r in list_models()}["smollm2-135m-instruct"] == "none"
+    folder = quantized_dir(model, "mixed")
+    folder.mkdir(parents=True)
+    (folder / "ragloom-source.json").write_text("{}")
+    quantized_dir(model, "int4").mkdir()  # unmarked: an interrupted write, not a cache
+    rows = {r.name: r.cache for r in list_models()}
+    assert rows["smollm2-135m-instruct"] == "mixed" and rows["minilm"] == "-"

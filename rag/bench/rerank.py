@@ -28,7 +28,7 @@ from rag.errors import ConfigError
 from rag.eval.retrieval import run_queries, score_run
 from rag.indexes import Retriever, load_index
 from rag.lm import load_causal_lm
-from rag.models import install_hint, resolve_model
+from rag.models import bundled_model, install_hint, resolve_model
 from rag.registry import lookup
 from rag.rerankers.run import rerank_run
 from rag.settings import cache_dir, data_dir
@@ -103,7 +103,8 @@ def run(
     skipped = [f"{m}: not measured, {hint}." for m, hint in hints.items() if hint]
     measured_models = [m for m, hint in hints.items() if not hint]
     for model in measured_models:
-        resolve_model(model)  # an unknown name fails here, before the first stage is built
+        if bundled_model(model) is None:  # an unknown name fails here, before the first stage is built
+            resolve_model(model)
     runs, docstore = first_stage_runs(chosen, depth, stages)
     before = {stage: score_run(hits, judged, [MEASURE])[MEASURE] for stage, hits in runs.items()}
 

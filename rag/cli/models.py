@@ -21,11 +21,13 @@ def add_parser(commands: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    print(f"{'name':<24}{'role':<16}{'installed':<11}{'size':>10}  cache")
+    rows = list_models()
+    width = max(len(m.name) for m in rows) + 2
+    print(f"{'name':<{width}}{'role':<16}{'installed':<11}{'size':>10}  cached as")
     missing = []
-    for m in list_models():
+    for m in rows:
         size = f"{m.size_bytes / 2**20:.0f} MiB" if m.installed else "-"
-        print(f"{m.name:<24}{m.role:<16}{'yes' if m.installed else 'no':<11}{size:>10}  {m.cache}")
+        print(f"{m.name:<{width}}{m.role:<16}{'yes' if m.installed else 'no':<11}{size:>10}  {m.cache}")
         if not m.installed:
             missing.append(m)
     for m in missing:

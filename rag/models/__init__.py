@@ -142,8 +142,19 @@ class ModelStatus:
     description: str
     installed: bool
     size_bytes: int  # on disk, 0 when not installed
-    cache: str  # "converted", "not converted", or "-" for models used in place
+    cache: str  # the precisions cached (e.g. "mixed, exact"), "none", or "-" for models used in place
     pip_command: str
+
+
+def cached_precisions(model: BundledModel) -> list[str]:
+    """The precisions a GGUF model is cached in: ``exact`` (the float32 folder) and those of rag.lm's packed
+    folders (``<float folder>-<precision>``)."""
+    base = converted_dir(model)
+    found = ["exact"] if is_converted(model) else []
+    for folder in sorted(base.parent.glob(f"{base.name}-*")):
+        if (folder / "ragloom-source.json").is_file():
+            found.append(folder.name.removeprefix(f"{base.name}-"))
+    return found
 
 
 def list_models() -> list[ModelStatus]:
@@ -151,10 +162,7 @@ def list_models() -> list[ModelStatus]:
     for model in CATALOG.values():
         installed = is_installed(model)
         size = sum(p.stat().st_size for p in bundled_files(model)) if installed else 0
-        if model.fmt != "gguf":
-            cache = "-"
-        else:
-            cache = f"converted ({converted_dir(model)})" if is_converted(model) else "not converted"
+        cache = "-" if model.fmt != "gguf" else ", ".join(cached_precisions(model)) or "none"
         rows.append(
             ModelStatus(model.name, model.role, model.description, installed, size, cache, model.pip_command)
         )
