@@ -22,6 +22,7 @@ from rag.lm.quantized_cache import load_weights, save_weights
 from rag.lm.quantized_linear import KERNEL_MAX_ROWS, QuantizedLinear, _pack_int4, unpack_int4
 from rag.lm.quantized_weight import (
     Int4Weight,
+    Int8Weight,
     int4_from_float,
     int4_from_q4_0,
     int4_from_q4_1,
@@ -102,6 +103,20 @@ def test_a_row_gets_the_same_bits_alone_or_among_up_to_64_rows(form: str) -> Non
     prompt = torch.cat([x, x])  # [128, 512]
     torch.testing.assert_close(layer(prompt)[:KERNEL_MAX_ROWS].float(), batch.float(), atol=0.05, rtol=0.02)
     assert layer(x[None]).shape == (1, KERNEL_MAX_ROWS, 256)  # leading dims kept
+
+
+def test_an_int8_weight_at_an_unaligned_address_multiplies_several_rows() -> None:
+    """A memory-mapped weight lies where the cache file puts it; torch's int8 kernel crashed on 2-64 rows of a
+    weight 8 bytes off a 16-byte boundary (the 0.5B's int8 layers were 40 bytes off 64)."""
+    weight = int8_from_float(random_weight(256, 512))
+    buffer = np.empty(weight.q.nbytes + 64, np.int8)
+    start = -buffer.ctypes.data % 64 + 8
+    unaligned = buffer[start : start + weight.q.nbytes].reshape(weight.q.shape)
+    unaligned[:] = weight.q
+    assert unaligned.ctypes.data % 16 == 8
+    layer = QuantizedLinear(Int8Weight(unaligned, weight.scale))
+    x = torch.randn(8, 512, generator=torch.Generator().manual_seed(2)).bfloat16()
+    assert torch.equal(layer(x), QuantizedLinear(weight)(x))
 
 
 def test_the_quantized_cache_file_round_trips_memory_mapped_and_damage_is_refused(tmp_path) -> None:

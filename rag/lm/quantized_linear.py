@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from rag.lm.quantized_weight import Int4Weight, Int8Weight, QuantizedWeight
 
+_ALIGN = 64  # bytes: aten._weight_int8pack_mm crashes (SIGSEGV) on 2-64 rows of a weight at an 8-byte offset
 KERNEL_MAX_ROWS = 64  # rows up to which the weight-only kernels run; more rows run on the expanded weight
 _BLOCK_ROWS = 64  # the CPU int4 layout packs rows in blocks of 64
 
@@ -56,7 +57,7 @@ class QuantizedLinear(torch.nn.Module):
             scale_zero = np.stack([weight.scale.T, weight.zero.T], axis=-1)  # [groups, rows, 2]
             self.register_buffer("scale_zero", torch.from_numpy(scale_zero).to(torch.bfloat16).contiguous())
         else:
-            self.register_buffer("q", torch.from_numpy(np.ascontiguousarray(weight.q)))
+            self.register_buffer("q", _aligned(torch.from_numpy(np.ascontiguousarray(weight.q))))
             self.register_buffer("scale", torch.from_numpy(weight.scale).to(torch.bfloat16))
         bias_tensor = None if bias is None else torch.as_tensor(bias).to(torch.bfloat16)
         self.register_buffer("bias", bias_tensor)
@@ -100,6 +101,12 @@ class QuantizedEmbedding(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., dim] bf16
         return self.q[ids].to(torch.bfloat16) * self.scale[ids, None]
+
+
+def _aligned(q: torch.Tensor) -> torch.Tensor:
+    """``q`` itself where its data starts on a 64-byte boundary, else a copy that does (a tensor memory-mapped
+    from the cache file lies where the file puts it)."""
+    return q if q.data_ptr() % _ALIGN == 0 else q.clone()
 
 
 def _pack_int4(weight: Int4Weight, chunk_rows: int = 64 * _BLOCK_ROWS) -> torch.Tensor:
