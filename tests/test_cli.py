@@ -155,6 +155,21 @@ def test_eval_retrieval_reranks_with_the_docstore_of_an_index(collection, tmp_pa
     assert metrics["R@100"] == (1.0, 1.0) and 0.0 < metrics["RR@10"][0] <= 1.0
 
 
+def test_eval_citations_answers_judged_claims_and_reads_their_citations(collection, tmp_path, capsys) -> None:
+    queries = {"q1": "Lava can reach 1200 degrees Celsius.", "q2": "Sourdough rises thanks to wild yeast."}
+    beir = write_beir(tmp_path / "beir", queries, {"q1": "volcanoes.md#0", "q2": "bread.md#0"})
+    argv = ["eval", "citations", str(beir), "--index", str(collection / "dense"), "--generator",
+            "smollm2-135m-instruct", "-k", "1", "--max-new-tokens", "24"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "queries                  2" in out
+    assert "relevant in top-1         100.0%" in out  # each claim retrieves the document it restates
+    cited = float(out.split("answers citing a passage")[1].split("%")[0])
+    first = out.split("first citation relevant")[1].split()
+    # one passage given and it is the relevant one: every answer that cites anything cites it
+    assert first[:3] == (["n/a", "of", "0"] if cited == 0 else ["100.0%", "of", str(round(cited / 50))])
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
@@ -221,7 +236,7 @@ def test_eval_qa_runs_the_pipeline_on_a_squad_file(tmp_path, capsys) -> None:
     predictions = tmp_path / "predictions.jsonl"
     code = main(
         ["eval", "qa", str(path), "--generator", "smollm2-135m-instruct", "-k", "1", "--max-new-tokens", "8",
-         "--predictions", str(predictions)]
+         "--predictions", str(predictions), "--gold-baseline"]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
@@ -241,3 +256,6 @@ def test_eval_qa_runs_the_pipeline_on_a_squad_file(tmp_path, capsys) -> None:
         assert set(r["cited"]) <= set(r["passages"]) and r["gold_cited"] == (r["gold_id"] in r["cited"])
     assert 100 * sum(r["em"] for r in rows) / 2 == pytest.approx(em, abs=0.05)
     assert 100 * sum(r["f1"] for r in rows) / 2 == pytest.approx(f1, abs=0.05)
+    # top-1 is the gold paragraph here, so the gold-only baseline asks the same prompt and answers the same
+    assert [r["gold_only"]["prediction"] for r in rows] == [r["prediction"] for r in rows]
+    assert f"gold passage only EM {em:.1f}  F1 {f1:.1f}" in out

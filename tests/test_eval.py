@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.eval.qa import QARecord, QAReport, strip_citations
+from rag.eval.citations import CitationRecord, CitationReport
+from rag.eval.qa import GoldOnly, QARecord, QAReport, strip_citations
 from rag.eval.retrieval import score_run, write_trec_run
 from rag.eval.squad_metrics import exact_match, f1_score, normalize_answer
 from rag.types import Hit
@@ -56,8 +57,15 @@ def test_strip_citations() -> None:
     assert strip_citations("1200 degrees [2, 3]") == "1200 degrees"
 
 
-def _record(em: float, cited: list[str]) -> QARecord:
-    return QARecord("q", "Who?", "x", ["x"], em, em, "gold", ["other", "gold"], cited, 1.0)
+def _record(em: float, cited: list[str], gold_only: GoldOnly | None = None) -> QARecord:
+    return QARecord("q", "Who?", "x", ["x"], em, em, "gold", ["other", "gold"], cited, 1.0, gold_only)
+
+
+def test_the_gold_only_scores_average_the_baseline_answers_or_are_none_without_it() -> None:
+    right, wrong = GoldOnly("x", 1.0, 1.0), GoldOnly("y", 0.0, 0.5)
+    report = QAReport([_record(0.0, [], right), _record(0.0, [], wrong)])
+    assert (report.gold_only_em, report.gold_only_f1) == (50.0, 75.0)
+    assert QAReport([_record(0.0, [], right), _record(0.0, [])]).gold_only_em is None
 
 
 def test_gold_cited_when_right_counts_the_first_citation_of_exact_answers() -> None:
@@ -71,3 +79,20 @@ def test_gold_cited_when_right_counts_the_first_citation_of_exact_answers() -> N
     )
     assert report.gold_cited_when_right == pytest.approx(100 / 3)
     assert QAReport([_record(0.0, ["gold"])]).gold_cited_when_right is None
+
+
+def test_the_citation_report_counts_first_citations_where_a_relevant_passage_was_given() -> None:
+    def record(passages: list[str], cited: list[str]) -> CitationRecord:
+        return CitationRecord("q", "claim", "answer", passages, cited, relevant=["r"])
+
+    report = CitationReport(
+        [
+            record(["r", "x"], ["r"]),
+            record(["x", "r"], ["x", "r"]),  # the relevant passage cited second does not count
+            record(["r"], []),  # no citation: not counted
+            record(["x"], ["x"]),  # nothing relevant given: not counted
+        ]
+    )
+    assert len(report.answerable) == 2 and report.first_citation_relevant == 50.0
+    assert (report.cited_any, report.relevant_retrieved) == (75.0, 75.0)
+    assert CitationReport([record(["x"], ["x"])]).first_citation_relevant is None

@@ -1,4 +1,5 @@
-"""``rag eval retrieval`` (BEIR folder, ir-measures, optionally LLM-reranked); ``rag eval qa`` (SQuAD, EM/F1).
+"""``rag eval retrieval`` (BEIR folder, ir-measures, optionally LLM-reranked); ``rag eval qa`` (SQuAD, EM/F1);
+``rag eval citations`` (BEIR claims: are the cited passages judged relevant?).
 
 rag eval retrieval data/scifact --index scifact/dense --reranker first --rerank-depth 20 --limit 50
 """
@@ -16,6 +17,7 @@ from rag.collection import build_index
 from rag.corpus import read_beir
 from rag.docstore import Docstore
 from rag.errors import ConfigError
+from rag.eval.citations import evaluate_citations
 from rag.eval.qa import QA_SYSTEM_PROMPT, evaluate_qa, write_predictions
 from rag.eval.retrieval import DEFAULT_MEASURES, evaluate_retrieval
 from rag.indexes import Retriever, load_index
@@ -59,8 +61,23 @@ def add_parser(commands: Any) -> None:
         metavar="FILE",
         help="write one JSON line per question: prediction, gold answers, EM/F1, passages and cited ids",
     )
+    qa.add_argument(
+        "--gold-baseline",
+        action="store_true",
+        help="also answer each question from its gold paragraph alone (the same generator, twice the time)",
+    )
     add_generation_options(qa, max_new_tokens=32)
     qa.set_defaults(handler=run_qa)
+
+    citations = verbs.add_parser(
+        "citations", help="how often answers cite a passage judged relevant, on a BEIR folder's claims"
+    )
+    citations.add_argument("beir", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    citations.add_argument("--index", required=True, help="a built index of that corpus, with its docstore")
+    citations.add_argument("--split", default="test", help="qrels split (default: test)")
+    citations.add_argument("--limit", type=int, default=50, help="first N queries (default 50; 0 = all)")
+    add_generation_options(citations, max_new_tokens=64)
+    citations.set_defaults(handler=run_citations)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
@@ -134,10 +151,14 @@ def run_qa(args: argparse.Namespace) -> int:
             index = str(Path(tmp, "dense"))
         generator = build("generator", "causal-lm", generator_config(args, system_prompt=QA_SYSTEM_PROMPT))
         pipeline = Pipeline(load_index(index), generator, k=args.k)
-        report = evaluate_qa(pipeline, args.squad, limit=args.limit or None, params=params)
+        report = evaluate_qa(
+            pipeline, args.squad, limit=args.limit or None, params=params, gold_baseline=args.gold_baseline
+        )
     print(f"questions        {len(report.records)}")
     print(f"exact match      {report.em:.1f}")
     print(f"F1               {report.f1:.1f}")
+    if report.gold_only_em is not None:
+        print(f"gold passage only EM {report.gold_only_em:.1f}  F1 {report.gold_only_f1:.1f}")
     print(f"gold in top-{args.k}    {report.gold_in_passages:.1f}%")
     if report.gold_cited_when_right is not None:
         print(f"gold cited first {report.gold_cited_when_right:.1f}% of the exactly right answers")
@@ -145,4 +166,20 @@ def run_qa(args: argparse.Namespace) -> int:
     if args.predictions:
         write_predictions(report.records, args.predictions)
         print(f"predictions      {args.predictions}")
+    return 0
+
+
+def run_citations(args: argparse.Namespace) -> int:
+    params = generation_params(args)
+    generator = build("generator", "causal-lm", generator_config(args))
+    pipeline = Pipeline(load_index(args.index), generator, k=args.k)
+    limit = args.limit or None
+    report = evaluate_citations(pipeline, args.beir, split=args.split, limit=limit, params=params)
+    first = report.first_citation_relevant
+    print(f"queries                  {len(report.records)}")
+    print(f"relevant in top-{args.k:<2}        {report.relevant_retrieved:.1f}%")
+    print(f"answers citing a passage {report.cited_any:.1f}%")
+    shown = "n/a" if first is None else f"{first:.1f}%"
+    among = f"of {len(report.answerable)} answers citing, with a relevant passage given"
+    print(f"first citation relevant  {shown} {among}")
     return 0

@@ -29,6 +29,16 @@ _MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 
 
 @dataclass(frozen=True)
+class GoldOnly:
+    """The answer of the same generator given only the paragraph that holds the answer: the ceiling that
+    retrieval, the passage count and the context mode are judged against."""
+
+    prediction: str
+    em: float
+    f1: float
+
+
+@dataclass(frozen=True)
 class QARecord:
     id: str
     question: str
@@ -40,6 +50,8 @@ class QARecord:
     passages: list[str]  # ids of the passages given to the generator, in rank order
     cited: list[str]  # ids of the passages the answer cites
     seconds: float
+    # the same generator given the gold paragraph alone (evaluate_qa(..., gold_baseline=True)); None: not run
+    gold_only: GoldOnly | None = None
 
     @property
     def gold_retrieved(self) -> bool:
@@ -75,6 +87,21 @@ class QAReport:
         return 100 * statistics.fmean(r.cited[:1] == [r.gold_id] for r in right) if right else None
 
     @property
+    def gold_only_em(self) -> float | None:
+        """EM of the same generator given the gold paragraph alone (None: the baseline was not run)."""
+        return self._gold_only_mean("em")
+
+    @property
+    def gold_only_f1(self) -> float | None:
+        return self._gold_only_mean("f1")
+
+    def _gold_only_mean(self, field: str) -> float | None:
+        runs = [r.gold_only for r in self.records]
+        if any(run is None for run in runs):
+            return None
+        return 100 * statistics.fmean(getattr(run, field) for run in runs)
+
+    @property
     def median_seconds(self) -> float:
         return statistics.median(r.seconds for r in self.records)
 
@@ -91,8 +118,11 @@ def evaluate_qa(
     limit: int | None = 100,
     params: GenerationParams | None = None,
     progress: bool = True,
+    gold_baseline: bool = False,
 ) -> QAReport:
-    """Answer the first ``limit`` questions of ``squad_file`` with ``pipeline``."""
+    """Answer the first ``limit`` questions of ``squad_file`` with ``pipeline``; with ``gold_baseline``, also
+    ask its generator each question with the gold paragraph (from the pipeline's docstore) as the only
+    passage."""
     questions = read_squad_questions(squad_file)[:limit]
     if not questions:
         raise ConfigError(f"{squad_file} has no questions to evaluate")
@@ -100,6 +130,13 @@ def evaluate_qa(
     for q in tqdm(questions, desc="answer", unit="q", disable=not progress):
         answer = pipeline.answer(q.question, params)
         prediction = strip_citations(answer.text)
+        gold_only = None
+        if gold_baseline:
+            gold = pipeline.generator.answer(q.question, pipeline.docstore.get([q.doc_id]), params)
+            gold_prediction = strip_citations(gold.text)
+            gold_only = GoldOnly(
+                gold_prediction, exact_match(gold_prediction, q.answers), f1_score(gold_prediction, q.answers)
+            )
         records.append(
             QARecord(
                 id=q.id,
@@ -112,6 +149,7 @@ def evaluate_qa(
                 passages=[p.id for p in answer.passages],
                 cited=list(answer.citations),
                 seconds=answer.timings.total_s,
+                gold_only=gold_only,
             )
         )
     return QAReport(records)
@@ -120,7 +158,8 @@ def evaluate_qa(
 def write_predictions(records: Sequence[QARecord], path: str | Path) -> None:
     """Write one JSON line per question: ``id``, ``question``, ``prediction`` (markers stripped), ``golds``,
     ``em``, ``f1``, ``gold_id``, ``passages`` and ``cited`` (passage ids), ``seconds``, then whether the gold
-    paragraph was among the passages (``gold_retrieved``) and cited (``gold_cited``)."""
+    paragraph was among the passages (``gold_retrieved``) and cited (``gold_cited``); ``gold_only`` holds the
+    gold-paragraph-alone answer (``prediction``, ``em``, ``f1``) or null."""
     with Path(path).open("w", encoding="utf-8") as out:
         for r in records:
             row = {**dataclasses.asdict(r), "gold_retrieved": r.gold_retrieved, "gold_cited": r.gold_cited}
