@@ -15,6 +15,7 @@ import pytest
 
 from rag.cli import main
 from rag.collection import build_index
+from rag.collection_lock import LOCK_FILE
 from rag.corpus import read_beir, read_beir_qrels, read_beir_queries
 from rag.errors import ConfigError, CorpusError
 from rag.indexes import Manifest, load_index
@@ -202,7 +203,8 @@ def test_a_crash_while_saving_leaves_the_previous_index(untuned, beir_slice, mon
         main(["index", "tune-pq", str(untuned), "--beir", str(beir_slice), "--epochs", "1"])
     after = {p.relative_to(untuned): p.read_bytes() for p in untuned.rglob("*") if p.is_file()}
     assert after == before
-    assert sorted(p.name for p in untuned.parent.iterdir()) == sorted(["docstore.sqlite", "pq"])
+    # no temporary folder left beside the index (the writer lock file is the collection's own)
+    assert sorted(p.name for p in untuned.parent.iterdir()) == sorted([LOCK_FILE, "docstore.sqlite", "pq"])
 
 
 @pytest.mark.slow  # the bundled MiniLM on a slice of SciFact
