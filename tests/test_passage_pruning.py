@@ -34,8 +34,7 @@ def test_docstring_examples() -> None:
 def test_params_and_cli_take_keep_passages() -> None:
     with pytest.raises(ConfigError, match=">= 0"):
         GenerationParams(parallel_contexts=True, keep_passages=-1)
-    with pytest.raises(ConfigError, match="needs parallel_contexts"):
-        GenerationParams(keep_passages=1)
+    assert GenerationParams(keep_passages=1).prunes(5) and not GenerationParams(keep_passages=1).prunes(1)
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--keep-passages", "2"]))
@@ -120,6 +119,17 @@ def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(ge
     )
     drafted = replace(cad, draft_tokens=4)
     assert list(generator._decode(prompt.input_ids, drafted, context_free, None, parallel)) == answer
+
+
+def test_keep_passages_reads_the_passages_apart_without_asking_for_parallel_contexts(generator) -> None:
+    keep = GenerationParams(max_new_tokens=12, keep_passages=1)
+    answer = generator.answer(QUESTION, PASSAGES, keep)
+    assert answer.text == generator.answer(QUESTION, PASSAGES, replace(keep, parallel_contexts=True)).text
+    assert generator._split_prompt(QUESTION, PASSAGES, keep) is not None  # three passages: read apart
+    # one passage: nothing to choose, so the sequential prompt (not APE's attention over one passage)
+    assert generator._split_prompt(QUESTION, PASSAGES[:1], keep) is None
+    one = generator.answer(QUESTION, PASSAGES[:1], keep)
+    assert one.text == generator.answer(QUESTION, PASSAGES[:1], GenerationParams(max_new_tokens=12)).text
 
 
 @pytest.mark.slow

@@ -73,8 +73,8 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         "--keep-passages",
         type=int,
         default=0,
-        help="with --parallel-contexts: answer from the K passages under which the question is most likely "
-        "(each read apart first, one forward); 0 = all; see docs/generation.md",
+        help="answer from the K passages under which the question is most likely (each read apart first, "
+        "one forward; K = 1 answers as the prompt holding that passage alone); 0 = all; docs/generation.md",
     )
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
     parser.add_argument(

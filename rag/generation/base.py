@@ -31,12 +31,18 @@ class GenerationParams:
     # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,
     # 1 = all (the sequential prompt's cache); when on, APE's temperature and scale are not used
     blend_ratio: float = 0.0
-    # answer from the k passages under which the question is most likely, read apart first (superposition
-    # prompting's path pruning, rag.generation.passage_pruning); 0 = all passages
+    # answer from the k passages under which the question is most likely, each read apart first (superposition
+    # prompting's path pruning, rag.generation.passage_pruning): the passages are then encoded apart whether
+    # or not parallel_contexts is on; with k = 1 the answer is the sequential prompt's of the chosen passage.
+    # 0, or at least as many as the passages: all passages
     keep_passages: int = 0
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False
     min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)
+
+    def prunes(self, passages: int) -> bool:
+        """Whether an answer over ``passages`` passages keeps only some of them."""
+        return 0 < self.keep_passages < passages
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -68,8 +74,6 @@ class GenerationParams:
             raise ConfigError("blend_ratio recomputes parallel-encoded passages: it needs parallel_contexts")
         if self.keep_passages < 0:
             raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
-        if self.keep_passages > 0 and not self.parallel_contexts:
-            raise ConfigError("keep_passages prunes parallel-encoded passages: it needs parallel_contexts")
 
 
 @dataclass

@@ -296,8 +296,9 @@ class CausalLMGenerator(Generator):
     def _split_prompt(
         self, question: str, passages: Sequence[Document], params: GenerationParams
     ) -> ParallelPrompt | None:
-        """The prompt cut for parallel prefill if ``params.parallel_contexts`` and passages, else None."""
-        if not params.parallel_contexts or not passages:
+        """The prompt cut for parallel prefill if ``params.parallel_contexts``, or if ``params.keep_passages``
+        prunes the passages (they are read apart to choose), else None (sequential)."""
+        if not passages or not (params.parallel_contexts or params.prunes(len(passages))):
             return None
         return split_prompt(self.tokenizer, question, passages, self.config.system_prompt, self.model.device)
 
