@@ -7,6 +7,11 @@ import pytest
 from rag.bench import SUITES
 from rag.bench.rerank import Measured, _speed_rows, _table, first_stage_runs, run
 from rag.errors import ConfigError
+from rag.eval.significance import Change
+
+
+def _change(before: float, after: float) -> Change:
+    return Change(after - before, after - before - 0.05, after - before + 0.05, 100)
 
 
 def test_the_suite_is_registered() -> None:
@@ -15,11 +20,11 @@ def test_the_suite_is_registered() -> None:
 
 def test_each_method_is_timed_against_listwise_of_the_same_model_and_first_stage() -> None:
     measured = [
-        Measured("m", "bm25", "listwise", 0.5, 0.5, 9000.0, 90.0),
-        Measured("m", "bm25", "first", 0.5, 0.6, 3000.0, 1.0),
-        Measured("m", "dense", "listwise", 0.4, 0.4, 6000.0, 90.0),
-        Measured("m", "dense", "icr", 0.4, 0.3, 1000.0, 2.0),
-        Measured("m", "dense", "pointwise", 0.4, 0.5, 2000.0, 20.0),
+        Measured("m", "bm25", "listwise", 0.5, 0.5, 9000.0, 90.0, _change(0.5, 0.5)),
+        Measured("m", "bm25", "first", 0.5, 0.6, 3000.0, 1.0, _change(0.5, 0.6)),
+        Measured("m", "dense", "listwise", 0.4, 0.4, 6000.0, 90.0, _change(0.4, 0.4)),
+        Measured("m", "dense", "icr", 0.4, 0.3, 1000.0, 2.0, _change(0.4, 0.3)),
+        Measured("m", "dense", "pointwise", 0.4, 0.5, 2000.0, 20.0, _change(0.4, 0.5)),
     ]
     rows = {r.measure: r for r in _speed_rows(measured, depth=20)}
     assert set(rows) == {
@@ -33,7 +38,7 @@ def test_each_method_is_timed_against_listwise_of_the_same_model_and_first_stage
     assert rows["m, dense top-20: pointwise ms/query (vs listwise)"].target == ""
     table = _table(measured).splitlines()
     assert len(table) == 2 + len(measured)
-    assert table[3] == "| m | bm25 | first | 50.0 | 60.0 | 3,000 | 1.0 |"
+    assert table[3] == "| m | bm25 | first | 50.0 | 60.0 | +10.0 [+5.0, +15.0] | 3,000 | 1.0 |"
 
 
 def test_an_unknown_first_stage_is_refused() -> None:
