@@ -184,3 +184,26 @@ def test_smollm2_quantized_loads_without_a_float_copy_and_answers_as_float32() -
         theirs = exact.generate(ids["input_ids"], max_new_tokens=12, do_sample=False)
     assert tokenizer.decode(ours[0]) == tokenizer.decode(theirs[0])
     assert "Paris" in tokenizer.decode(ours[0, ids["input_ids"].shape[1] :])
+
+
+@pytest.mark.slow
+def test_a_token_gets_the_same_logits_decoded_alone_or_verified_among_drafted_tokens(smollm2) -> None:
+    """A drafted chain verified in one forward (a causal mask over 4 new rows) scores each token bit for bit
+    as decoding the tokens one by one does; before grouped SDPA attended each query on its own keys, bf16
+    matrix products grouped sums by the number of keys and prompts of 161, 164 and 167 tokens parted."""
+    from rag.generation.kv_batch import KVBatch
+
+    model, tokenizer = smollm2
+    text = "The highest mountain in Japan is Mount Fuji, about 3,776 meters tall. "
+    text += "Paris is the capital of France. "
+    ids = torch.tensor(tokenizer(text * 20)["input_ids"])
+    chain = [42, 100, 200, 300]
+    with torch.inference_mode():
+        for length in range(160, 169):
+            alone = KVBatch(model, [ids[:length]])
+            alone.prefill()
+            decoded = torch.stack([alone.extend([token])[0, 0] for token in chain])  # [4, vocab]
+            together = KVBatch(model, [ids[:length]])
+            together.prefill()
+            verified = together.extend(chain)[0]  # [4, vocab]
+            assert torch.equal(decoded, verified), length
