@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from rag.generation.attribution import attribute
 from rag.generation.base import GenerationParams, Generator
-from rag.generation.prompt import SYSTEM_PROMPT, build_messages
+from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.serving.state import Collection, ServerState
 from rag.types import Document, Hit
 
@@ -91,9 +91,11 @@ def prompt_tokens(generator: Generator | None, question: str, passages: list[Doc
     tokenizer = getattr(generator, "tokenizer", None)
     if tokenizer is None:
         return 0
-    system = getattr(getattr(generator, "config", None), "system_prompt", SYSTEM_PROMPT)
+    config = getattr(generator, "config", None)
+    system = getattr(config, "system_prompt", SYSTEM_PROMPT)
+    reminder = getattr(config, "reminder", ANSWER_REMINDER)
     ids = tokenizer.apply_chat_template(
-        build_messages(question, passages, system), add_generation_prompt=True, tokenize=True
+        build_messages(question, passages, system, reminder), add_generation_prompt=True, tokenize=True
     )
     if not isinstance(ids, list):  # a BatchEncoding
         ids = ids["input_ids"]

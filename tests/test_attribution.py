@@ -163,7 +163,7 @@ def test_xquad_right_answers_of_the_default_generator_cite_the_gold_paragraph(sh
     """The ``rag eval qa`` pipeline (MiniLM top 5 of the paragraphs, its QA prompt, the default LLM) on the
     first 12 XQuAD questions: every exactly right answer cites the gold paragraph first, whether or not the
     model wrote a marker (all 37 right answers of the first 99 questions; docs/generation.md)."""
-    from rag.eval.qa import QA_SYSTEM_PROMPT, strip_citations
+    from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT, strip_citations
     from rag.eval.squad_metrics import exact_match
     from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
     from rag.indexes.dense import DenseConfig, DenseRetriever
@@ -172,7 +172,7 @@ def test_xquad_right_answers_of_the_default_generator_cite_the_gold_paragraph(sh
     docs = {d.id: d for d in read_squad(path)}
     retriever = DenseRetriever(DenseConfig(encoder="minilm", show_progress=False), encoder=minilm)
     retriever.add(list(docs.values()))
-    generator = CausalLMGenerator(CausalLMConfig(system_prompt=QA_SYSTEM_PROMPT))
+    generator = CausalLMGenerator(CausalLMConfig(system_prompt=QA_SYSTEM_PROMPT, reminder=QA_REMINDER))
     questions = read_squad_questions(path)[:12]
     hits = retriever.search([q.question for q in questions], k=5)
     right = []

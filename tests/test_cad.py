@@ -127,7 +127,7 @@ def test_two_row_batch_equals_two_single_row_runs(generator: CausalLMGenerator) 
 
 @pytest.mark.slow
 def test_alpha_zero_two_rows_equals_plain_greedy(generator: CausalLMGenerator) -> None:
-    params = GenerationParams(max_new_tokens=12)
+    params = GenerationParams(max_new_tokens=12, keep_passages=0)  # the sequential prompt of all passages
     prompt, context_free = _prompts(generator)
     plain = list(generator._decode(prompt, params))
     assert list(generator._decode(prompt, params, context_free)) == plain  # two rows, alpha = 0
@@ -169,7 +169,8 @@ def test_one_model_call_per_decoding_step(generator: CausalLMGenerator) -> None:
         lambda module, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     try:
-        answer = generator.answer(QUESTION, DOCS, GenerationParams(max_new_tokens=8, cad_alpha=1.0))
+        sequential = GenerationParams(max_new_tokens=8, cad_alpha=1.0, keep_passages=0)
+        answer = generator.answer(QUESTION, DOCS, sequential)
     finally:
         hook.remove()
     n = answer.timings.new_tokens

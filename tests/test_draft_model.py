@@ -211,11 +211,11 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
         return stats.accepted_tokens / stats.drafted_tokens
 
     # Measured on these prompts, one retrieval branch, earliest occurrence first (the drafter's order until
-    # 2026-11-28): free 0.94 fused vs 0.005 retrieval-only; copy 0.87 vs 0.54. Rejected nodes are mostly
-    # retrieval drafts the prune rule kept and self-drafts past the eos.
-    assert rate(fused_stats["free"]) > 0.6
+    # 2026-11-28): free 0.94 fused vs 0.005 retrieval-only; copy 0.87 vs 0.54. Since the prompt ends with
+    # the answer reminder (2026-12-06) the free answers repeat more of the prompt: free 0.875 vs 0.44.
+    # Rejected nodes are mostly retrieval drafts the prune rule kept and self-drafts past the eos.
     # the self-draft runs its own, incremental, bf16 arithmetic: most of its tokens, not all, are the target's
-    assert rate(fused_stats["free"]) > 0.8 and rate(fused_stats["free"]) > 5 * rate(retrieval_stats["free"])
+    assert rate(fused_stats["free"]) > 0.8 and rate(fused_stats["free"]) > rate(retrieval_stats["free"])
     assert rate(fused_stats["copy"]) >= 0.95 and rate(fused_stats["copy"]) > rate(retrieval_stats["copy"])
     for kind in fused_stats:  # fewer verification steps than retrieval-only drafting
         assert fused_stats[kind].decode_steps < retrieval_stats[kind].decode_steps

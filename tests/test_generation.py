@@ -14,6 +14,7 @@ from rag.generation import (
     parse_citations,
 )
 from rag.generation.attribution import attribute
+from rag.generation.prompt import ANSWER_REMINDER
 from rag.generation.sampling import next_token, top_k_filter, top_p_filter
 from rag.types import Document
 
@@ -64,12 +65,15 @@ def test_build_messages_numbers_passages_then_asks() -> None:
     assert "[2] Germany\nBerlin" in user
     assert "[3] Mount Fuji is the highest" in user  # no title: the text follows the marker
     assert user.index("[1]") < user.index("[2]") < user.index("[3]")
-    assert user.endswith("Question: Where is Fuji?")
+    assert user.endswith(f"Question: Where is Fuji?\n\n{ANSWER_REMINDER}")
+    assert build_messages("Where is Fuji?", DOCS, reminder="")[1]["content"].endswith(
+        "Question: Where is Fuji?"
+    )
 
 
 def test_build_messages_without_passages() -> None:
     user = build_messages("Why?", [])[1]["content"]
-    assert "[1]" not in user and user.endswith("Question: Why?")
+    assert "[1]" not in user and user.endswith(f"Question: Why?\n\n{ANSWER_REMINDER}")
 
 
 # -- sampling ----------------------------------------------------------------------------------------

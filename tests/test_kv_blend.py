@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,9 +24,9 @@ QUESTION = "Which city has about 3.7 million inhabitants?"
 def test_params_and_cli_take_the_blend_ratio() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError):
-            GenerationParams(parallel_contexts=True, blend_ratio=bad)
+            GenerationParams(keep_passages=0, parallel_contexts=True, blend_ratio=bad)
     with pytest.raises(ConfigError, match="needs parallel_contexts"):
-        GenerationParams(blend_ratio=0.2)
+        GenerationParams(keep_passages=0, blend_ratio=0.2)
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2"]))
@@ -72,8 +73,8 @@ def test_shifting_a_block_equals_encoding_it_further_on(generator) -> None:
 
 @pytest.mark.slow
 def test_recomputing_every_passage_token_equals_sequential_prefill(generator) -> None:
-    sequential = GenerationParams(max_new_tokens=12)
-    blended = GenerationParams(max_new_tokens=12, parallel_contexts=True, blend_ratio=1.0)
+    sequential = GenerationParams(keep_passages=0, max_new_tokens=12)
+    blended = GenerationParams(keep_passages=0, max_new_tokens=12, parallel_contexts=True, blend_ratio=1.0)
     ids = generator._encode_prompt(QUESTION, PASSAGES, sequential)
     prompt = generator._split_prompt(QUESTION, PASSAGES, blended)
     with torch.inference_mode():
@@ -87,7 +88,7 @@ def test_recomputing_every_passage_token_equals_sequential_prefill(generator) ->
 
 @pytest.mark.slow
 def test_selection_skips_the_first_passage_and_grows_with_the_ratio(generator) -> None:
-    params = GenerationParams(parallel_contexts=True, blend_ratio=0.5)
+    params = GenerationParams(keep_passages=0, parallel_contexts=True, blend_ratio=0.5)
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefill = generator._parallel_prefill(params)
     prefix, passages = prefill.blocks(prompt)
@@ -111,16 +112,14 @@ def test_selection_skips_the_first_passage_and_grows_with_the_ratio(generator) -
 
 @pytest.mark.slow
 def test_blending_is_deterministic_and_composes_with_cad_and_drafting(generator) -> None:
-    params = GenerationParams(max_new_tokens=12, parallel_contexts=True, blend_ratio=0.2)
+    params = GenerationParams(keep_passages=0, max_new_tokens=12, parallel_contexts=True, blend_ratio=0.2)
     blended = decode(generator, params)
     stats = DecodeStats()
     assert decode(generator, params, stats) == blended and stats.passages_from_memory == 3  # warm
     passage_tokens = sum(len(p) for p in generator._split_prompt(QUESTION, PASSAGES, params).passage_ids)
     assert stats.blended_tokens == round(0.2 * passage_tokens)
-    drafted = GenerationParams(max_new_tokens=12, parallel_contexts=True, blend_ratio=0.2, draft_tokens=4)
+    drafted = replace(params, draft_tokens=4)
     assert decode(generator, drafted) == blended  # drafting stays lossless over a blended cache
     full = {"parallel_contexts": True, "blend_ratio": 1.0}
-    cad = GenerationParams(max_new_tokens=12, cad_alpha=0.5)
-    assert decode(generator, GenerationParams(max_new_tokens=12, cad_alpha=0.5, **full)) == decode(
-        generator, cad
-    )
+    cad = GenerationParams(keep_passages=0, max_new_tokens=12, cad_alpha=0.5)
+    assert decode(generator, replace(cad, **full)) == decode(generator, cad)

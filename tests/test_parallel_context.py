@@ -105,7 +105,8 @@ def decode(gen: CausalLMGenerator, passages, params: GenerationParams, stats: De
 @pytest.mark.slow
 def test_the_prompt_pieces_are_the_sequential_prompt(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
-    prompt = split_prompt(gen.tokenizer, QUESTION, PASSAGES, gen.config.system_prompt, torch.device("cpu"))
+    system, reminder = gen.config.system_prompt, gen.config.reminder
+    prompt = split_prompt(gen.tokenizer, QUESTION, PASSAGES, system, torch.device("cpu"), reminder)
     sequential = gen._encode_prompt(QUESTION, PASSAGES, GenerationParams())
     assert torch.equal(prompt.input_ids, sequential)
     assert prompt.prefix_text.endswith("Passages:\n\n")

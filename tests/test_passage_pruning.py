@@ -39,7 +39,7 @@ def test_params_and_cli_take_keep_passages() -> None:
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--keep-passages", "2"]))
     assert (params.parallel_contexts, params.keep_passages) == (True, 2)
-    assert generation_params(parser.parse_args([])).keep_passages == 0
+    assert generation_params(parser.parse_args([])).keep_passages == 1  # the default
     assert CausalLMConfig(parallel_contexts=True, keep_passages=1).default_params().keep_passages == 1
 
 
@@ -140,8 +140,9 @@ def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(
         return list(generator._decode(parallel.input_ids, params, context_free, stats, parallel))
 
     base = {"max_new_tokens": 12, "parallel_contexts": True}
+    everything = GenerationParams(**base, keep_passages=0)
     stats = DecodeStats()
-    assert decode(GenerationParams(**base, keep_passages=3), stats) == decode(GenerationParams(**base))
+    assert decode(GenerationParams(**base, keep_passages=3), stats) == decode(everything)
     assert stats.passages_pruned == 0
     pruned = GenerationParams(**base, keep_passages=2, cad_alpha=0.5)
     stats = DecodeStats()

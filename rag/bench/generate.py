@@ -35,7 +35,7 @@ from rag.bench.report import SuiteResult
 from rag.collection import build_index
 from rag.corpus import read_squad_questions
 from rag.docstore import Docstore
-from rag.eval.qa import QA_SYSTEM_PROMPT
+from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
@@ -254,6 +254,7 @@ class _ModelBench:
             config = CausalLMConfig(
                 model=self.name,
                 system_prompt=system_prompt,
+                reminder=QA_REMINDER if shape == "short" else "",
                 passage_cache_int8=int8,
                 draft_model=ASSISTANTS[self.name] if draft_model else None,
                 draft_model_tokens=self.settings.get("draft_model_tokens"),

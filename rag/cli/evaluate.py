@@ -18,7 +18,7 @@ from rag.corpus import read_beir
 from rag.docstore import Docstore
 from rag.errors import ConfigError
 from rag.eval.citations import evaluate_citations
-from rag.eval.qa import QA_SYSTEM_PROMPT, evaluate_qa, write_predictions
+from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT, evaluate_qa, write_predictions
 from rag.eval.retrieval import DEFAULT_MEASURES, evaluate_retrieval
 from rag.indexes import Retriever, load_index
 from rag.pipeline import Pipeline
@@ -149,7 +149,11 @@ def run_qa(args: argparse.Namespace) -> int:
         if index is None:
             build_index(args.squad, tmp, name="dense", fmt="squad")
             index = str(Path(tmp, "dense"))
-        generator = build("generator", "causal-lm", generator_config(args, system_prompt=QA_SYSTEM_PROMPT))
+        generator = build(
+            "generator",
+            "causal-lm",
+            generator_config(args, system_prompt=QA_SYSTEM_PROMPT, reminder=QA_REMINDER),
+        )
         pipeline = Pipeline(load_index(index), generator, k=args.k)
         report = evaluate_qa(
             pipeline, args.squad, limit=args.limit or None, params=params, gold_baseline=args.gold_baseline

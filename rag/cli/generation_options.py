@@ -72,9 +72,10 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument(
         "--keep-passages",
         type=int,
-        default=0,
+        default=GenerationParams.keep_passages,
         help="answer from the K passages under which the question is most likely (each read apart first, "
-        "one forward; K = 1 answers as the prompt holding that passage alone); 0 = all; docs/generation.md",
+        "one forward; K = 1, the default, answers as the prompt holding that passage alone); 0 = all; "
+        "docs/answers.md",
     )
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
     parser.add_argument(

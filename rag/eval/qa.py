@@ -25,6 +25,9 @@ QA_SYSTEM_PROMPT = (
     "brackets. Example: Question: What is the capital of France? Answer: Paris [2]"
 )
 
+# After the question, where the model reads it last (CausalLMConfig.reminder).
+QA_REMINDER = "Answer with only a short phrase from the passages."
+
 _MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 
 

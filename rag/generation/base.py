@@ -34,8 +34,9 @@ class GenerationParams:
     # answer from the k passages under which the question is most likely, each read apart first (superposition
     # prompting's path pruning, rag.generation.passage_pruning): the passages are then encoded apart whether
     # or not parallel_contexts is on; with k = 1 the answer is the sequential prompt's of the chosen passage.
-    # 0, or at least as many as the passages: all passages
-    keep_passages: int = 0
+    # 0, or at least as many as the passages: all passages. Default 1: on XQuAD it answers as well as the gold
+    # paragraph alone and far better than all five passages in one prompt (docs/answers.md)
+    keep_passages: int = 1
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False
     min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rag.errors import ConfigError
+from rag.generation.prompt import question_turn
 from rag.kernels import cad_combine
 
 
@@ -44,9 +45,10 @@ class ContextAwareDecoding:
         return cad_combine(with_context, without_context, self.alpha)  # Triton on CUDA, else torch
 
 
-def context_free_messages(question: str, system_prompt: str) -> list[dict[str, str]]:
-    """The RAG chat prompt with the passages left out: the same instruction, then only the question."""
+def context_free_messages(question: str, system_prompt: str, reminder: str = "") -> list[dict[str, str]]:
+    """The RAG chat prompt with the passages left out: the same instruction, then only the question (and the
+    same reminder of how to answer)."""
     return [
         {"role": "system", "content": system_prompt},
-        {"role": "user", "content": f"Question: {question.strip()}"},
+        {"role": "user", "content": question_turn(question, reminder)},
     ]

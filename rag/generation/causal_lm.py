@@ -31,7 +31,7 @@ from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.passage_kv_store import PassageKVStore
-from rag.generation.prompt import SYSTEM_PROMPT, build_messages
+from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.generation.sampling import next_token
 from rag.generation.speculative import DraftProposer, speculative_decode
 from rag.lm.policy import Precision
@@ -74,13 +74,14 @@ class CausalLMConfig:
     ape_temperature: float = 0.8  # APE attention temperature on the passages
     ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
     blend_ratio: float = 0.0  # share of passage tokens recomputed across passages (CacheBlend); 0 = off
-    keep_passages: int = 0  # answer from the k passages the question is most likely under; 0 = all
+    keep_passages: int = 1  # answer from the k passages the question is most likely under; 0 = all
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
     passage_cache_int8: bool = False  # keep passage KV blocks as int8: 4x smaller, answers change slightly
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     system_prompt: str = SYSTEM_PROMPT  # the instruction before the numbered passages
+    reminder: str = ANSWER_REMINDER  # how to answer, after the question ("" for none)
 
     def __post_init__(self) -> None:
         self.default_params()  # validates the decoding fields
@@ -284,7 +285,8 @@ class CausalLMGenerator(Generator):
         """Chat-templated prompt ids ``# [1, prompt_len]`` on the model's device."""
         if not question or not question.strip():
             raise EmptyQueryError("the question is empty")
-        input_ids = self._apply_template(build_messages(question, passages, self.config.system_prompt))
+        messages = build_messages(question, passages, self.config.system_prompt, self.config.reminder)
+        input_ids = self._apply_template(messages)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and input_ids.shape[1] > limit - params.max_new_tokens:
             raise ConfigError(
@@ -300,7 +302,8 @@ class CausalLMGenerator(Generator):
         prunes the passages (they are read apart to choose), else None (sequential)."""
         if not passages or not (params.parallel_contexts or params.prunes(len(passages))):
             return None
-        return split_prompt(self.tokenizer, question, passages, self.config.system_prompt, self.model.device)
+        system, reminder = self.config.system_prompt, self.config.reminder
+        return split_prompt(self.tokenizer, question, passages, system, self.model.device, reminder)
 
     def _citation_constraint(
         self, passages: Sequence[Document], params: GenerationParams
@@ -314,7 +317,8 @@ class CausalLMGenerator(Generator):
         """The prompt without passages ``# [1, len]`` when CAD is on, else None."""
         if params.cad_alpha == 0:
             return None
-        return self._apply_template(context_free_messages(question, self.config.system_prompt))
+        messages = context_free_messages(question, self.config.system_prompt, self.config.reminder)
+        return self._apply_template(messages)
 
     def _apply_template(self, messages: list[dict[str, str]]) -> torch.Tensor:
         encoded = self.tokenizer.apply_chat_template(

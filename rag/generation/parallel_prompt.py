@@ -76,12 +76,17 @@ def split_text(text: str, blocks: Sequence[str]) -> tuple[str, tuple[str, ...], 
 
 
 def split_prompt(
-    tokenizer: Any, question: str, passages: Sequence[Document], system_prompt: str, device: torch.device
+    tokenizer: Any,
+    question: str,
+    passages: Sequence[Document],
+    system_prompt: str,
+    device: torch.device,
+    reminder: str = "",
 ) -> ParallelPrompt:
     """The chat prompt of ``build_messages`` cut into pieces and tokenized piece by piece."""
     if not passages:
         raise ValueError("parallel prefill needs at least one passage")
-    messages = build_messages(question, passages, system_prompt)
+    messages = build_messages(question, passages, system_prompt, reminder)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     blocks = [format_passage(i, doc) for i, doc in enumerate(passages, start=1)]
     prefix, pieces, rest = split_text(text, blocks)

@@ -9,6 +9,8 @@ Passages:
 Paris is the capital of France.
 <BLANKLINE>
 Question: What is the capital of France?
+<BLANKLINE>
+Answer the question in one or two sentences, citing the passage numbers.
 >>> parse_citations("Paris [1][7].", docs)
 ['d1']
 """
@@ -27,6 +29,10 @@ SYSTEM_PROMPT = (
     "like [1] or [2][3]. If the passages do not contain the answer, say that you do not know."
 )
 
+# Repeated after the question, where a small model reads it last: without it Qwen2.5-Coder-0.5B given one
+# passage (keep_passages=1) copied the passage out from its "[1] Title" line (docs/answers.md).
+ANSWER_REMINDER = "Answer the question in one or two sentences, citing the passage numbers."
+
 # "[3]" or "[1, 2]" (commas, optional spaces); ranges like "[1-2]" are not recognised.
 _CITATION = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
 
@@ -37,13 +43,23 @@ def format_passage(number: int, doc: Document) -> str:
 
 
 def build_messages(
-    question: str, passages: Sequence[Document], system_prompt: str = SYSTEM_PROMPT
+    question: str,
+    passages: Sequence[Document],
+    system_prompt: str = SYSTEM_PROMPT,
+    reminder: str = ANSWER_REMINDER,
 ) -> list[dict[str, str]]:
-    """Chat messages for one RAG answer: the instruction, then passages numbered from 1, then the question."""
+    """Chat messages for one RAG answer: the instruction, then passages numbered from 1, then the question and
+    the ``reminder`` of how to answer ("" for none)."""
     blocks = [format_passage(i, doc) for i, doc in enumerate(passages, start=1)]
     context = "\n\n".join(blocks) if blocks else "(no passages)"
-    user = f"Passages:\n\n{context}\n\nQuestion: {question.strip()}"
+    user = f"Passages:\n\n{context}\n\n{question_turn(question, reminder)}"
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+def question_turn(question: str, reminder: str = ANSWER_REMINDER) -> str:
+    """The end of the user turn: the question, then the reminder of how to answer."""
+    asked = f"Question: {question.strip()}"
+    return f"{asked}\n\n{reminder}" if reminder else asked
 
 
 def has_citation(text: str) -> bool:
