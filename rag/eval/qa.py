@@ -25,8 +25,10 @@ QA_SYSTEM_PROMPT = (
     "brackets. Example: Question: What is the capital of France? Answer: Paris [2]"
 )
 
-# After the question, where the model reads it last (CausalLMConfig.reminder).
-QA_REMINDER = "Answer with only a short phrase from the passages."
+# No reminder after the question (CausalLMConfig.reminder): "Answer with only a short phrase from the
+# passages." there scored 44.0 EM against 45.0 without, gold paragraph alone 45.0 against 46.0 (0.5B, 100
+# XQuAD questions, docs/answers.md).
+QA_REMINDER = ""
 
 _MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 
