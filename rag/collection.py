@@ -65,12 +65,19 @@ def build_index(
 
 
 def _index_state(collection: Path, index_dir: Path) -> IndexKey:
-    """The index as this build starts (after finishing any interrupted commit); None if it does not exist."""
+    """The index as this build starts (after finishing any interrupted commit); None if it does not exist.
+
+    Read at once, not after waiting for the lock: while another process writes, its commit may land before
+    this build's, and this build must then be refused rather than replace what it never saw.
+    """
     if not collection.is_dir():
         return None
-    with writer_lock(collection):
-        store_path = collection / DOCSTORE_FILE
-        if store_path.is_file():
-            with Docstore(store_path) as store:
-                recover(collection, store)
-        return index_key(index_dir)
+    try:
+        with writer_lock(collection, timeout=0):
+            store_path = collection / DOCSTORE_FILE
+            if store_path.is_file():
+                with Docstore(store_path) as store:
+                    recover(collection, store)
+            return index_key(index_dir)
+    except CollectionBusyError:  # a live writer holds it (a dead one's lock is gone): its commits swap whole
+        return index_key(index_dir)  # folders, so this is the index before or after one of them
