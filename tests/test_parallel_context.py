@@ -16,12 +16,12 @@ import rag.generation.passage_kv_store
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
-from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import shared_prefix_length
 from rag.generation.parallel_prompt import split_prompt, split_text
 from rag.generation.passage_kv_store import PassageKVStore
+from rag.lm.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.lm.grouped_attention import GROUPED_SDPA
 from rag.types import Document
 

@@ -153,7 +153,7 @@ class CausalLMGenerator(Generator):
     ``processors`` are applied in order to the next-token scores before a token is picked. ``drafter``
     proposes the drafts when ``params.draft_tokens > 0`` (default: ``config.drafter()``). ``passage_store``
     keeps the passage KV blocks of parallel-context requests (default: ``config.passage_store()``); the first
-    such request switches the model to the APE attention wrapper (:mod:`rag.generation.ape_attention`),
+    such request switches the model to the APE attention wrapper (:mod:`rag.lm.ape_attention`),
     which computes exactly as before for every other forward.
     """
 

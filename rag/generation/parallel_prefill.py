@@ -9,7 +9,7 @@ The prefix is encoded once; each passage is encoded after the prefix alone (not 
 all passages starting at position P. Keys are cached after RoPE, so a block is valid wherever it is loaded.
 Blocks missing from the store are encoded together in one forward with a block-diagonal mask, then stored.
 The question and every answer token then attend over all columns with APE attention
-(:mod:`rag.generation.ape_attention`): the passages form one segment with APE's temperature and scale.
+(:mod:`rag.lm.ape_attention`): the passages form one segment with APE's temperature and scale.
 
 With context-aware decoding, the context-free prompt is a second row whose cached columns are all masked:
 its passage segment is empty, so its attention is the ordinary one over its own tokens.
@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rag.generation.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch, additive_mask, packed_causal_mask
 from rag.generation.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.parallel_prompt import ParallelPrompt
 from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
 from rag.generation.passage_pruning import most_likely_passages, read_question, stacked_cache
+from rag.lm.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.lm.kv_cache import new_cache
 
 _PREFIX_BLOCK = ""  # the passage text under which the prefix's own block is stored
