@@ -162,7 +162,8 @@ def test_xquad_gold_answers_cite_their_paragraph_among_the_articles_paragraphs(s
 def test_xquad_right_answers_of_the_default_generator_cite_the_gold_paragraph(shared_data, minilm) -> None:
     """The ``rag eval qa`` pipeline (MiniLM top 5 of the paragraphs, its QA prompt, the default LLM) on the
     first 12 XQuAD questions: every exactly right answer cites the gold paragraph first, whether or not the
-    model wrote a marker (all 37 right answers of the first 99 questions; docs/generation.md)."""
+    model wrote a marker (all 37 right answers of the first 99 questions;
+    docs/design/2026-11-27-generation-notebook.md)."""
     from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT, strip_citations
     from rag.eval.squad_metrics import exact_match
     from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams

@@ -25,7 +25,8 @@ class GenerationParams:
     draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (rag.generation.drafting)
     parallel_contexts: bool = False  # passages encoded apart and cached (rag.generation.parallel_prefill)
     # APE attention temperature on the passages and scaling factor of their log-sum-exp; 1 and 1 = plain
-    # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B (docs/generation.md)
+    # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B
+    # (docs/design/2026-11-27-generation-notebook.md)
     ape_temperature: float = 0.8
     ape_scale: float = 0.8
     # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,

@@ -1,7 +1,8 @@
 """Selective recompute across parallel-encoded passages (the CacheBlend idea: Yao et al., 2024).
 
 Passages encoded apart (:mod:`rag.generation.parallel_prefill`) never attend to each other, which costs
-Qwen2.5-0.5B a quarter to two fifths of its F1 on XQuAD (docs/generation.md). Blending gives part of it back
+Qwen2.5-0.5B a quarter to two fifths of its F1 on XQuAD
+(docs/design/2026-11-27-generation-notebook.md). Blending gives part of it back
 for part of a full prefill's cost:
 
 1. :func:`shift_block` moves each cached passage block from the shared positions to where the sequential

@@ -15,7 +15,7 @@ That forward (~75 rows for five passages) runs in the model as loaded: with quan
 (rag.lm) more than a few rows multiply the weights expanded to bf16, on AMX tiles where the CPU has them.
 
 On Qwen2.5-0.5B and XQuAD-en (top-5 MiniLM paragraphs) the most likely passage was the gold paragraph more
-often than the retriever's first hit (docs/generation.md).
+often than the retriever's first hit (docs/design/2026-11-27-generation-notebook.md).
 """
 
 from __future__ import annotations

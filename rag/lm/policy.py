@@ -10,7 +10,7 @@ precision      weights (activations are bf16 except with ``exact``)
 ``exact``      dequantized to float32: the reference the others are measured against
 =============  ======================================================================================
 
-The CPU default is :data:`CPU_DEFAULT`; docs/generation.md has the measured speed and answer quality of each.
+The CPU default is :data:`CPU_DEFAULT`; docs/runtime.md has the measured speed and answer quality of each.
 
 The policy is applied once, when the model is loaded (:func:`rag.lm.load_causal_lm`); the decoding loop, the
 drafters, CAD, parallel contexts and the rerankers see a transformers model either way.
