@@ -286,7 +286,7 @@ def test_textdir_without_text_files(tmp_path: Path) -> None:
 def _real_data(name: str) -> Path:
     path = data_dir() / name
     if not path.exists():
-        pytest.skip(f"evaluation data not found at {path} (set RAG_DATA_DIR)")
+        pytest.fail(f"evaluation data not found at {path}; set RAG_DATA_DIR")
     return path
 
 
