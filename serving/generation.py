@@ -69,7 +69,9 @@ class Generation:
 
     @property
     def finish_reason(self) -> str:
-        return "length" if len(self.pieces) >= self.params.max_new_tokens else "stop"
+        """``length`` when the answer ran to ``max_new_tokens`` tokens (a text piece may hold several)."""
+        generated = max(self.completion_tokens, len(self.pieces))
+        return "length" if generated >= self.params.max_new_tokens else "stop"
 
 
 async def prepare(

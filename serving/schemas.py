@@ -100,7 +100,7 @@ class TimingsOut(BaseModel):
     retrieve_s: float
     first_token_s: float  # from the start of generation to the first token
     generate_s: float  # from the start of generation to the last token
-    tokens: int  # text pieces streamed: one per token, except tokens that complete one character together
+    tokens: int  # tokens generated (text pieces streamed may be fewer: some tokens complete one character)
 
 
 class AnswerResponse(BaseModel):

@@ -13,9 +13,11 @@ from rag.cli.serve import settings_from_args
 from rag.collection_updates import add_documents, delete_documents
 from rag.docstore import Docstore
 from rag.errors import ConfigError, CorpusError
+from rag.generation.base import GenerationParams
 from rag.indexes import load_index
 from rag.indexes.dense import DenseConfig, DenseRetriever
 from rag.serving.gate import ModelGate, QueueFullError
+from rag.serving.generation import Generation
 from rag.serving.settings import ServeSettings
 from rag.serving.state import ServerState
 from rag.types import Document
@@ -108,7 +110,8 @@ def test_gate_runs_n_queues_m_and_refuses_the_rest() -> None:
 
         first = asyncio.create_task(job("first"))
         second = asyncio.create_task(job("second"))
-        await asyncio.sleep(0.01)
+        for _ in range(100):  # let both tasks run up to the slot: a few turns of the event loop
+            await asyncio.sleep(0)
         assert gate.in_flight == 2 and order == ["first"]  # second waits
         with pytest.raises(QueueFullError):
             async with gate.slot():
@@ -143,6 +146,16 @@ def collection(tmp_path: Path, minilm) -> tuple[DenseRetriever, Docstore, Path]:
     retriever.save(tmp_path / "dense")
     yield retriever, store, tmp_path / "dense"
     store.close()
+
+
+def test_finish_reason_counts_tokens_not_text_pieces() -> None:
+    generation = Generation(None, "q", GenerationParams(max_new_tokens=4), deadline=0.0)  # type: ignore[arg-type]
+    generation.pieces = ["Zürich", " is", "."]  # a piece may hold several tokens
+    assert generation.finish_reason == "stop"  # before the stream ends, only the pieces are known
+    generation.completion_tokens = 4
+    assert generation.finish_reason == "length"
+    generation.completion_tokens = 3
+    assert generation.finish_reason == "stop"
 
 
 def test_add_and_delete_are_saved(collection) -> None:
