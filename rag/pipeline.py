@@ -21,7 +21,7 @@ from rag.generation.base import GenerationParams, Generator
 from rag.indexes import Retriever, load_index
 from rag.registry import build, make_config
 from rag.rerankers.base import Reranker
-from rag.types import Answer, Document, Hit
+from rag.types import Answer, Document, Hit, Timings
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,12 @@ class Pipeline:
 
     def retrieve(self, question: str) -> tuple[list[Hit], list[Document]]:
         """The hits passed to the generator and their documents, in rank order."""
-        if not question or not question.strip():
-            raise EmptyQueryError("the question is empty")
-        hits = self.retriever.search([question], k=self.fetch_k if self.reranker else self.k)[0]
-        if self.reranker is not None:
-            hits = self.reranker.rerank(question, hits, k=self.k)
-        return hits, self.docstore.get([h.doc_id for h in hits])
+        hits, passages, _ = self._retrieve(question)
+        return hits, passages
 
     def answer(self, question: str, params: GenerationParams | None = None) -> Answer:
-        start = time.perf_counter()
-        _, passages = self.retrieve(question)
-        retrieve_s = time.perf_counter() - start
-        return _with_retrieval(self.generator.answer(question, passages, params), retrieve_s)
+        _, passages, spent = self._retrieve(question)
+        return _with_retrieval(self.generator.answer(question, passages, params), spent)
 
     def stream(self, question: str, params: GenerationParams | None = None) -> AnswerStream:
         """Answer text as tokens are accepted; after the last piece, ``.answer`` is what ``answer`` returns.
@@ -103,15 +97,28 @@ class Pipeline:
         ...     print(piece, end="", flush=True)
         >>> stream.answer.citations, stream.answer.timings.total_s  # doctest: +SKIP
         """
-        start = time.perf_counter()
-        _, passages = self.retrieve(question)
-        retrieve_s = time.perf_counter() - start
+        _, passages, spent = self._retrieve(question)
         pieces = self.generator.stream(question, passages, params)
-        return pieces.then(lambda answer: _with_retrieval(answer, retrieve_s))
+        return pieces.then(lambda answer: _with_retrieval(answer, spent))
+
+    def _retrieve(self, question: str) -> tuple[list[Hit], list[Document], Timings]:
+        """The hits, their documents, and the seconds spent retrieving and reranking them."""
+        if not question or not question.strip():
+            raise EmptyQueryError("the question is empty")
+        start = time.perf_counter()
+        hits = self.retriever.search([question], k=self.fetch_k if self.reranker else self.k)[0]
+        rerank_s = 0.0
+        if self.reranker is not None:
+            reranking = time.perf_counter()
+            hits = self.reranker.rerank(question, hits, k=self.k)
+            rerank_s = time.perf_counter() - reranking
+        passages = self.docstore.get([h.doc_id for h in hits])
+        return hits, passages, Timings(retrieve_s=time.perf_counter() - start - rerank_s, rerank_s=rerank_s)
 
 
-def _with_retrieval(answer: Answer, retrieve_s: float) -> Answer:
-    return dataclasses.replace(answer, timings=dataclasses.replace(answer.timings, retrieve_s=retrieve_s))
+def _with_retrieval(answer: Answer, spent: Timings) -> Answer:
+    timings = dataclasses.replace(answer.timings, retrieve_s=spent.retrieve_s, rerank_s=spent.rerank_s)
+    return dataclasses.replace(answer, timings=timings)
 
 
 def _docstore_of(retriever: Retriever) -> Docstore:

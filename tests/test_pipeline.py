@@ -61,6 +61,17 @@ def test_answer_carries_passages_from_the_docstore_and_timings(pipeline) -> None
     assert t.total_s == pytest.approx(t.retrieve_s + t.prefill_s + t.decode_s)
 
 
+def test_reranking_is_timed_as_its_own_stage(collection, generator) -> None:
+    from rag.indexes import load_index
+    from rag.registry import build
+
+    reranker = build("reranker", "first", {"model": "smollm2-135m-instruct"})
+    reranked = Pipeline(load_index(collection / "coll" / "dense"), generator, reranker, k=2, fetch_k=3)
+    t = reranked.answer("How high is Mount Fuji?").timings
+    assert t.retrieve_s > 0 and t.rerank_s > 0  # one FIRST forward over 3 passages, apart from the search
+    assert t.total_s == pytest.approx(t.retrieve_s + t.rerank_s + t.prefill_s + t.decode_s)
+
+
 def test_stream_yields_the_text_then_the_same_answer_as_answer(pipeline) -> None:
     params = GenerationParams(max_new_tokens=12)
     stream = pipeline.stream("How long is the Nile?", params)

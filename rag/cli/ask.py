@@ -66,8 +66,9 @@ def print_sources(answer: Answer, out: TextIO | None = None) -> None:
         print(f" {mark}[{number}] {passage.id}  {passage.title or passage.text[:60]}", file=out)
     cited = ", ".join(answer.citations) if answer.citations else "none"
     print(f"\nCited: {cited}", file=out)
+    rerank = f"rerank {t.rerank_s:.2f} s, " if t.rerank_s else ""
     print(
-        f"Timings: retrieve {t.retrieve_s:.2f} s, time to first token {t.prefill_s:.2f} s, "
+        f"Timings: retrieve {t.retrieve_s:.2f} s, {rerank}time to first token {t.prefill_s:.2f} s, "
         f"decode {t.new_tokens} tokens in {t.decode_s:.2f} s ({t.decode_tokens_per_s:.1f} tok/s), "
         f"total {t.total_s:.2f} s",
         file=out,
