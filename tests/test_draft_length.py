@@ -6,12 +6,12 @@ import doctest
 
 import pytest
 
-import rag.generation.draft_length
-from rag.generation.draft_length import CANDIDATES, forward_seconds, measured_draft_tokens
+import rag.bench.draft_length
+from rag.bench.draft_length import CANDIDATES, forward_seconds, measured_draft_tokens
 
 
 def test_docstring_examples() -> None:
-    assert doctest.testmod(rag.generation.draft_length).failed == 0
+    assert doctest.testmod(rag.bench.draft_length).failed == 0
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def test_docstring_examples() -> None:
 def test_the_length_with_the_most_expected_tokens_per_second_wins(
     costs: dict[int, float], expected: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rag.generation.draft_length, "forward_seconds", lambda model, rows: costs)
+    monkeypatch.setattr(rag.bench.draft_length, "forward_seconds", lambda model, rows: costs)
     assert measured_draft_tokens(object()) == expected
 
 

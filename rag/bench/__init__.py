@@ -32,7 +32,7 @@ def _kernels() -> Callable[..., SuiteResult]:
 
 
 def _generate() -> Callable[..., SuiteResult]:
-    from rag.bench.generate import run
+    from rag.bench.generate_report import run
 
     return run
 

@@ -10,10 +10,10 @@ would pick today: llama.cpp on the same GGUF file, plain and with its prompt-loo
 model dequantized to float32 (:mod:`rag.bench.generate_baselines`). Modes run one after the other on each
 prompt (prompt-major), so load changes on the machine hit every mode alike. Peak memory is measured per
 engine in a process of its own (:mod:`rag.bench.engine_memory`). :mod:`rag.bench.generate_report` turns the
-answers into the table.
+answers into the tables; its :func:`run` is the suite.
 
-    rag bench generate                     # the defaults below (the 1.5B row only if it is installed)
-    python -c "from rag.bench.generate import run; print(run(['smollm2-135m-instruct'], 2, 2).markdown())"
+    rag bench generate            # the 1.5B only if it is installed
+    python -c "from rag.bench.generate_report import run; print(run(['smollm2-135m-instruct'], 2, 2))"
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ from typing import Any
 
 import torch
 
+from rag.bench.draft_length import CANDIDATES, measured_draft_tokens
 from rag.bench.engine_memory import ENGINES, peak_rss
 from rag.bench.generate_baselines import Measurement, TransformersGenerate
 from rag.bench.llama_cpp_baseline import INSTALL_HINT, LlamaCppGenerate, llama_cpp_available
-from rag.bench.report import SuiteResult
 from rag.collection import build_index
 from rag.corpus import read_squad_questions
 from rag.docstore import Docstore
 from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
-from rag.generation.draft_length import CANDIDATES, measured_draft_tokens
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.lm import load_causal_lm
@@ -401,7 +400,7 @@ def _measure_model(
         settings = dict(settings, draft_tokens=drafted)
         run.notes.append(
             f"{name}: drafting modes draft up to {drafted} tokens per step, the length of {list(CANDIDATES)} "
-            "measured fastest on this machine (`rag.generation.draft_length`)."
+            "measured fastest on this machine (`rag.bench.draft_length`)."
         )
     bench = _ModelBench(name, lm, tokenizer, workdir, settings, assistant, reference, gguf)
     _warm_up(bench)
@@ -442,15 +441,3 @@ def _warm_up(bench: _ModelBench) -> None:
     for gen in bench.gens.values():
         if gen.passage_store.memory_bytes:
             gen.passage_store.clear_memory()
-
-
-def run(
-    models: Sequence[str] = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
-    short: int = 10,
-    long: int = 3,
-    **options: Any,
-) -> SuiteResult:
-    """Every mode on ``short`` + ``long`` XQuAD prompts with each installed model (see :func:`collect`)."""
-    from rag.bench.generate_report import report  # which imports this module
-
-    return report(collect(models, short, long, **options))

@@ -37,8 +37,8 @@ from rag.errors import ConfigError
 # The cap on drafts scaled by their match (the default): most steps draft a few tokens, and only a verbatim
 # run of 16 or more tokens drafts 31. Replayed on the greedy long XQuAD answers of both Qwen2.5 models with
 # forward costs measured on a 2-core Xeon, 31 beat every fixed length and every smaller cap
-# (docs/generation.md). Unscaled drafts were fastest at 3 tokens on a 2-core AMD EPYC and at 7-15 on the Xeon
-# (rag.generation.draft_length measures it). Drafting stays off by default.
+# (docs/design/2026-11-27-generation-notebook.md). Unscaled drafts were fastest at 3 tokens on a 2-core AMD
+# EPYC and at 7-15 on the Xeon (rag.bench.draft_length measures it). Drafting stays off by default.
 MATCH_SCALED_DRAFT_TOKENS = 31
 
 
@@ -49,12 +49,13 @@ class RetrievalDrafter:
     ``max_ngram`` / ``min_ngram`` bound the length of the matched suffix; among matches of one length, later
     occurrences are taken first: the answer so far, then the passages from the last one back (replayed on 12
     long XQuAD answers of Qwen2.5-0.5B: 2.54 tokens per verification forward against 2.47 taking the earliest
-    occurrence first; docs/generation.md).
+    occurrence first; docs/design/2026-11-27-generation-notebook.md).
 
     ``match_scaled`` drafts at most ``2L - 1`` tokens after a match of ``L`` tokens: a long verbatim run is
     likely to go on, a one-token match rarely does (on 10 long XQuAD answers of Qwen2.5-1.5B, the first
     drafted token was accepted after 19% of 1-token matches and 94% of 10-or-longer ones), and each drafted
-    token costs verification work (docs/generation.md, "Draft length scaled by the match").
+    token costs verification work (docs/design/2026-11-27-generation-notebook.md,
+    "Draft length scaled by the match").
     """
 
     max_ngram: int = 3

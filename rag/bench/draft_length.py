@@ -6,7 +6,8 @@ step, and that cost depends on the hardware more than on the model. On a 2-core 
 2-core Intel Xeon (AVX512, 2026-11-29) a 2-row forward costs what a one-row one does, 4 rows about twice as
 much, and 16 rows no more than 4, so long drafts are nearly free once a tree has a few nodes: at 3 / 7 / 15
 drafted tokens retrieval drafting decoded the 0.5B's long XQuAD answers 1.60x / 1.80x / 2.11x faster than
-plain decoding (docs/generation.md, "Retrieval drafting"). With ``SkinnyLinear``'s reordered weights
+plain decoding (docs/design/2026-11-27-generation-notebook.md,
+"Retrieval drafting"). With ``SkinnyLinear``'s reordered weights
 (2026-12-04) 4 / 8 / 16 rows cost 1.1 / 1.3 / 1.6x one row of the 0.5B there, and the pick moves with them.
 
 :func:`measured_draft_tokens` times a forward of ``d + 1`` new tokens for each candidate ``d`` and picks the
