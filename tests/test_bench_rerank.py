@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag.bench import SUITES
-from rag.bench.rerank import Measured, _speed_rows, _table, first_stage_runs, run
+from rag.bench.rerank import Measured, _load_saved, _save, _speed_rows, _table, first_stage_runs, run
 from rag.errors import ConfigError
 from rag.eval.significance import Change
 
@@ -44,3 +44,13 @@ def test_each_method_is_timed_against_listwise_of_the_same_model_and_first_stage
 def test_an_unknown_first_stage_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown first stage"):
         first_stage_runs({"q": "text"}, depth=5, stages=("splade",))
+
+
+def test_a_saved_measurement_is_taken_back_only_for_the_same_queries_and_depth(tmp_path) -> None:
+    saved = tmp_path / "rerank.jsonl"
+    first = Measured("m", "fusion", "first", 0.7, 0.72, 3000.0, 1.0, _change(0.7, 0.72))
+    _save(saved, first, queries=100, depth=20)
+    _save(saved, Measured("m", "bm25", "icr", 0.6, 0.5, 9.0, 2.0, _change(0.6, 0.5)), queries=5, depth=20)
+    assert _load_saved(saved, queries=100, depth=20) == {("m", "fusion", "first"): first}
+    assert _load_saved(saved, queries=100, depth=50) == {}
+    assert _load_saved(tmp_path / "missing.jsonl", queries=100, depth=20) == {}

@@ -1,22 +1,27 @@
-"""Suite ``rerank``: the LLM rerankers on the BM25 and dense top-20 of SciFact test queries, per model.
+"""Suite ``rerank``: the LLM rerankers on the BM25, dense and fused top-20 of SciFact test queries, per model.
 
 For each installed model of ``models`` (loaded once, SDPA attention as the rerankers load it) and each
-first stage (BM25, MiniLM Flat): nDCG@10 before and after reranking the top ``depth`` hits with each
+first stage (BM25, MiniLM Flat, and the best fusion of docs/retrievers.md: z-scores of BM25, SPLADE-tiny and
+MiniLM, chosen on SciFact train): nDCG@10 before and after reranking the top ``depth`` hits with each
 reranker, milliseconds and model forward passes per query. All rerankers share the model, the queries, the
 prompts' passage budget and the windows. LLM reranking is slow on a CPU, so only the first ``queries``
-judged test queries are used; the table says how many.
+judged test queries are used; the table says how many. ``saved`` names a JSON-lines file that keeps each
+(model, stage, reranker) as it is measured: a run stopped part way goes on from there when started again.
 
     rag bench rerank                       # the defaults below (a model that is not installed is skipped)
     python -c "from rag.bench.rerank import run; print(run(queries=3).markdown())"
+    python -c "from rag.bench.rerank import run; run(saved='rerank.jsonl')"   # hours: resumable
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -37,7 +42,8 @@ from rag.types import Hit
 
 MODELS = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 RERANKERS = ("listwise", "first", "icr", "pointwise")
-STAGES = ("bm25", "dense")
+STAGES = ("bm25", "dense", "fusion")
+STAGE_NAMES = {"bm25": "BM25", "dense": "MiniLM", "fusion": "the best fusion"}
 MEASURE = "nDCG@10"
 TARGETS = {"first": "<= 0.33× (3× faster)", "icr": "<= 0.20× (5× faster)"}
 
@@ -56,45 +62,57 @@ class Measured:
 
 def scifact_dense_index() -> Retriever:
     """MiniLM + exact (Flat) index of SciFact, built once into the cache (a few minutes on a CPU)."""
-    collection = cache_dir() / "bench" / "scifact-minilm"
-    if not (collection / "dense" / "manifest.json").is_file():
-        config = {"factory": "Flat", "show_progress": False}
-        build_index(data_dir() / "scifact", collection, name="dense", kind="dense", config=config, fmt="beir")
-    return load_index(collection / "dense")
+    return _cached_scifact_index("scifact-minilm", "dense", {"factory": "Flat"})
+
+
+def _cached_scifact_index(folder: str, kind: str, config: Mapping[str, object]) -> Retriever:
+    collection = cache_dir() / "bench" / folder
+    if not (collection / kind / "manifest.json").is_file():
+        options = {**config, "show_progress": False}
+        build_index(data_dir() / "scifact", collection, name=kind, kind=kind, config=options, fmt="beir")
+    return load_index(collection / kind)
 
 
 def first_stage_runs(
     queries: Mapping[str, str], depth: int, stages: Sequence[str] = STAGES
 ) -> tuple[dict[str, dict[str, list[Hit]]], Docstore]:
-    """The top-``depth`` hits of each first stage (``bm25``, ``dense``) for ``queries``, and the docstore."""
+    """The top-``depth`` hits of each first stage (``bm25``, ``dense``, ``fusion``) for ``queries``, and the
+    docstore."""
     from rag.indexes.bm25 import BM25Retriever
+    from rag.indexes.hybrid import HybridConfig, HybridRetriever
 
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ConfigError(f"unknown first stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     dense = scifact_dense_index()
+    bm25 = BM25Retriever()
+    bm25.add(read_beir(data_dir() / "scifact"))
     runs = {}
     if "bm25" in stages:
-        bm25 = BM25Retriever()
-        bm25.add(read_beir(data_dir() / "scifact"))
         runs["bm25"] = run_queries(bm25, queries, k=depth, progress=False)
     if "dense" in stages:
         runs["dense"] = run_queries(dense, queries, k=depth, progress=False)
-    return runs, Docstore(dense.docstore_path)  # type: ignore[attr-defined]
+    if "fusion" in stages:  # docs/retrievers.md, "Best fusion": chosen on train, test nDCG@10 0.7435
+        splade = _cached_scifact_index("scifact-splade", "splade", {})
+        best = HybridConfig(method="zscore", weights=(0.4, 0.2, 0.4), fetch_k=200)
+        fusion = HybridRetriever(best, parts=[bm25, splade, dense])
+        runs["fusion"] = run_queries(fusion, queries, k=depth, progress=False)
+    return runs, Docstore(dense.docstore_path)
 
 
 def run(
-    queries: int = 5,
+    queries: int = 100,
     depth: int = 20,
     models: Sequence[str] = MODELS,
     rerankers: Sequence[str] = RERANKERS,
-    stages: Sequence[str] = STAGES,
+    stages: Sequence[str] = ("bm25", "fusion"),
     passage_tokens: int = 64,
     window: int = 20,
     stride: int = 10,
     progress: bool = True,
+    saved: str | Path | None = None,
 ) -> SuiteResult:
-    """Rerank the BM25 and dense top-``depth`` of the first ``queries`` SciFact test queries, per model."""
+    """Rerank each first stage's top ``depth`` for the first ``queries`` SciFact test queries, per model."""
     load = os.getloadavg()[0]
     scifact = data_dir() / "scifact"
     qrels = read_beir_qrels(scifact, "test")
@@ -111,11 +129,16 @@ def run(
     before = {stage: score_run(hits, judged, [MEASURE])[MEASURE] for stage, hits in runs.items()}
     before_per_query = {stage: per_query(hits, judged, MEASURE) for stage, hits in runs.items()}
 
+    done = _load_saved(saved, len(chosen), depth)
     measured: list[Measured] = []
     for model in measured_models:
-        lm, tokenizer = load_causal_lm(model, attn_implementation="sdpa")
+        todo = [(st, n) for st in runs for n in rerankers if (model, st, n) not in done]
+        lm, tokenizer = load_causal_lm(model, attn_implementation="sdpa") if todo else (None, None)
         for stage, hits in runs.items():
             for name in rerankers:
+                if (model, stage, name) in done:
+                    measured.append(done[model, stage, name])
+                    continue
                 cls, config_cls = lookup("reranker", name)
                 options = {"model": model, "passage_tokens": passage_tokens}
                 if name in ("listwise", "first"):
@@ -133,12 +156,15 @@ def run(
                 passes = reranker.forward_passes / len(chosen)
                 change = paired_change(before_per_query[stage], per_query(reranked, judged, MEASURE))
                 measured.append(Measured(model, stage, name, before[stage], after, ms, passes, change))
+                if saved is not None:
+                    _save(saved, measured[-1], len(chosen), depth)
         del lm, tokenizer
         gc.collect()
 
+    stage_names = " and ".join(STAGE_NAMES[stage] for stage in runs)
     return SuiteResult(
         suite="rerank",
-        title=f"LLM rerankers on SciFact: BM25 and dense top-{depth} reranked",
+        title=f"LLM rerankers on SciFact: the top {depth} of {stage_names} reranked",
         baseline="the listwise (RankGPT-style generating) reranker, same model, first stage, queries, "
         "windows and passages; the table below gives every figure",
         rows=_speed_rows(measured, depth),
@@ -157,6 +183,24 @@ def run(
         ],
         appendix=_table(measured),
     )
+
+
+def _load_saved(saved: str | Path | None, queries: int, depth: int) -> dict[tuple[str, str, str], Measured]:
+    """What an earlier run with the same number of queries and depth kept in ``saved``."""
+    if saved is None or not Path(saved).is_file():
+        return {}
+    done = {}
+    for line in Path(saved).read_text().splitlines():
+        fields = json.loads(line)
+        if (fields.pop("queries"), fields.pop("depth")) == (queries, depth):
+            m = Measured(**{**fields, "change": Change(**fields["change"])})
+            done[m.model, m.stage, m.reranker] = m
+    return done
+
+
+def _save(saved: str | Path, measured: Measured, queries: int, depth: int) -> None:
+    with open(saved, "a") as f:
+        f.write(json.dumps({**asdict(measured), "queries": queries, "depth": depth}) + "\n")
 
 
 def _speed_rows(measured: Sequence[Measured], depth: int) -> list[Row]:
