@@ -14,6 +14,9 @@ class Retriever(ABC):
     """Batch-first search over a collection; add and delete without a rebuild; save and load a directory."""
 
     kind: str  # the registry name, recorded in the manifest
+    # the collection's SQLite docstore, where hits' texts are read; set when an index is built into a
+    # collection or loaded from one, None for an index built in memory
+    docstore_path: Path | None = None
 
     @abstractmethod
     def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:

@@ -175,7 +175,7 @@ class HybridRetriever(Retriever):
         names = self._part_names()
         with atomic_directory(directory) as work:
             for name, part in zip(names, self.parts, strict=True):
-                part.docstore_path = self.docstore_path  # type: ignore[attr-defined]
+                part.docstore_path = self.docstore_path
                 part.save(work / name)
             Manifest(
                 kind=self.kind,

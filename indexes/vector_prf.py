@@ -96,7 +96,7 @@ class VectorPRFRetriever(Retriever):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         with atomic_directory(directory) as work:
-            self.base.docstore_path = self.docstore_path  # type: ignore[attr-defined]
+            self.base.docstore_path = self.docstore_path
             self.base.save(work / _BASE_DIR)
             Manifest(
                 kind=self.kind,

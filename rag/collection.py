@@ -51,7 +51,7 @@ def build_index(
     retriever: Retriever = build("retriever", kind, dict(config or {}))
     seen = _index_state(collection, index_dir)
     retriever.add(docs)
-    retriever.docstore_path = store_path  # type: ignore[attr-defined]
+    retriever.docstore_path = store_path
     collection.mkdir(parents=True, exist_ok=True)
     with writer_lock(collection), Docstore.create(store_path, exist_ok=True) as store:
         recover(collection, store)

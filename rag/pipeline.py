@@ -122,7 +122,7 @@ def _with_retrieval(answer: Answer, spent: Timings) -> Answer:
 
 
 def _docstore_of(retriever: Retriever) -> Docstore:
-    path = getattr(retriever, "docstore_path", None)
+    path = retriever.docstore_path
     if path is None:
         raise ConfigError("the retriever has no docstore; pass docstore= or load an index built by rag")
     return Docstore(path)

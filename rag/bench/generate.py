@@ -171,7 +171,7 @@ def xquad_prompts(short: int, long: int, k: int, workdir: Path) -> dict[str, lis
         "long": [questions[(2 * i + 1) * len(questions) // (2 * long)] for i in range(long)],
     }
     prompts: dict[str, list[Prompt]] = {}
-    with Docstore(retriever.docstore_path) as docstore:  # type: ignore[attr-defined]
+    with Docstore(retriever.docstore_path) as docstore:
         for shape, chosen in picks.items():
             hits = retriever.search([q.question for q in chosen], k=k)
             prompts[shape] = [

@@ -134,7 +134,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
 def _docstore(retriever: Retriever, beir: str, corpus: list[Document] | None) -> DocumentSource:
     """Where the reranker reads passages: the index's docstore, else the BEIR corpus held in memory."""
-    path = getattr(retriever, "docstore_path", None)
+    path = retriever.docstore_path
     if path is not None:
         return Docstore(path)
     return MemoryDocs(corpus if corpus is not None else read_beir(beir))

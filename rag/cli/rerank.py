@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reranker not in names("reranker"):
         raise ConfigError(f"unknown reranker {args.reranker!r}; known: {', '.join(names('reranker'))}")
     retriever = load_index(args.index)
-    store_path = getattr(retriever, "docstore_path", None)
+    store_path = retriever.docstore_path
     if store_path is None:
         raise ConfigError(f"the index {args.index} has no docstore to read passages from")
     store = Docstore(store_path)
