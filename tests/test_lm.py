@@ -103,6 +103,10 @@ def test_a_row_gets_the_same_bits_alone_or_among_up_to_64_rows(form: str) -> Non
     prompt = torch.cat([x, x])  # [128, 512]
     torch.testing.assert_close(layer(prompt)[:KERNEL_MAX_ROWS].float(), batch.float(), atol=0.05, rtol=0.02)
     assert layer(x[None]).shape == (1, KERNEL_MAX_ROWS, 256)  # leading dims kept
+    # the last positions of a batch of two (ICR's second pass): rows that are not contiguous in memory
+    sliced = torch.stack([x, x.flip(0)])[:, -1:, :]  # [2, 1, 512]: a view of rows 64 apart
+    assert not sliced.is_contiguous()
+    assert torch.equal(layer(sliced), layer(sliced.contiguous()))
 
 
 def test_an_int8_weight_at_an_unaligned_address_multiplies_several_rows() -> None:

@@ -64,7 +64,7 @@ class QuantizedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out] bf16
         rows = x.numel() // self.in_features
-        flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
+        flat = x.reshape(rows, self.in_features).to(torch.bfloat16).contiguous()  # the kernels want it packed
         if rows > KERNEL_MAX_ROWS:
             out = F.linear(flat, self.dense())
         elif self.bits == 4:
