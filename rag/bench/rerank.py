@@ -104,7 +104,7 @@ def run(
     queries: int = 100,
     depth: int = 20,
     models: Sequence[str] = MODELS,
-    rerankers: Sequence[str] = RERANKERS,
+    rerankers: Sequence[str] | Mapping[str, Sequence[str]] = RERANKERS,
     stages: Sequence[str] = ("bm25", "fusion"),
     passage_tokens: int = 64,
     window: int = 20,
@@ -112,7 +112,10 @@ def run(
     progress: bool = True,
     saved: str | Path | None = None,
 ) -> SuiteResult:
-    """Rerank each first stage's top ``depth`` for the first ``queries`` SciFact test queries, per model."""
+    """Rerank each first stage's top ``depth`` for the first ``queries`` SciFact test queries, per model;
+    ``rerankers`` may name the rerankers of each model (``{model: names}``)."""
+    chosen_rerankers = rerankers if isinstance(rerankers, Mapping) else dict.fromkeys(models, rerankers)
+    per_model = {m: list(chosen_rerankers.get(m, ())) for m in models}
     load = os.getloadavg()[0]
     scifact = data_dir() / "scifact"
     qrels = read_beir_qrels(scifact, "test")
@@ -121,6 +124,11 @@ def run(
     judged = {qid: qrels[qid] for qid in chosen}
     hints = {m: install_hint(m) for m in models}
     skipped = [f"{m}: not measured, {hint}." for m, hint in hints.items() if hint]
+    skipped += [
+        f"{m}: {', '.join(names)} only; not {', '.join(n for n in RERANKERS if n not in names)}."
+        for m, names in per_model.items()
+        if set(RERANKERS) - set(names) and not hints[m]
+    ]
     measured_models = [m for m, hint in hints.items() if not hint]
     for model in measured_models:
         if bundled_model(model) is None:  # an unknown name fails here, before the first stage is built
@@ -132,10 +140,10 @@ def run(
     done = _load_saved(saved, len(chosen), depth)
     measured: list[Measured] = []
     for model in measured_models:
-        todo = [(st, n) for st in runs for n in rerankers if (model, st, n) not in done]
+        todo = [(st, n) for st in runs for n in per_model[model] if (model, st, n) not in done]
         lm, tokenizer = load_causal_lm(model, attn_implementation="sdpa") if todo else (None, None)
         for stage, hits in runs.items():
-            for name in rerankers:
+            for name in per_model[model]:
                 if (model, stage, name) in done:
                     measured.append(done[model, stage, name])
                     continue
