@@ -10,8 +10,9 @@ Single Token Decoding").
 [2, 0, 1]
 
 Each identifier must be a single token right where the reply starts. Tokenizers that merge the bracket with
-the letter (Qwen writes ``"[A"`` as one token) are scored on those merged tokens; the others get ``"["``
-appended to the prompt and are scored on the letter tokens. Anything else raises a ConfigError.
+the letter into one token for every identifier are scored on those merged tokens; the others (Qwen2.5 writes
+``"[A"`` as one token but ``"[O"`` and ``"[Q"`` as two) get ``"["`` appended to the prompt and are scored on
+the letter tokens. Anything else raises a ConfigError.
 """
 
 from __future__ import annotations
