@@ -111,9 +111,11 @@ def run(
     stride: int = 10,
     progress: bool = True,
     saved: str | Path | None = None,
+    measure: bool = True,
 ) -> SuiteResult:
     """Rerank each first stage's top ``depth`` for the first ``queries`` SciFact test queries, per model;
-    ``rerankers`` may name the rerankers of each model (``{model: names}``)."""
+    ``rerankers`` may name the rerankers of each model (``{model: names}``); with ``measure=False`` the table
+    holds what ``saved`` holds, and the notes name what it lacks."""
     chosen_rerankers = rerankers if isinstance(rerankers, Mapping) else dict.fromkeys(models, rerankers)
     per_model = {m: list(chosen_rerankers.get(m, ())) for m in models}
     load = os.getloadavg()[0]
@@ -141,11 +143,17 @@ def run(
     measured: list[Measured] = []
     for model in measured_models:
         todo = [(st, n) for st in runs for n in per_model[model] if (model, st, n) not in done]
+        if todo and not measure:
+            missing = ", ".join(f"{name} over {STAGE_NAMES[stage]}" for stage, name in todo)
+            skipped.append(f"{model}: not measured: {missing}.")
+            todo = []
         lm, tokenizer = load_causal_lm(model, attn_implementation="sdpa") if todo else (None, None)
         for stage, hits in runs.items():
             for name in per_model[model]:
                 if (model, stage, name) in done:
                     measured.append(done[model, stage, name])
+                    continue
+                if not measure:
                     continue
                 cls, config_cls = lookup("reranker", name)
                 options = {"model": model, "passage_tokens": passage_tokens}
