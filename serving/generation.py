@@ -68,10 +68,14 @@ class Generation:
         return attribute(self.text, self.passages, self.question).citations
 
     @property
+    def tokens(self) -> int:
+        """Tokens generated: as the finished stream counts them, else the pieces so far (one or more each)."""
+        return max(self.completion_tokens, len(self.pieces))
+
+    @property
     def finish_reason(self) -> str:
-        """``length`` when the answer ran to ``max_new_tokens`` tokens (a text piece may hold several)."""
-        generated = max(self.completion_tokens, len(self.pieces))
-        return "length" if generated >= self.params.max_new_tokens else "stop"
+        """``length`` when the answer ran to ``max_new_tokens`` tokens."""
+        return "length" if self.tokens >= self.params.max_new_tokens else "stop"
 
 
 async def prepare(

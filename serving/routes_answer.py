@@ -83,7 +83,7 @@ def answer_response(g: Generation) -> AnswerResponse:
             retrieve_s=g.retrieve_s,
             first_token_s=g.first_token_s,
             generate_s=g.generate_s,
-            tokens=g.completion_tokens or len(g.pieces),
+            tokens=g.tokens,
         ),
     )
 
