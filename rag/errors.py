@@ -37,3 +37,9 @@ class CollectionBusyError(RagError):
     """Another process kept the collection's writer lock too long, or changed the index under a build."""
 
     exit_code = 4
+
+
+class RemoteError(RagError):
+    """A remote server (an OpenAI-compatible generator) that cannot be reached, refuses or breaks off."""
+
+    exit_code = 6

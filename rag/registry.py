@@ -32,6 +32,7 @@ _PROVIDERS = (
     "rag.indexes.pq",
     "rag.indexes.vector_prf",
     "rag.generation.causal_lm",
+    "rag.generation.openai_compatible",
     "rag.rerankers.listwise",
     "rag.rerankers.first",
     "rag.rerankers.icr",

@@ -2,14 +2,16 @@
 
 Between two tokens the loop checks the request's deadline and whether the client is still connected, so a
 timeout or a disconnect stops the model within one token. Every route that generates (``/v1/answer``, JSON or
-SSE, and ``/v1/chat/completions``) goes through :func:`stream_tokens`.
+SSE, and ``/v1/chat/completions``, with passages or as a plain chat with the served model) goes through
+:func:`stream_tokens`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -34,9 +36,9 @@ class ClientGone(Exception):
 
 @dataclass
 class Generation:
-    """One request's retrieval and, once streamed, its answer."""
+    """One request's retrieval and, once streamed, its answer; or a plain chat reply (``messages``)."""
 
-    collection: Collection
+    collection: Collection | None  # None: a plain chat with the served model, no retrieval
     question: str
     params: GenerationParams
     deadline: float  # time.monotonic() value
@@ -48,6 +50,7 @@ class Generation:
     generate_s: float = 0.0
     prompt_tokens: int = 0  # the chat prompt (instruction, passages, question), as the model reads it
     completion_tokens: int = 0  # tokens generated (a piece of text may hold several)
+    messages: list[dict[str, str]] | None = None  # a plain chat's conversation, sent to the model as is
 
     @property
     def usage(self) -> dict[str, int]:
@@ -78,6 +81,18 @@ class Generation:
         return "length" if self.tokens >= self.params.max_new_tokens else "stop"
 
 
+def request_params(
+    state: ServerState, max_tokens: int, temperature: float, top_p: float, seed: int | None
+) -> GenerationParams:
+    """The generator's own defaults (e.g. keep 1 passage locally, all of them remotely) with what a request
+    may set."""
+    assert state.generator is not None
+    defaults = state.generator.default_params()
+    return dataclasses.replace(
+        defaults, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+
+
 async def prepare(
     state: ServerState, collection: Collection, question: str, k: int, params: GenerationParams
 ) -> Generation:
@@ -92,17 +107,31 @@ async def prepare(
     return generation
 
 
+async def prepare_chat(
+    state: ServerState, messages: list[dict[str, str]], params: GenerationParams
+) -> Generation:
+    """A plain chat with the served model: no retrieval; the deadline starts now."""
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    deadline = time.monotonic() + state.settings.request_timeout_s
+    generation = Generation(None, question, params, deadline, messages=messages)
+    generation.prompt_tokens = await anyio.to_thread.run_sync(chat_tokens, state.generator, messages)
+    return generation
+
+
 def prompt_tokens(generator: Generator | None, question: str, passages: list[Document]) -> int:
     """How many tokens the generator's chat prompt for this question and these passages has (0: unknown)."""
-    tokenizer = getattr(generator, "tokenizer", None)
-    if tokenizer is None:
-        return 0
     config = getattr(generator, "config", None)
     system = getattr(config, "system_prompt", SYSTEM_PROMPT)
     reminder = getattr(config, "reminder", ANSWER_REMINDER)
-    ids = tokenizer.apply_chat_template(
-        build_messages(question, passages, system, reminder), add_generation_prompt=True, tokenize=True
-    )
+    return chat_tokens(generator, build_messages(question, passages, system, reminder))
+
+
+def chat_tokens(generator: Generator | None, messages: Sequence[dict[str, str]]) -> int:
+    """How many tokens ``messages`` take under the generator's chat template (0: unknown, e.g. remote)."""
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is None:
+        return 0
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
     if not isinstance(ids, list):  # a BatchEncoding
         ids = ids["input_ids"]
     return len(ids)
@@ -116,9 +145,7 @@ async def stream_tokens(state: ServerState, generation: Generation, request: Req
         async with state.gate.slot(timeout=max(remaining, 0.0)):
             state.metrics.in_flight.set(state.gate.in_flight)
             start = time.perf_counter()
-            pieces: Iterator[str] = await anyio.to_thread.run_sync(
-                state.generator.stream, generation.question, generation.passages, generation.params
-            )
+            pieces: Iterator[str] = await anyio.to_thread.run_sync(_start, state.generator, generation)
             try:
                 while True:
                     if time.monotonic() > generation.deadline:
@@ -147,6 +174,12 @@ async def run_to_end(state: ServerState, generation: Generation, request: Reques
     async for _ in stream_tokens(state, generation, request):
         pass
     return generation
+
+
+def _start(generator: Generator, generation: Generation) -> Iterator[str]:
+    if generation.messages is not None:
+        return generator.chat(generation.messages, generation.params)
+    return generator.stream(generation.question, generation.passages, generation.params)
 
 
 def _timeout_message(state: ServerState, where: str) -> str:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from rag.generation.base import GenerationParams
 from rag.serving.deps import (
     ReadAuth,
     StateDep,
@@ -23,7 +22,7 @@ from rag.serving.deps import (
     require_generator,
 )
 from rag.serving.gate import QueueFullError
-from rag.serving.generation import ClientGone, Generation, prepare, run_to_end, stream_tokens
+from rag.serving.generation import ClientGone, Generation, prepare, request_params, run_to_end, stream_tokens
 from rag.serving.routes_search import passage
 from rag.serving.schemas import AnswerRequest, AnswerResponse, TimingsOut
 from rag.serving.settings import ServeSettings
@@ -41,12 +40,18 @@ def check_generation_request(
     require_generator(state)
     check_query(settings, question, "question")
     k = k or settings.default_k
-    max_tokens = max_tokens or settings.default_max_tokens
     check_at_most(k, settings.max_passages, "k")
+    return k, check_model_request(state, settings, max_tokens)
+
+
+def check_model_request(state: ServerState, settings: ServeSettings, max_tokens: int | None) -> int:
+    """Validate what any request to the model asks; returns max_tokens with its default filled in."""
+    require_generator(state)
+    max_tokens = max_tokens or settings.default_max_tokens
     check_at_most(max_tokens, settings.max_tokens, "max_tokens")
     if state.gate.full:  # refuse before retrieval; the slot itself is taken when generation starts
         raise QueueFullError(f"the model queue is full ({state.gate.capacity} requests running or waiting)")
-    return k, max_tokens
+    return max_tokens
 
 
 @router.post(
@@ -60,9 +65,7 @@ async def answer(
     """Retrieve ``k`` passages and answer ``question`` from them, citing passages by id."""
     collection = find_collection(state, body.collection)
     k, max_tokens = check_generation_request(state, state.settings, body.question, body.k, body.max_tokens)
-    params = GenerationParams(
-        max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed
-    )
+    params = request_params(state, max_tokens, body.temperature, body.top_p, body.seed)
     generation = await prepare(state, collection, body.question, k, params)
     if body.stream:
         return StreamingResponse(
@@ -73,6 +76,7 @@ async def answer(
 
 
 def answer_response(g: Generation) -> AnswerResponse:
+    assert g.collection is not None  # an answer is always over a collection
     return AnswerResponse(
         collection=g.collection.name,
         answer=g.text,

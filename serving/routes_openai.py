@@ -1,9 +1,12 @@
-"""OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models``; a model is a collection.
+"""OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models``; a model is a collection, or the
+served generator itself.
 
-Retrieval runs on the last user message and the answer is generated from the retrieved passages (earlier turns
-are not sent to the model). Responses carry two extra fields, ``citations`` (cited document ids) and
-``passages`` (the retrieved passages); in a stream they come with the last chunk. Works with the ``openai``
-client as is::
+With a collection as the model, retrieval runs on the last user message and the answer is generated from the
+retrieved passages (earlier turns are not sent to the model). Responses carry two extra fields, ``citations``
+(cited document ids) and ``passages`` (the retrieved passages); in a stream they come with the last chunk.
+With the generator's name as the model (listed after the collections), the whole conversation goes to the
+model under its chat template, with no retrieval: the server is then a plain LLM endpoint, e.g. the remote of
+another ragloom's ``openai-compatible`` generator. Works with the ``openai`` client as is::
 
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="TOKEN-or-anything")
     client.chat.completions.create(model="docs", messages=[{"role": "user", "content": "..."}])
@@ -24,8 +27,16 @@ from rag.generation.base import GenerationParams
 from rag.serving.deps import ReadAuth, StateDep, find_collection
 from rag.serving.errors import FieldError, openai_error
 from rag.serving.gate import QueueFullError
-from rag.serving.generation import ClientGone, Generation, prepare, run_to_end, stream_tokens
-from rag.serving.routes_answer import check_generation_request
+from rag.serving.generation import (
+    ClientGone,
+    Generation,
+    prepare,
+    prepare_chat,
+    request_params,
+    run_to_end,
+    stream_tokens,
+)
+from rag.serving.routes_answer import check_generation_request, check_model_request
 from rag.serving.routes_search import passage
 from rag.serving.schemas import ChatCompletionRequest, ModelCard, ModelList
 from rag.serving.sse import SSE_HEADERS, error_detail, error_status, sse
@@ -38,14 +49,16 @@ _STARTED = int(time.time())
 
 @router.get("/models")
 async def models(state: StateDep) -> ModelList:
-    """One model per served collection."""
-    return ModelList(data=[ModelCard(id=name, created=_STARTED) for name in sorted(state.collections)])
+    """One model per served collection, then the served generator (a plain chat model)."""
+    ids = sorted(state.collections) + ([state.chat_model] if state.chat_model else [])
+    return ModelList(data=[ModelCard(id=name, created=_STARTED) for name in ids])
 
 
 @router.get("/models/{model_id}")
 async def model(model_id: str, state: StateDep) -> ModelCard:
-    """One served collection, as OpenAI's ``GET /v1/models/{model}``; 404 for an unknown name."""
-    if model_id not in state.collections and model_id not in state.unavailable:
+    """A served collection or the generator, as OpenAI's ``GET /v1/models/{model}``; 404 for others."""
+    known = model_id in state.collections or model_id in state.unavailable or model_id == state.chat_model
+    if not known:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"the model {model_id!r} does not exist")
     return ModelCard(id=model_id, created=_STARTED)
 
@@ -54,19 +67,18 @@ async def model(model_id: str, state: StateDep) -> ModelCard:
 async def chat_completions(
     body: ChatCompletionRequest, state: StateDep, request: Request
 ) -> dict[str, Any] | StreamingResponse:
-    collection = find_collection(state, body.model)
     question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
     if not question.strip():
         raise FieldError("messages", "the messages hold no user message with text")
     max_tokens = body.max_completion_tokens or body.max_tokens
-    k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
-    params = GenerationParams(
-        max_new_tokens=max_tokens,
-        temperature=body.temperature or 0.0,
-        top_p=body.top_p or 1.0,
-        seed=body.seed,
-    )
-    generation = await prepare(state, collection, question, k, params)
+    if _is_chat_model(state, body.model):
+        max_tokens = check_model_request(state, state.settings, max_tokens)  # the model checks its context
+        messages = [{"role": _chat_role(m.role), "content": m.text()} for m in body.messages]
+        generation = await prepare_chat(state, messages, _params(state, body, max_tokens))
+    else:
+        collection = find_collection(state, body.model)
+        k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
+        generation = await prepare(state, collection, question, k, _params(state, body, max_tokens))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -94,7 +106,23 @@ async def chat_completions(
     }
 
 
+def _is_chat_model(state: ServerState, model: str) -> bool:
+    """Whether ``model`` names the served generator rather than a collection (a collection wins a tie)."""
+    return model == state.chat_model and model not in state.collections and model not in state.unavailable
+
+
+def _chat_role(role: str) -> str:
+    """OpenAI's newer role names as chat templates know them."""
+    return {"developer": "system", "function": "tool"}.get(role, role)
+
+
+def _params(state: ServerState, body: ChatCompletionRequest, max_tokens: int) -> GenerationParams:
+    return request_params(state, max_tokens, body.temperature or 0.0, body.top_p or 1.0, body.seed)
+
+
 def _extras(g: Generation) -> dict[str, Any]:
+    if g.collection is None:  # a plain chat: nothing retrieved, nothing to cite
+        return {}
     return {
         "citations": g.citations,
         "passages": [passage(d, h).model_dump() for h, d in zip(g.hits, g.passages, strict=True)],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import ConfigError
+from rag.generation.openai_compatible import REMOTE_GENERATOR
 from rag.limits import MAX_QUERY_CHARS
 from rag.models import DEFAULT_GENERATOR
 from rag.registry import make_config
@@ -35,6 +36,10 @@ class ServeSettings:
 
     collections: dict[str, str] = field(default_factory=dict)  # name -> index directory
     generator: str | None = DEFAULT_GENERATOR  # bundled name, folder or hub id; None: search only
+    # with generator "openai-compatible": the server that answers (e.g. http://127.0.0.1:8080/v1; key from
+    # OPENAI_API_KEY) and its model id (None: the first it lists)
+    base_url: str | None = None
+    remote_model: str | None = None
     device: str | None = None  # generator device; None: the loader's choice
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting alone
     api_token: str | None = None  # bearer token; None: reads need none, writes are closed unless open_writes
@@ -83,9 +88,16 @@ class ServeSettings:
             raise ConfigError(
                 f"default_max_tokens={self.default_max_tokens} is above max_tokens={self.max_tokens}"
             )
-        if self.reranker and not (self.reranker_model or self.generator):
+        remote = self.generator == REMOTE_GENERATOR
+        if remote != (self.base_url is not None):
             raise ConfigError(
-                f"reranker {self.reranker!r} needs a model: serve a generator or name a reranker_model"
+                f"base_url goes with generator {REMOTE_GENERATOR!r}, and that generator needs it"
+            )
+        if self.remote_model is not None and not remote:
+            raise ConfigError(f"remote_model goes with generator {REMOTE_GENERATOR!r}")
+        if self.reranker and not (self.reranker_model or (self.generator and not remote)):
+            raise ConfigError(
+                f"reranker {self.reranker!r} needs a model: serve a local generator or name a reranker_model"
             )
         for name in self.collections:
             if not name or "/" in name:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rag.errors import CollectionBusyError, CorpusError, IndexFormatError, RagError
+from rag.errors import CollectionBusyError, CorpusError, IndexFormatError, RagError, RemoteError
 from rag.serving.gate import QueueFullError
 from rag.serving.generation import GenerationTimeout
 
@@ -24,6 +24,8 @@ def error_status(error: BaseException) -> int:
         return 503  # a full queue; a damaged collection; one another process keeps locked
     if isinstance(error, GenerationTimeout):
         return 504
+    if isinstance(error, RemoteError):
+        return 502  # the generator's own server failed
     if isinstance(error, CorpusError):
         return 409
     if isinstance(error, RagError):

@@ -16,6 +16,7 @@ from typing import Any
 
 from rag.errors import ConfigError, IndexFormatError
 from rag.generation.base import Generator
+from rag.generation.openai_compatible import REMOTE_GENERATOR
 from rag.pipeline import Pipeline
 from rag.registry import lookup, make_config
 from rag.rerankers.base import Reranker
@@ -87,12 +88,7 @@ class ServerState:
     def load(cls, settings: ServeSettings, metrics: Metrics | None = None) -> ServerState:
         if settings.reranker is not None:
             lookup("reranker", settings.reranker)  # an unknown default reranker fails at start-up
-        generator = None
-        if settings.generator:
-            from rag.registry import build
-
-            config = {"model": settings.generator, "device": settings.device, "threads": settings.threads}
-            generator = build("generator", "causal-lm", config)
+        generator = _generator(settings)
         reranker_lm = _reranker_lm(settings, generator)
         collections: dict[str, Collection] = {}
         unavailable: dict[str, str] = {}
@@ -109,6 +105,11 @@ class ServerState:
             raise
         gate = ModelGate(settings.model_concurrency, settings.queue_size)
         return cls(settings, collections, generator, gate, metrics or Metrics(), reranker_lm, unavailable)
+
+    @property
+    def chat_model(self) -> str | None:
+        """The name under which the generator answers plain chats (``/v1/chat/completions``), if served."""
+        return self.settings.generator if self.generator is not None else None
 
     @property
     def reranker_model(self) -> str | None:
@@ -138,9 +139,24 @@ class ServerState:
             collection.close()
 
 
+def _generator(settings: ServeSettings) -> Generator | None:
+    """The served generator: a local causal LM, or a remote OpenAI-compatible server; None: search only."""
+    from rag.registry import build
+
+    if not settings.generator:
+        return None
+    if settings.generator == REMOTE_GENERATOR:
+        return build(
+            "generator", REMOTE_GENERATOR, {"base_url": settings.base_url, "model": settings.remote_model}
+        )
+    config = {"model": settings.generator, "device": settings.device, "threads": settings.threads}
+    return build("generator", "causal-lm", config)
+
+
 def _reranker_lm(settings: ServeSettings, generator: Generator | None) -> tuple[Any, Any] | None:
     """The generator's model and tokenizer when the rerankers use the same model, else a second one loaded."""
-    name = settings.reranker_model or settings.generator
+    local_generator = settings.generator if settings.generator != REMOTE_GENERATOR else None
+    name = settings.reranker_model or local_generator
     if not name:
         return None
     model, tokenizer = getattr(generator, "model", None), getattr(generator, "tokenizer", None)

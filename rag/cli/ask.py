@@ -6,12 +6,11 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from rag.cli.generation_options import add_generation_options, generation_params, generator_config
+from rag.cli.generation_options import add_generation_options, build_generator, generation_params
 from rag.errors import ConfigError
 from rag.indexes import load_index
 from rag.limits import check_length
 from rag.pipeline import Pipeline
-from rag.registry import build
 from rag.types import Answer
 
 
@@ -30,7 +29,7 @@ def make_pipeline(args: argparse.Namespace) -> Pipeline:
     if args.config:
         return Pipeline.from_config(args.config)
     retriever = load_index(args.index)
-    return Pipeline(retriever, build("generator", "causal-lm", generator_config(args)), k=args.k)
+    return Pipeline(retriever, build_generator(args), k=args.k)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     check_length(args.question, "question")  # the server's limit (rag.limits)
     params = generation_params(args)  # bad parameters fail before any model loads
     pipeline = make_pipeline(args)
+    if args.config:  # the options given override the config's generator defaults, the others keep them
+        params = generation_params(args, pipeline.generator.default_params())
     if args.stream:
         stream = pipeline.stream(args.question, params)
         for piece in stream:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rag.cli.generation_options import add_generation_options, generation_params, generator_config
+from rag.cli.generation_options import add_generation_options, build_generator, generation_params
 from rag.cli.index import add_retriever_options, retriever_config
 from rag.collection import build_index
 from rag.corpus import read_beir
@@ -149,11 +149,7 @@ def run_qa(args: argparse.Namespace) -> int:
         if index is None:
             build_index(args.squad, tmp, name="dense", fmt="squad")
             index = str(Path(tmp, "dense"))
-        generator = build(
-            "generator",
-            "causal-lm",
-            generator_config(args, system_prompt=QA_SYSTEM_PROMPT, reminder=QA_REMINDER),
-        )
+        generator = build_generator(args, system_prompt=QA_SYSTEM_PROMPT, reminder=QA_REMINDER)
         pipeline = Pipeline(load_index(index), generator, k=args.k)
         report = evaluate_qa(
             pipeline, args.squad, limit=args.limit or None, params=params, gold_baseline=args.gold_baseline
@@ -175,7 +171,7 @@ def run_qa(args: argparse.Namespace) -> int:
 
 def run_citations(args: argparse.Namespace) -> int:
     params = generation_params(args)
-    generator = build("generator", "causal-lm", generator_config(args))
+    generator = build_generator(args)
     pipeline = Pipeline(load_index(args.index), generator, k=args.k)
     limit = args.limit or None
     report = evaluate_citations(pipeline, args.beir, split=args.split, limit=limit, params=params)

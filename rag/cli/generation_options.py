@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
-from rag.generation.base import GenerationParams
+from rag.errors import ConfigError
+from rag.generation.base import GenerationParams, Generator
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
+from rag.generation.openai_compatible import REMOTE_GENERATOR as REMOTE
 from rag.lm.policy import PRECISIONS
 from rag.models import DEFAULT_GENERATOR
+from rag.registry import build
+
+# options of the local generator that a remote server cannot honour
+_LOCAL_ONLY = ("device", "precision", "draft_model", "draft_model_tokens", "passage_cache_dir")
 
 
 def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
-    parser.add_argument("--generator", default=DEFAULT_GENERATOR, help="LLM: bundled name, folder or hub id")
+    parser.add_argument(
+        "--generator",
+        default=DEFAULT_GENERATOR,
+        help=f"LLM: bundled name, folder or hub id; or {REMOTE} with --base-url (any /v1/chat/completions "
+        "server: vLLM, SGLang, llama.cpp's server, Ollama, rag serve; key from OPENAI_API_KEY)",
+    )
+    parser.add_argument(
+        "--base-url", help=f"with --generator {REMOTE}: the server, e.g. http://127.0.0.1:8080/v1"
+    )
+    parser.add_argument(
+        "--remote-model", help=f"with --generator {REMOTE}: the server's model id (default: its first)"
+    )
     parser.add_argument("-k", type=int, default=5, help="passages given to the generator (default 5)")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
+    # the decoding options default to None ("not given"): generation_params fills in the defaults, which
+    # are the pipeline config's when `rag ask --config` names one
+    parser.set_defaults(default_max_new_tokens=max_new_tokens)
+    parser.add_argument(
+        "--max-new-tokens", type=int, help=f"longest answer in tokens (default {max_new_tokens})"
+    )
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling (default 1: off)")
+    parser.add_argument("--top-k", type=int, help="0 = no top-k cut (default)")
     parser.add_argument("--seed", type=int, help="seed for sampling")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument(
@@ -30,13 +53,11 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument(
         "--cad-alpha",
         type=float,
-        default=0.0,
         help="context-aware decoding strength (0 = off); see docs/generation.md",
     )
     parser.add_argument(
         "--draft-tokens",
         type=int,
-        default=0,
         help="retrieval-augmented drafting: longest drafted run verified per step (0 = off); each draft "
         f"is at most 2L - 1 tokens after an L-token match, so {MATCH_SCALED_DRAFT_TOKENS} costs little more "
         "than short drafts and was the fastest on a 2-core Xeon; see docs/generation.md",
@@ -58,32 +79,46 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument(
         "--parallel-contexts",
         action="store_true",
+        default=None,
         help="encode passages apart and reuse their cached KV (APE); see docs/generation.md",
     )
-    parser.add_argument("--ape-temperature", type=float, default=0.8, help="APE temperature on the passages")
-    parser.add_argument("--ape-scale", type=float, default=0.8, help="APE scaling factor of the passages")
+    parser.add_argument("--ape-temperature", type=float, help="APE temperature on the passages (default 0.8)")
+    parser.add_argument("--ape-scale", type=float, help="APE scaling factor of the passages (default 0.8)")
     parser.add_argument(
         "--blend-ratio",
         type=float,
-        default=0.0,
         help="with --parallel-contexts: share of passage tokens recomputed across passages (CacheBlend), "
         "trading time to first token for quality; 0 = off; see docs/generation.md",
     )
     parser.add_argument(
         "--keep-passages",
         type=int,
-        default=GenerationParams.keep_passages,
         help="answer from the K passages under which the question is most likely (each read apart first, "
-        "one forward; K = 1, the default, answers as the prompt holding that passage alone); 0 = all; "
-        "docs/answers.md",
+        "one forward; K = 1, the default, answers as the prompt holding that passage alone); 0 = all (the "
+        f"default and only choice of {REMOTE}); docs/answers.md",
     )
     parser.add_argument("--passage-cache-dir", help="directory that keeps passage KV blocks across runs")
     parser.add_argument(
         "--require-citation",
         action="store_true",
+        default=None,
         help="the answer may not end before it cites a passage: where it would stop without a [n] marker, "
         "it opens one and the model picks the passage number",
     )
+
+
+def build_generator(args: argparse.Namespace, **extra: Any) -> Generator:
+    """The generator the options name: local (``causal-lm``) or remote (``openai-compatible``)."""
+    if args.generator != REMOTE:
+        if args.base_url or args.remote_model:
+            raise ConfigError(f"--base-url and --remote-model go with --generator {REMOTE}")
+        return build("generator", "causal-lm", generator_config(args, **extra))
+    if not args.base_url:
+        raise ConfigError(f"--generator {REMOTE} needs --base-url, e.g. http://127.0.0.1:8080/v1")
+    local = [f"--{name.replace('_', '-')}" for name in _LOCAL_ONLY if getattr(args, name) is not None]
+    if local:
+        raise ConfigError(f"{', '.join(local)}: options of a local generator, not of {REMOTE}")
+    return build("generator", REMOTE, {"base_url": args.base_url, "model": args.remote_model, **extra})
 
 
 def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
@@ -98,19 +133,18 @@ def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     }
 
 
-def generation_params(args: argparse.Namespace) -> GenerationParams:
-    return GenerationParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-        cad_alpha=args.cad_alpha,
-        draft_tokens=args.draft_tokens,
-        parallel_contexts=args.parallel_contexts,
-        ape_temperature=args.ape_temperature,
-        ape_scale=args.ape_scale,
-        blend_ratio=args.blend_ratio,
-        keep_passages=args.keep_passages,
-        require_citation=args.require_citation,
-    )
+def generation_params(args: argparse.Namespace, defaults: GenerationParams | None = None) -> GenerationParams:
+    """The decoding options given on the command line over ``defaults`` (a generator's ``default_params()``;
+    None: the command's defaults, keeping 1 passage locally and all of them remotely, which gives no
+    likelihoods to choose by)."""
+    if defaults is None:
+        keep = 0 if args.generator == REMOTE else GenerationParams.keep_passages
+        defaults = GenerationParams(max_new_tokens=args.default_max_new_tokens, keep_passages=keep)
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationParams) if _given(args, f.name)
+    }
+    return dataclasses.replace(defaults, **given)
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    return getattr(args, name, None) is not None

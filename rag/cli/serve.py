@@ -29,7 +29,15 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--config", help="JSON file of settings (see docs/serving.md)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--generator", help="LLM: bundled name, folder or hub id; 'none' serves search only")
+    parser.add_argument(
+        "--generator",
+        help="LLM: bundled name, folder or hub id; openai-compatible with --base-url (a remote server, key "
+        "from OPENAI_API_KEY); 'none' serves search only",
+    )
+    parser.add_argument(
+        "--base-url", help="with --generator openai-compatible: e.g. http://127.0.0.1:8080/v1"
+    )
+    parser.add_argument("--remote-model", help="with --generator openai-compatible: the server's model id")
     parser.add_argument(
         "--reranker", help="default reranker of /v1/rerank: listwise, first, icr or pointwise (default: none)"
     )
@@ -69,6 +77,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         "host": args.host,
         "port": args.port,
         "generator": args.generator,
+        "base_url": args.base_url,
+        "remote_model": args.remote_model,
         "reranker": args.reranker,
         "reranker_model": args.reranker_model,
         "device": args.device,

@@ -1,9 +1,11 @@
-"""Answer generation: the generator contract, the RAG prompt and the causal-LM baseline."""
+"""Answer generation: the generator contract, the RAG prompt, the local causal LM and any OpenAI-compatible
+server."""
 
 from __future__ import annotations
 
 from rag.generation.base import GenerationParams, Generator
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
+from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.generation.prompt import build_messages, parse_citations
 
@@ -12,6 +14,8 @@ __all__ = [
     "CausalLMGenerator",
     "GenerationParams",
     "Generator",
+    "OpenAICompatibleConfig",
+    "OpenAICompatibleGenerator",
     "PassageKVStore",
     "build_messages",
     "parse_citations",

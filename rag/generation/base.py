@@ -94,6 +94,10 @@ class DecodeStats:
 
 class Generator(ABC):
     @abstractmethod
+    def default_params(self) -> GenerationParams:
+        """How a request that passes no parameters is decoded (the generator's config)."""
+
+    @abstractmethod
     def answer(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
     ) -> Answer:
@@ -104,3 +108,10 @@ class Generator(ABC):
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
     ) -> AnswerStream:
         """The answer's text piece by piece as tokens are accepted; then, as ``answer``, the whole Answer."""
+
+    @abstractmethod
+    def chat(
+        self, messages: Sequence[dict[str, str]], params: GenerationParams | None = None
+    ) -> AnswerStream:
+        """The model's reply to chat ``messages`` (``role`` and ``content``), with no passages and no
+        citations; as ``stream``, piece by piece, then the whole Answer."""

@@ -188,10 +188,13 @@ class CausalLMGenerator(Generator):
 
     # -- public API ---------------------------------------------------------------------------------
 
+    def default_params(self) -> GenerationParams:
+        return self.config.default_params()
+
     def answer(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
     ) -> Answer:
-        params = params or self.config.default_params()
+        params = params or self.default_params()
         start = time.perf_counter()
         input_ids = self._encode_prompt(question, passages, params)
         parallel = self._split_prompt(question, passages, params)
@@ -215,7 +218,7 @@ class CausalLMGenerator(Generator):
         Each step decodes all generated ids and yields the new suffix, so that tokens which only make
         sense together (multi-byte characters split across tokens) come out whole.
         """
-        params = params or self.config.default_params()
+        params = params or self.default_params()
         start = time.perf_counter()
         input_ids = self._encode_prompt(question, passages, params)  # raises before the first next()
         parallel = self._split_prompt(question, passages, params)
@@ -225,6 +228,21 @@ class CausalLMGenerator(Generator):
             question, passages, start, input_ids, params, context_free_ids, parallel, citations
         )
         return AnswerStream(pieces)
+
+    def chat(
+        self, messages: Sequence[dict[str, str]], params: GenerationParams | None = None
+    ) -> AnswerStream:
+        """The model's reply to ``messages`` under its chat template: plain decoding, or drafting from the
+        messages' own text when ``params.draft_tokens > 0``; no passages, so nothing to cite."""
+        params = params or self.default_params()
+        if params.cad_alpha > 0 or params.parallel_contexts or params.require_citation:
+            raise ConfigError("a chat reply has no passages: CAD, parallel contexts and citations need them")
+        if not any(str(m.get("content", "")).strip() for m in messages):
+            raise EmptyQueryError("the messages hold no text")
+        start = time.perf_counter()
+        input_ids = self._apply_template(list(messages))
+        self._check_context(input_ids, params)
+        return AnswerStream(self._stream_text("", [], start, input_ids, params))
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -287,13 +305,17 @@ class CausalLMGenerator(Generator):
             raise EmptyQueryError("the question is empty")
         messages = build_messages(question, passages, self.config.system_prompt, self.config.reminder)
         input_ids = self._apply_template(messages)
+        self._check_context(input_ids, params)
+        return input_ids
+
+    def _check_context(self, input_ids: torch.Tensor, params: GenerationParams) -> None:
+        """ConfigError when the prompt ``# [1, len]`` and the answer would not fit the model's context."""
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and input_ids.shape[1] > limit - params.max_new_tokens:
             raise ConfigError(
                 f"the prompt has {input_ids.shape[1]} tokens, more than the model's context of {limit} "
                 f"minus max_new_tokens={params.max_new_tokens}; pass fewer or shorter passages"
             )
-        return input_ids
 
     def _split_prompt(
         self, question: str, passages: Sequence[Document], params: GenerationParams
