@@ -13,7 +13,7 @@ DEMO_DIR ?= $(RAG_CACHE)/demo-collection
 DEMO_CORPUS := rag/demo/factbook-europe.jsonl
 DEMO_QUESTION ?= When was the Swiss Confederation founded?
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint chromium bench clean
 
 install: $(STAMP)
 
@@ -35,7 +35,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+# tests/test_web_page.py drives the page of `rag serve` in Debian's chromium (Playwright, system browser)
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+
+test: install lint chromium
 	$(BIN)/pytest -q  # not `python -m pytest`: that puts the checkout first on sys.path, where kernels/ shadows the PyPI kernels transformers imports
 
 # llama.cpp for the generation baseline, built from source for this CPU's instruction sets, AMX left out: with

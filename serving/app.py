@@ -7,7 +7,8 @@
 Routes (all under ``/v1`` except health and metrics): ``POST /search``, ``POST /rerank``,
 ``POST /answer`` (JSON or SSE), ``POST /chat/completions`` and ``GET /models`` (OpenAI-compatible),
 ``GET /collections``, ``POST /collections/{name}/documents``, ``DELETE /collections/{name}/documents/{id}``;
-``GET /healthz``, ``GET /metrics``. See docs/serving.md for the status codes.
+``GET /healthz``, ``GET /metrics``; ``GET /`` is a page to ask questions in a browser (``web_page``). See
+docs/serving.md for the status codes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rag.serving import (
     routes_openai,
     routes_rerank,
     routes_search,
+    web_page,
 )
 from rag.serving.deps import StateDep
 from rag.serving.errors import add_error_handlers
@@ -62,6 +64,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         redoc_url=None,  # ReDoc needs a CDN
     )
     docs_page.install(app)
+    web_page.install(app)
     for module in (routes_search, routes_rerank, routes_answer, routes_openai, routes_collections):
         app.include_router(module.router)  # each module's router carries the /v1 prefix
 
