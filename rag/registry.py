@@ -37,6 +37,7 @@ _PROVIDERS = (
     "rag.rerankers.first",
     "rag.rerankers.icr",
     "rag.rerankers.pointwise",
+    "rag.rerankers.remote_listwise",
 )
 
 

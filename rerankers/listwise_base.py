@@ -13,8 +13,9 @@ climb by ``window - stride`` places per window and reach the top in one sweep.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from rag.errors import ConfigError
 from rag.rerankers.lm import LMReranker, LMRerankerConfig
@@ -54,6 +55,35 @@ def sliding_windows(count: int, window: int, stride: int) -> list[tuple[int, int
         end -= stride
 
 
+def order_by_windows(
+    docs: Sequence[Document], window: int, stride: int, permute: Callable[[list[Document]], list[int]]
+) -> list[int]:
+    """Positions of ``docs`` best first: each window's slice of the current order, back to front, reordered
+    by ``permute`` (a permutation of the window's positions, best first)."""
+    current = list(range(len(docs)))  # current[i]: the input position now at rank i
+    for start, end in sliding_windows(len(docs), window, stride):
+        slice_ = current[start:end]
+        permutation = permute([docs[p] for p in slice_])
+        if sorted(permutation) != list(range(len(slice_))):
+            raise AssertionError(f"permute returned {permutation} for a window of {len(slice_)}")
+        current[start:end] = [slice_[i] for i in permutation]
+    return current
+
+
+def ranking_prompt(query: str, passages: Sequence[str], identifiers: Sequence[str]) -> str:
+    """The RankGPT user message: the query, the passages labelled ``[id]``, then the instruction."""
+    n = len(passages)
+    listing = "\n".join(f"[{i}] {p}" for i, p in zip(identifiers, passages, strict=True))
+    example = f"[{identifiers[1]}] > [{identifiers[0]}]" if n > 1 else f"[{identifiers[0]}]"
+    return (
+        f"I will give you {n} passages, each labelled with an identifier in square brackets. "
+        f"Rank them by relevance to the search query: {query}\n\n{listing}\n\n"
+        f"Search query: {query}\n"
+        f"Rank the {n} passages above from most to least relevant to the search query. List every "
+        f"passage once by its identifier, in the format {example} > ... Answer with the ranking only."
+    )
+
+
 class ListwiseBase(LMReranker):
     """Reranks with sliding windows; subclasses implement :meth:`permute` for one window."""
 
@@ -64,33 +94,14 @@ class ListwiseBase(LMReranker):
         return ListwiseConfig()
 
     def order(self, query: str, docs: list[Document]) -> tuple[list[int], None]:
-        current = list(range(len(docs)))  # current[i]: the input position now at rank i
-        for start, end in sliding_windows(len(docs), self.config.window, self.config.stride):
-            window = current[start:end]
-            permutation = self.permute(query, [docs[p] for p in window])
-            if sorted(permutation) != list(range(len(window))):
-                raise AssertionError(f"{type(self).__name__}.permute returned {permutation}")
-            current[start:end] = [window[i] for i in permutation]
-        return current, None
+        permute = partial(self.permute, query)
+        return order_by_windows(docs, self.config.window, self.config.stride, permute), None
 
     @abstractmethod
     def permute(self, query: str, window_docs: Sequence[Document]) -> list[int]:
         """Positions of ``window_docs`` (0-based), most relevant first: a permutation of the window."""
 
     # -- the RankGPT prompt, shared by the generating and the single-token variants -------------------
-
-    def ranking_prompt(self, query: str, passages: Sequence[str], identifiers: Sequence[str]) -> str:
-        """The user message: the query, the passages labelled ``[id]``, then the instruction."""
-        n = len(passages)
-        listing = "\n".join(f"[{i}] {p}" for i, p in zip(identifiers, passages, strict=True))
-        example = f"[{identifiers[1]}] > [{identifiers[0]}]" if n > 1 else f"[{identifiers[0]}]"
-        return (
-            f"I will give you {n} passages, each labelled with an identifier in square brackets. "
-            f"Rank them by relevance to the search query: {query}\n\n{listing}\n\n"
-            f"Search query: {query}\n"
-            f"Rank the {n} passages above from most to least relevant to the search query. List every "
-            f"passage once by its identifier, in the format {example} > ... Answer with the ranking only."
-        )
 
     def window_prompt_ids(
         self,
@@ -103,8 +114,8 @@ class ListwiseBase(LMReranker):
         """The chat prompt for one window, passages cut to fit the context with ``reserve`` tokens spare."""
         overhead = len(
             self.prompt_ids(
-                self.ranking_prompt(query, [""] * len(window_docs), identifiers), LISTWISE_SYSTEM, prefix
+                ranking_prompt(query, [""] * len(window_docs), identifiers), LISTWISE_SYSTEM, prefix
             )
         )
         passages = self.fitted_passages(window_docs, overhead, reserve)
-        return self.prompt_ids(self.ranking_prompt(query, passages, identifiers), LISTWISE_SYSTEM, prefix)
+        return self.prompt_ids(ranking_prompt(query, passages, identifiers), LISTWISE_SYSTEM, prefix)

@@ -1,8 +1,7 @@
-"""What every LLM reranker shares: the model, the documents behind the hits, passage truncation, new hits.
+"""What every local LLM reranker shares: the model, passage truncation, chat prompts, next-token logits.
 
-A variant subclasses :class:`LMReranker` and implements one method, ``order(query, docs)``, which returns the
-candidates' positions best first (and optional scores). Documents come from ``docstore`` (anything with
-``get(ids) -> list[Document]``, e.g. :class:`~rag.docstore.Docstore` or :class:`MemoryDocs`)::
+A variant subclasses :class:`LMReranker` and implements ``order(query, docs)``
+(:class:`~rag.rerankers.base.DocumentReranker`: the documents behind the hits, new hits)::
 
     >>> from rag.types import Document, Hit
     >>> docs = MemoryDocs([Document("a", "Cats purr."), Document("b", "Stocks fell.")])
@@ -15,22 +14,17 @@ candidates' positions best first (and optional scores). Documents come from ``do
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from rag.errors import ConfigError, EmptyQueryError
-from rag.rerankers.base import Reranker
-from rag.types import Document, Hit
+from rag.errors import ConfigError
+from rag.rerankers.base import DocumentReranker, DocumentSource
+from rag.types import Document
 
 CONTENT_SENTINEL = "\x00CONTENT\x00"  # stands for the user message when splitting a chat template
-
-
-class DocumentSource(Protocol):
-    def get(self, ids: Sequence[str]) -> list[Document]: ...
 
 
 class MemoryDocs:
@@ -65,7 +59,7 @@ class LMRerankerConfig:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
 
 
-class LMReranker(Reranker):
+class LMReranker(DocumentReranker):
     """Base of the LLM rerankers: subclasses implement :meth:`order`.
 
     Pass ``model`` and ``tokenizer`` to share an already-loaded causal LM; ``docstore`` supplies the text of
@@ -94,52 +88,14 @@ class LMReranker(Reranker):
             model, tokenizer = load_causal_lm(
                 self.config.model, device=self.config.device, attn_implementation="sdpa"
             )
+        super().__init__(docstore)
         self.model = model
         self.tokenizer = tokenizer
-        self.docstore = docstore
         self.forward_passes = 0
 
     @classmethod
     def default_config(cls) -> LMRerankerConfig:
         return LMRerankerConfig()
-
-    # -- the contract -------------------------------------------------------------------------------
-
-    def rerank(self, query: str, hits: Sequence[Hit], k: int | None = None) -> list[Hit]:
-        """New hits for the best ``k`` of ``hits`` (all when None), ranks renumbered from 1."""
-        if self.docstore is None:
-            raise ConfigError(f"the {self.name} reranker has no docstore to read the hits' text from")
-        return self.rerank_documents(query, hits, self.docstore.get([h.doc_id for h in hits]), k)
-
-    def rerank_documents(
-        self, query: str, hits: Sequence[Hit], docs: Sequence[Document], k: int | None = None
-    ) -> list[Hit]:
-        """As :meth:`rerank`, with the hits' documents given (``docs[i]`` belongs to ``hits[i]``)."""
-        if not query or not query.strip():
-            raise EmptyQueryError("the query is empty")
-        if len(docs) != len(hits):
-            raise ConfigError(f"{len(hits)} hits but {len(docs)} documents")
-        if k is not None and k < 1:
-            raise ConfigError(f"k must be at least 1, got {k}")
-        if not hits:
-            return []
-        positions, scores = self.order(query.strip(), list(docs))
-        if sorted(positions) != list(range(len(hits))):  # a bug in a variant, never a user error
-            raise AssertionError(f"{type(self).__name__}.order returned {positions}, not a permutation")
-        kept = positions[:k] if k else positions
-        return [
-            Hit(
-                hits[p].doc_id,
-                float(scores[p]) if scores is not None else float(len(hits) - rank),
-                rank + 1,
-                self.name,
-            )
-            for rank, p in enumerate(kept)
-        ]
-
-    @abstractmethod
-    def order(self, query: str, docs: list[Document]) -> tuple[list[int], Sequence[float] | None]:
-        """Positions of ``docs`` best first, and a score per document (in input order) or None."""
 
     # -- helpers for variants -----------------------------------------------------------------------
 

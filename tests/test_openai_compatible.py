@@ -24,7 +24,12 @@ from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
 from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.indexes import load_index
 from rag.pipeline import Pipeline
-from rag.types import Document
+from rag.registry import build
+from rag.rerankers.listwise import ListwiseReranker
+from rag.rerankers.listwise_base import ListwiseConfig
+from rag.rerankers.lm import MemoryDocs
+from rag.rerankers.remote_listwise import RemoteListwiseConfig
+from rag.types import Document, Hit
 
 pytestmark = pytest.mark.slow
 
@@ -222,3 +227,23 @@ def test_cli_flags_given_override_a_configs_defaults() -> None:
     assert (params.temperature, params.draft_tokens) == (0.0, 8)  # given
     assert (params.max_new_tokens, params.keep_passages) == (24, 0)  # the config's, not the CLI's defaults
     assert generation_params(ask_args()).max_new_tokens == 128  # no config: the command's default
+
+
+def test_remote_listwise_ranks_as_the_local_listwise(url: str, local: CausalLMGenerator) -> None:
+    docs = [Document(d["id"], d["text"], title=d["title"]) for d in DOCS]
+    hits = [Hit(d.id, 1.0 - i / 10, i + 1, "dense") for i, d in enumerate(docs)]
+    query = "Which drink is made from leaves?"
+    windows = {"window": 3, "stride": 1}  # two windows over four candidates
+    here = ListwiseReranker(
+        ListwiseConfig(model=MODEL, **windows),
+        model=local.model,
+        tokenizer=local.tokenizer,
+        docstore=MemoryDocs(docs),
+    )
+    config = RemoteListwiseConfig(base_url=url, model=MODEL, api_key_env=KEY_ENV, **windows)
+    there = build("reranker", "listwise-remote", config)
+    there.docstore = MemoryDocs(docs)  # as the pipeline sets it
+    remote_hits = there.rerank(query, hits)
+    assert [h.doc_id for h in remote_hits] == [h.doc_id for h in here.rerank(query, hits)]
+    assert there.requests == 2  # one chat request per window
+    assert {h.source for h in remote_hits} == {"listwise-remote"}

@@ -23,8 +23,8 @@ from rag.eval.retrieval import DEFAULT_MEASURES, evaluate_retrieval
 from rag.indexes import Retriever, load_index
 from rag.pipeline import Pipeline
 from rag.registry import build, lookup
-from rag.rerankers.base import Reranker
-from rag.rerankers.lm import DocumentSource, MemoryDocs
+from rag.rerankers.base import DocumentSource, Reranker
+from rag.rerankers.lm import MemoryDocs
 from rag.types import Document
 
 

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 from rag.corpus import read_beir_qrels, read_beir_queries
 from rag.errors import ConfigError, CorpusError
 from rag.indexes.base import Retriever
-from rag.rerankers.base import Reranker
-from rag.rerankers.lm import DocumentSource
+from rag.rerankers.base import DocumentSource, Reranker
 from rag.rerankers.run import rerank_run
 from rag.types import Hit
 
