@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -69,12 +70,27 @@ def lookup(kind: str, name: str) -> tuple[type, type]:
 
 
 def make_config(config_cls: type[T], values: Mapping[str, Any]) -> T:
-    """Build a frozen config from a mapping, refusing unknown keys with a clear message."""
+    """Build a frozen config from a mapping, refusing unknown keys with a clear message. A field whose type is
+    itself a config (e.g. ``defaults: GenerationParams`` or ``parallel: ParallelContexts | None``) is built
+    from a nested mapping the same way."""
     allowed = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ConfigError(f"{config_cls.__name__}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
-    return config_cls(**values)
+    hints = typing.get_type_hints(config_cls)
+    built = {}
+    for name, value in values.items():
+        nested = _config_type(hints[name])
+        built[name] = make_config(nested, value) if nested and isinstance(value, Mapping) else value
+    return config_cls(**built)
+
+
+def _config_type(hint: Any) -> type | None:
+    """The dataclass a field's type names (alone or with None), if any."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate) and isinstance(candidate, type):
+            return candidate
+    return None
 
 
 def build(kind: str, name: str, values: Mapping[str, Any] | object | None = None) -> Any:

@@ -5,7 +5,8 @@ The same prompt and sliding windows as the local :mod:`~rag.rerankers.listwise`;
 ``"[2] > [1] > ..."`` greedily and :func:`~rag.rerankers.permutation.parse_permutation` repairs it. The
 server's tokenizer is not known here, so passages are cut by words (``passage_words``) rather than tokens.
 
->>> config = RemoteListwiseConfig(base_url="http://127.0.0.1:8080/v1", model="qwen2.5-coder-1.5b-instruct")
+>>> server = OpenAICompatibleConfig(base_url="http://127.0.0.1:8080/v1", model="qwen2.5-coder-1.5b-instruct")
+>>> config = RemoteListwiseConfig(server=server)
 >>> reranker = RemoteListwiseReranker(config, docstore=MemoryDocs(docs))  # doctest: +SKIP
 >>> reranker.rerank("what do cats say?", hits, k=5)  # doctest: +SKIP
 """
@@ -28,11 +29,7 @@ from rag.types import Document
 
 @dataclass(frozen=True)
 class RemoteListwiseConfig:
-    base_url: str = ""  # e.g. http://127.0.0.1:8080/v1
-    model: str | None = None  # the server's model id; None: the first it lists
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 120.0
-    max_retries: int = 2
+    server: OpenAICompatibleConfig  # where the server is, its model, key, timeout and retries
     window: int = 20  # passages per prompt
     stride: int = 10  # how far the window moves toward the front after each prompt
     passage_words: int = 96  # each passage is cut to this many words (about 128 tokens)
@@ -44,16 +41,6 @@ class RemoteListwiseConfig:
             raise ConfigError(f"stride must be between 1 and window={self.window}, got {self.stride}")
         if self.passage_words < 4:
             raise ConfigError(f"passage_words must be at least 4, got {self.passage_words}")
-        self.server()  # validates the server's fields
-
-    def server(self) -> OpenAICompatibleConfig:
-        return OpenAICompatibleConfig(
-            base_url=self.base_url,
-            model=self.model,
-            api_key_env=self.api_key_env,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-        )
 
 
 @register("reranker", "listwise-remote", RemoteListwiseConfig)
@@ -63,7 +50,7 @@ class RemoteListwiseReranker(DocumentReranker):
     def __init__(self, config: RemoteListwiseConfig, *, docstore: DocumentSource | None = None) -> None:
         super().__init__(docstore)
         self.config = config
-        self.server = OpenAICompatibleGenerator(config.server())
+        self.server = OpenAICompatibleGenerator(config.server)
         self.requests = 0  # chat requests sent since creation, one per window
 
     def order(self, query: str, docs: list[Document]) -> tuple[list[int], None]:

@@ -18,9 +18,9 @@ from rag.errors import ConfigError, IndexFormatError
 from rag.generation.base import Generator
 from rag.generation.openai_compatible import REMOTE_GENERATOR
 from rag.pipeline import Pipeline
-from rag.registry import lookup, make_config
+from rag.registry import lookup, make_config, names
 from rag.rerankers.base import Reranker
-from rag.rerankers.lm import MemoryDocs
+from rag.rerankers.lm import LMReranker, MemoryDocs
 from rag.serving.gate import ModelGate
 from rag.serving.metrics import Metrics
 from rag.serving.settings import ServeSettings
@@ -87,7 +87,7 @@ class ServerState:
     @classmethod
     def load(cls, settings: ServeSettings, metrics: Metrics | None = None) -> ServerState:
         if settings.reranker is not None:
-            lookup("reranker", settings.reranker)  # an unknown default reranker fails at start-up
+            _local_reranker(settings.reranker)  # an unknown default reranker fails at start-up
         generator = _generator(settings)
         reranker_lm = _reranker_lm(settings, generator)
         collections: dict[str, Collection] = {}
@@ -123,7 +123,7 @@ class ServerState:
         """
         if self.reranker_lm is None:
             raise ConfigError("this server has no model to rerank with")
-        cls, config_cls = lookup("reranker", name)
+        cls, config_cls = _local_reranker(name)
         options = {
             "model": self.reranker_model,
             "device": self.settings.device,
@@ -137,6 +137,15 @@ class ServerState:
     def close(self) -> None:
         for collection in self.collections.values():
             collection.close()
+
+
+def _local_reranker(name: str) -> tuple[type, type]:
+    """The class and config of a reranker that runs on the server's own causal LM."""
+    cls, config_cls = lookup("reranker", name)
+    if not issubclass(cls, LMReranker):
+        local = ", ".join(n for n in names("reranker") if issubclass(lookup("reranker", n)[0], LMReranker))
+        raise ConfigError(f"reranker {name!r} does not run on the server's model; choose one of {local}")
+    return cls, config_cls
 
 
 def _generator(settings: ServeSettings) -> Generator | None:

@@ -75,7 +75,9 @@ def generator():
     torch.set_num_threads(1)
     # float32: the checks below compare two arithmetics (a packed batch, single rows) to fp32 tolerance
     model, tokenizer = load_causal_lm("smollm2-135m-instruct", device="cpu", precision="exact")
-    yield CausalLMGenerator(CausalLMConfig(max_new_tokens=12), model=model, tokenizer=tokenizer)
+    yield CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=12)), model=model, tokenizer=tokenizer
+    )
     torch.set_num_threads(threads)
 
 
@@ -197,8 +199,8 @@ def test_cad_with_sampling_is_seeded_and_streams(generator: CausalLMGenerator) -
 
 @pytest.mark.slow
 def test_cad_alpha_from_the_config(generator: CausalLMGenerator) -> None:
-    config = CausalLMConfig(max_new_tokens=6, cad_alpha=1.0)
-    assert config.default_params().cad_alpha == 1.0
+    config = CausalLMConfig(defaults=GenerationParams(max_new_tokens=6, cad_alpha=1.0))
+    assert config.defaults.cad_alpha == 1.0
     cad = CausalLMGenerator(config, model=generator.model, tokenizer=generator.tokenizer)
     explicit = generator.answer(QUESTION, DOCS, GenerationParams(max_new_tokens=6, cad_alpha=1.0))
     assert cad.answer(QUESTION, DOCS).text == explicit.text

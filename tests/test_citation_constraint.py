@@ -72,7 +72,9 @@ def test_an_answer_already_citing_is_not_changed(constraint, smollm2) -> None:
 @pytest.mark.parametrize("draft_tokens", [0, 6])
 def test_answers_cite_and_drafting_keeps_greedy_tokens(smollm2, draft_tokens: int) -> None:
     model, tokenizer = smollm2
-    generator = CausalLMGenerator(CausalLMConfig(max_new_tokens=40), model=model, tokenizer=tokenizer)
+    generator = CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=40)), model=model, tokenizer=tokenizer
+    )
     questions = ["What is the capital of France?", "How high is Mount Fuji?"]
     for question in questions:
         params = GenerationParams(max_new_tokens=40, require_citation=True, draft_tokens=draft_tokens)

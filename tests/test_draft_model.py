@@ -119,7 +119,9 @@ def test_a_vocabulary_mismatch_raises_config_error(smollm2) -> None:
 
 
 def test_the_config_loads_the_draft_model_lazily() -> None:
-    config = CausalLMConfig(draft_model="no-such-model-anywhere", draft_tokens=4)  # would fail to load
+    config = CausalLMConfig(
+        draft_model="no-such-model-anywhere", defaults=GenerationParams(draft_tokens=4)
+    )  # would fail to load
     drafter = config.drafter()
     assert isinstance(drafter, FusedDrafter) and isinstance(drafter.draft, DraftModelProposer)
     assert drafter.draft.max_tokens_cap is None  # as long as draft_tokens
@@ -192,9 +194,15 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     plain_params = GenerationParams(max_new_tokens=24)
     draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
     # asked at every step, the self-draft (loaded as the target is) is the target's own greedy continuation
-    config = CausalLMConfig(max_new_tokens=24, draft_model="smollm2-135m-instruct", draft_model_below=None)
+    config = CausalLMConfig(
+        draft_model="smollm2-135m-instruct",
+        draft_model_below=None,
+        defaults=GenerationParams(max_new_tokens=24),
+    )
     fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
-    retrieval = CausalLMGenerator(CausalLMConfig(max_new_tokens=24), model=model, tokenizer=tokenizer)
+    retrieval = CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=24)), model=model, tokenizer=tokenizer
+    )
     assert isinstance(fused.drafter, FusedDrafter)
     assert fused.drafter.draft._model is None  # not loaded by the generator's construction
     fused_stats = {"copy": DecodeStats(), "free": DecodeStats()}
@@ -223,7 +231,7 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
 
 def test_the_default_gated_bf16_draft_model_keeps_greedy_output(smollm2) -> None:
     model, tokenizer = smollm2
-    config = CausalLMConfig(max_new_tokens=24, draft_model="smollm2-135m-instruct")
+    config = CausalLMConfig(draft_model="smollm2-135m-instruct", defaults=GenerationParams(max_new_tokens=24))
     fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
     plain_params = GenerationParams(max_new_tokens=24)
     draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)

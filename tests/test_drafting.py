@@ -298,7 +298,9 @@ def generator():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model, tokenizer = load_causal_lm("smollm2-135m-instruct", device="cpu")
-    yield CausalLMGenerator(CausalLMConfig(max_new_tokens=24), model=model, tokenizer=tokenizer)
+    yield CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=24)), model=model, tokenizer=tokenizer
+    )
     torch.set_num_threads(threads)
 
 

@@ -10,12 +10,14 @@ from rag.generation import (
     CausalLMConfig,
     CausalLMGenerator,
     GenerationParams,
+    ParallelContexts,
     build_messages,
     parse_citations,
 )
 from rag.generation.attribution import attribute
 from rag.generation.prompt import ANSWER_REMINDER
 from rag.generation.sampling import next_token, top_k_filter, top_p_filter
+from rag.registry import make_config
 from rag.types import Document
 
 DOCS = [
@@ -167,14 +169,26 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def generator(smollm2) -> CausalLMGenerator:
     model, tokenizer = smollm2
-    return CausalLMGenerator(CausalLMConfig(max_new_tokens=16), model=model, tokenizer=tokenizer)
+    return CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=16)), model=model, tokenizer=tokenizer
+    )
 
 
 def test_config_validates_and_gives_default_params() -> None:
-    config = CausalLMConfig(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=5, seed=1)
-    assert config.default_params() == GenerationParams(8, 0.7, 0.9, 5, 1)
+    config = CausalLMConfig(
+        defaults=GenerationParams(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=5, seed=1)
+    )
+    assert config.defaults == GenerationParams(8, 0.7, 0.9, 5, 1)
+    from_json = make_config(
+        CausalLMConfig, {"defaults": {"max_new_tokens": 8, "parallel": {"ape_scale": 0.5}}}
+    )
+    assert from_json.defaults == GenerationParams(
+        8, parallel=ParallelContexts(ape_scale=0.5)
+    )  # nested configs
+    with pytest.raises(ConfigError, match="unknown option"):
+        make_config(CausalLMConfig, {"defaults": {"max_tokens": 8}})
     with pytest.raises(ConfigError):
-        CausalLMConfig(top_p=0.0)
+        CausalLMConfig(defaults=GenerationParams(top_p=0.0))
     with pytest.raises(ConfigError):
         CausalLMConfig(threads=0)
 
@@ -195,7 +209,9 @@ def test_injecting_only_a_model_is_refused(smollm2) -> None:
 def test_greedy_loop_equals_transformers_generate(smollm2_exact, question: str) -> None:
     """In float32: transformers' loop attends with SDPA, ours with the grouped arithmetic (rag.lm)."""
     model, tokenizer = smollm2_exact
-    generator = CausalLMGenerator(CausalLMConfig(max_new_tokens=16), model=model, tokenizer=tokenizer)
+    generator = CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=16)), model=model, tokenizer=tokenizer
+    )
     params = GenerationParams(max_new_tokens=20)
     input_ids = generator._encode_prompt(question, DOCS, params)  # [1, prompt_len]
     ours = list(generator._decode(input_ids, params))
@@ -254,7 +270,9 @@ def test_seeded_sampling_is_reproducible_end_to_end(generator: CausalLMGenerator
 @pytest.mark.slow
 def test_max_new_tokens_from_config_and_per_request(smollm2) -> None:
     model, tokenizer = smollm2
-    generator = CausalLMGenerator(CausalLMConfig(max_new_tokens=3), model=model, tokenizer=tokenizer)
+    generator = CausalLMGenerator(
+        CausalLMConfig(defaults=GenerationParams(max_new_tokens=3)), model=model, tokenizer=tokenizer
+    )
     assert generator.answer(QUESTIONS[0], DOCS).timings.new_tokens == 3
     assert generator.answer(QUESTIONS[0], DOCS, GenerationParams(max_new_tokens=5)).timings.new_tokens == 5
 

@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.kv_blend import deviating_columns, shift_block
@@ -24,15 +24,16 @@ QUESTION = "Which city has about 3.7 million inhabitants?"
 def test_params_and_cli_take_the_blend_ratio() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError):
-            GenerationParams(keep_passages=0, parallel_contexts=True, blend_ratio=bad)
-    with pytest.raises(ConfigError, match="needs parallel_contexts"):
-        GenerationParams(keep_passages=0, blend_ratio=0.2)
+            GenerationParams(keep_passages=0, parallel=ParallelContexts(blend_ratio=bad))
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2"]))
-    assert (params.parallel_contexts, params.blend_ratio) == (True, 0.2)
-    assert generation_params(parser.parse_args([])).blend_ratio == 0.0
-    assert CausalLMConfig(parallel_contexts=True, blend_ratio=0.3).default_params().blend_ratio == 0.3
+    assert params.parallel == ParallelContexts(blend_ratio=0.2)
+    assert generation_params(parser.parse_args([])).parallel is None
+    with pytest.raises(ConfigError, match="--blend-ratio: options of parallel contexts"):
+        generation_params(parser.parse_args(["--blend-ratio", "0.2"]))  # a blend needs parallel contexts
+    config = CausalLMConfig(defaults=GenerationParams(parallel=ParallelContexts(blend_ratio=0.3)))
+    assert config.defaults.parallel is not None and config.defaults.parallel.blend_ratio == 0.3
 
 
 # -- on SmolLM2 ------------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_params_and_cli_take_the_blend_ratio() -> None:
 @pytest.fixture(scope="module")
 def generator(smollm2_exact) -> CausalLMGenerator:
     model, tokenizer = smollm2_exact
-    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12)
+    config = CausalLMConfig(model="smollm2-135m-instruct", defaults=GenerationParams(max_new_tokens=12))
     return CausalLMGenerator(config, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
 
 
@@ -74,7 +75,7 @@ def test_shifting_a_block_equals_encoding_it_further_on(generator) -> None:
 @pytest.mark.slow
 def test_recomputing_every_passage_token_equals_sequential_prefill(generator) -> None:
     sequential = GenerationParams(keep_passages=0, max_new_tokens=12)
-    blended = GenerationParams(keep_passages=0, max_new_tokens=12, parallel_contexts=True, blend_ratio=1.0)
+    blended = GenerationParams(keep_passages=0, max_new_tokens=12, parallel=ParallelContexts(blend_ratio=1.0))
     ids = generator._encode_prompt(QUESTION, PASSAGES, sequential)
     prompt = generator._split_prompt(QUESTION, PASSAGES, blended)
     with torch.inference_mode():
@@ -88,7 +89,7 @@ def test_recomputing_every_passage_token_equals_sequential_prefill(generator) ->
 
 @pytest.mark.slow
 def test_selection_skips_the_first_passage_and_grows_with_the_ratio(generator) -> None:
-    params = GenerationParams(keep_passages=0, parallel_contexts=True, blend_ratio=0.5)
+    params = GenerationParams(keep_passages=0, parallel=ParallelContexts(blend_ratio=0.5))
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefill = generator._parallel_prefill(params)
     prefix, passages = prefill.blocks(prompt)
@@ -112,7 +113,7 @@ def test_selection_skips_the_first_passage_and_grows_with_the_ratio(generator) -
 
 @pytest.mark.slow
 def test_blending_is_deterministic_and_composes_with_cad_and_drafting(generator) -> None:
-    params = GenerationParams(keep_passages=0, max_new_tokens=12, parallel_contexts=True, blend_ratio=0.2)
+    params = GenerationParams(keep_passages=0, max_new_tokens=12, parallel=ParallelContexts(blend_ratio=0.2))
     blended = decode(generator, params)
     stats = DecodeStats()
     assert decode(generator, params, stats) == blended and stats.passages_from_memory == 3  # warm
@@ -120,6 +121,6 @@ def test_blending_is_deterministic_and_composes_with_cad_and_drafting(generator)
     assert stats.blended_tokens == round(0.2 * passage_tokens)
     drafted = replace(params, draft_tokens=4)
     assert decode(generator, drafted) == blended  # drafting stays lossless over a blended cache
-    full = {"parallel_contexts": True, "blend_ratio": 1.0}
+    full = {"parallel": ParallelContexts(blend_ratio=1.0)}
     cad = GenerationParams(keep_passages=0, max_new_tokens=12, cad_alpha=0.5)
     assert decode(generator, replace(cad, **full)) == decode(generator, cad)

@@ -19,7 +19,7 @@ from test_serving_app import DOCS, build_tiny_collection
 from rag.cli import build_parser
 from rag.cli.generation_options import build_generator, generation_params
 from rag.errors import ConfigError, RemoteError
-from rag.generation.base import GenerationParams
+from rag.generation.base import GenerationParams, ParallelContexts
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
 from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.indexes import load_index
@@ -28,7 +28,6 @@ from rag.registry import build
 from rag.rerankers.listwise import ListwiseReranker
 from rag.rerankers.listwise_base import ListwiseConfig
 from rag.rerankers.lm import MemoryDocs
-from rag.rerankers.remote_listwise import RemoteListwiseConfig
 from rag.types import Document, Hit
 
 pytestmark = pytest.mark.slow
@@ -124,7 +123,7 @@ def test_cli_asks_through_the_remote(server: RagServer, index_dir: Path) -> None
 
 def test_pipeline_config_names_the_remote(server: RagServer, index_dir: Path, tmp_path: Path) -> None:
     generator = {"name": "openai-compatible", "base_url": f"{server.url}/v1", "model": MODEL}
-    generator |= {"api_key_env": KEY_ENV, "max_new_tokens": 24}
+    generator |= {"api_key_env": KEY_ENV, "defaults": {"max_new_tokens": 24, "keep_passages": 0}}
     path = tmp_path / "pipeline.json"
     path.write_text(json.dumps({"index": str(index_dir), "k": 2, "generator": generator}))
     args = [RAG, "ask", QUESTION, "--config", str(path), "--stream"]
@@ -139,7 +138,7 @@ def test_techniques_a_server_cannot_run_are_refused(url: str) -> None:
         GenerationParams(keep_passages=1),  # choosing a passage needs the model's likelihoods
         GenerationParams(keep_passages=0, cad_alpha=0.5),
         GenerationParams(keep_passages=0, draft_tokens=8),
-        GenerationParams(keep_passages=0, parallel_contexts=True),
+        GenerationParams(keep_passages=0, parallel=ParallelContexts()),
         GenerationParams(keep_passages=0, require_citation=True),
     ):
         with pytest.raises(ConfigError, match="cannot run"):
@@ -240,8 +239,8 @@ def test_remote_listwise_ranks_as_the_local_listwise(url: str, local: CausalLMGe
         tokenizer=local.tokenizer,
         docstore=MemoryDocs(docs),
     )
-    config = RemoteListwiseConfig(base_url=url, model=MODEL, api_key_env=KEY_ENV, **windows)
-    there = build("reranker", "listwise-remote", config)
+    server = {"base_url": url, "model": MODEL, "api_key_env": KEY_ENV}
+    there = build("reranker", "listwise-remote", {"server": server, **windows})  # as in a pipeline config
     there.docstore = MemoryDocs(docs)  # as the pipeline sets it
     remote_hits = there.rerank(query, hits)
     assert [h.doc_id for h in remote_hits] == [h.doc_id for h in here.rerank(query, hits)]

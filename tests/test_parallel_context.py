@@ -15,7 +15,7 @@ import rag.generation.parallel_prompt
 import rag.generation.passage_kv_store
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.parallel_prefill import shared_prefix_length
@@ -52,8 +52,11 @@ def test_docstring_examples(module) -> None:
 def test_params_validate_ape_fields() -> None:
     for bad in ({"ape_temperature": 0.0}, {"ape_temperature": 1.5}, {"ape_scale": 0.0}, {"ape_scale": 2.0}):
         with pytest.raises(ConfigError):
-            GenerationParams(**bad)
-    assert GenerationParams(parallel_contexts=True, ape_temperature=0.5, ape_scale=0.8).ape_scale == 0.8
+            ParallelContexts(**bad)
+    assert (
+        GenerationParams(parallel=ParallelContexts(ape_temperature=0.5, ape_scale=0.8)).parallel.ape_scale
+        == 0.8
+    )
     with pytest.raises(ConfigError):
         CausalLMConfig(passage_cache_mb=-1)
 
@@ -63,9 +66,9 @@ def test_cli_options_reach_the_params_and_the_config() -> None:
     add_generation_options(parser)
     args = parser.parse_args(["--parallel-contexts", "--ape-temperature", "0.5", "--passage-cache-dir", "kv"])
     params = generation_params(args)
-    assert (params.parallel_contexts, params.ape_temperature, params.ape_scale) == (True, 0.5, 0.8)
+    assert params.parallel == ParallelContexts(ape_temperature=0.5, ape_scale=0.8)
     assert generator_config(args)["passage_cache_dir"] == "kv"
-    assert generation_params(parser.parse_args([])).parallel_contexts is False
+    assert generation_params(parser.parse_args([])).parallel is None
 
 
 def test_split_text_refuses_a_template_that_hides_the_passages() -> None:
@@ -89,7 +92,9 @@ def model_and_tokenizer(smollm2_exact):
 
 def make_generator(model_and_tokenizer, store: PassageKVStore | None = None, **config) -> CausalLMGenerator:
     model, tokenizer = model_and_tokenizer
-    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=16, **config)
+    config = CausalLMConfig(
+        model="smollm2-135m-instruct", **config, defaults=GenerationParams(max_new_tokens=16)
+    )
     return CausalLMGenerator(
         config, model=model, tokenizer=tokenizer, passage_store=store or PassageKVStore()
     )
@@ -149,7 +154,9 @@ def test_single_passage_with_temperature_and_scale_one_scores_as_sequential_on_t
     top-2 margin leaves room for that."""
     gen = make_generator(smollm2)
     sequential = GenerationParams(max_new_tokens=16)
-    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=1.0, ape_scale=1.0)
+    parallel = GenerationParams(
+        max_new_tokens=16, parallel=ParallelContexts(ape_temperature=1.0, ape_scale=1.0)
+    )
     agreeing = steps = 0
     for doc in PASSAGES:
         ids = gen._encode_prompt(QUESTION, [doc], sequential)
@@ -172,7 +179,9 @@ def test_single_passage_with_temperature_and_scale_one_scores_as_sequential_on_t
 def test_single_passage_with_temperature_and_scale_one_equals_sequential(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
     sequential = GenerationParams(max_new_tokens=16)
-    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=1.0, ape_scale=1.0)
+    parallel = GenerationParams(
+        max_new_tokens=16, parallel=ParallelContexts(ape_temperature=1.0, ape_scale=1.0)
+    )
     for doc in PASSAGES:
         ids = gen._encode_prompt(QUESTION, [doc], sequential)
         expected = list(gen._decode(ids, sequential))
@@ -191,7 +200,9 @@ def test_single_passage_with_temperature_and_scale_one_equals_sequential(model_a
 
 @pytest.mark.slow
 def test_warm_memory_and_warm_disk_equal_cold(model_and_tokenizer, tmp_path: Path) -> None:
-    params = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8, ape_scale=0.9)
+    params = GenerationParams(
+        max_new_tokens=16, parallel=ParallelContexts(ape_temperature=0.8, ape_scale=0.9)
+    )
     cold_stats, memory_stats, disk_stats = DecodeStats(), DecodeStats(), DecodeStats()
     gen = make_generator(model_and_tokenizer, PassageKVStore(directory=tmp_path))
     cold = decode(gen, PASSAGES, params, cold_stats)
@@ -207,7 +218,7 @@ def test_warm_memory_and_warm_disk_equal_cold(model_and_tokenizer, tmp_path: Pat
 
 @pytest.mark.slow
 def test_int8_blocks_warm_equal_cold_and_stay_close_to_float(model_and_tokenizer, tmp_path: Path) -> None:
-    params = GenerationParams(max_new_tokens=12, parallel_contexts=True)
+    params = GenerationParams(max_new_tokens=12, parallel=ParallelContexts())
 
     def int8_generator() -> CausalLMGenerator:
         store = PassageKVStore(directory=tmp_path)
@@ -232,7 +243,7 @@ def test_int8_blocks_warm_equal_cold_and_stay_close_to_float(model_and_tokenizer
 @pytest.mark.slow
 def test_a_changed_prefix_or_model_misses_the_cache(model_and_tokenizer) -> None:
     store = PassageKVStore()
-    params = GenerationParams(max_new_tokens=4, parallel_contexts=True)
+    params = GenerationParams(max_new_tokens=4, parallel=ParallelContexts())
     decode(make_generator(model_and_tokenizer, store), PASSAGES, params)
     stats = DecodeStats()
     decode(
@@ -252,10 +263,12 @@ def test_parallel_contexts_compose_with_cad_and_drafting(model_and_tokenizer) ->
     doc = [PASSAGES[0]]
     cad = GenerationParams(max_new_tokens=12, cad_alpha=0.5)
     expected = decode(gen, doc, cad)  # sequential CAD
-    exact = {"parallel_contexts": True, "ape_temperature": 1.0, "ape_scale": 1.0}  # equal to sequential
+    exact = {"parallel": ParallelContexts(ape_temperature=1.0, ape_scale=1.0)}  # equal to sequential
     assert decode(gen, doc, GenerationParams(max_new_tokens=12, cad_alpha=0.5, **exact)) == expected
-    parallel = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8)
-    drafted = GenerationParams(max_new_tokens=16, parallel_contexts=True, ape_temperature=0.8, draft_tokens=6)
+    parallel = GenerationParams(max_new_tokens=16, parallel=ParallelContexts(ape_temperature=0.8))
+    drafted = GenerationParams(
+        max_new_tokens=16, draft_tokens=6, parallel=ParallelContexts(ape_temperature=0.8)
+    )
     stats = DecodeStats()
     assert decode(gen, PASSAGES, drafted, stats) == decode(gen, PASSAGES, parallel)  # drafting stays lossless
     assert stats.accepted_tokens > 0
@@ -266,7 +279,7 @@ def test_parallel_contexts_compose_with_cad_and_drafting(model_and_tokenizer) ->
 @pytest.mark.slow
 def test_cads_context_free_row_reuses_the_cached_system_prompt(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
-    params = GenerationParams(cad_alpha=0.5, parallel_contexts=True)
+    params = GenerationParams(cad_alpha=0.5, parallel=ParallelContexts())
     parallel = gen._split_prompt(QUESTION, PASSAGES, params)
     context_free = gen._encode_context_free(QUESTION, params)[0]  # [len]
     shared = shared_prefix_length(context_free, parallel.prefix_ids)
@@ -284,7 +297,7 @@ def test_cads_context_free_row_reuses_the_cached_system_prompt(model_and_tokeniz
 @pytest.mark.slow
 def test_parallel_contexts_stream_and_answer(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
-    params = GenerationParams(max_new_tokens=16, parallel_contexts=True)
+    params = GenerationParams(max_new_tokens=16, parallel=ParallelContexts())
     answer = gen.answer(QUESTION, PASSAGES, params)
     pieces = list(gen.stream(QUESTION, PASSAGES, params))
     assert len(pieces) > 1 and "".join(pieces).strip() == answer.text

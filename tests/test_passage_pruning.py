@@ -13,7 +13,7 @@ from test_parallel_context import PASSAGES
 import rag.generation.passage_pruning
 from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
 from rag.generation.base import DecodeStats
 from rag.generation.kv_batch import KVBatch
 from rag.generation.passage_kv_store import PassageKVStore
@@ -33,14 +33,15 @@ def test_docstring_examples() -> None:
 
 def test_params_and_cli_take_keep_passages() -> None:
     with pytest.raises(ConfigError, match=">= 0"):
-        GenerationParams(parallel_contexts=True, keep_passages=-1)
+        GenerationParams(keep_passages=-1, parallel=ParallelContexts())
     assert GenerationParams(keep_passages=1).prunes(5) and not GenerationParams(keep_passages=1).prunes(1)
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--keep-passages", "2"]))
-    assert (params.parallel_contexts, params.keep_passages) == (True, 2)
+    assert (params.parallel, params.keep_passages) == (ParallelContexts(), 2)
     assert generation_params(parser.parse_args([])).keep_passages == 1  # the default
-    assert CausalLMConfig(parallel_contexts=True, keep_passages=1).default_params().keep_passages == 1
+    config = CausalLMConfig(defaults=GenerationParams(keep_passages=1, parallel=ParallelContexts()))
+    assert config.defaults.keep_passages == 1
 
 
 # -- on SmolLM2 ------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def test_params_and_cli_take_keep_passages() -> None:
 def generator(smollm2_exact) -> CausalLMGenerator:
     """Reads the question in the model itself: kept passages' answers are then exact."""
     model, tokenizer = smollm2_exact
-    config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=12)
+    config = CausalLMConfig(model="smollm2-135m-instruct", defaults=GenerationParams(max_new_tokens=12))
     return CausalLMGenerator(config, model=model, tokenizer=tokenizer, passage_store=PassageKVStore())
 
 
@@ -64,7 +65,7 @@ def sequential_log_likelihood(model, ids: torch.Tensor, first: int, end: int) ->
 
 @pytest.mark.slow
 def test_each_score_is_the_question_likelihood_after_that_passage_alone(generator) -> None:
-    params = GenerationParams(parallel_contexts=True, keep_passages=1)
+    params = GenerationParams(keep_passages=1, parallel=ParallelContexts())
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefix, blocks = generator._parallel_prefill(params).blocks(prompt)
     question = prompt.question_ids
@@ -96,7 +97,7 @@ def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(ge
     passages = [PASSAGES[(i + 2 - rome) % 3] for i in range(3)]
     assert passages[rome].id == "it"
     # APE's temperature and scale left at the defaults: the kept passage's path is read with plain attention
-    params = GenerationParams(max_new_tokens=12, parallel_contexts=True, keep_passages=1)
+    params = GenerationParams(max_new_tokens=12, keep_passages=1, parallel=ParallelContexts())
     prompt = generator._split_prompt(QUESTION, passages, params)
     alone = torch.cat([prompt.prefix_ids, prompt.passage_ids[rome], prompt.question_ids])  # [n]
     stats = DecodeStats()
@@ -115,7 +116,7 @@ def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(ge
     context_free = generator._encode_context_free(QUESTION, cad)
     answer = list(generator._decode(prompt.input_ids, cad, context_free, None, parallel))
     assert answer == list(
-        generator._decode(alone[None], replace(cad, parallel_contexts=False, keep_passages=0), context_free)
+        generator._decode(alone[None], replace(cad, parallel=None, keep_passages=0), context_free)
     )
     drafted = replace(cad, draft_tokens=4)
     assert list(generator._decode(prompt.input_ids, drafted, context_free, None, parallel)) == answer
@@ -124,7 +125,9 @@ def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(ge
 def test_keep_passages_reads_the_passages_apart_without_asking_for_parallel_contexts(generator) -> None:
     keep = GenerationParams(max_new_tokens=12, keep_passages=1)
     answer = generator.answer(QUESTION, PASSAGES, keep)
-    assert answer.text == generator.answer(QUESTION, PASSAGES, replace(keep, parallel_contexts=True)).text
+    assert (
+        answer.text == generator.answer(QUESTION, PASSAGES, replace(keep, parallel=ParallelContexts())).text
+    )
     assert generator._split_prompt(QUESTION, PASSAGES, keep) is not None  # three passages: read apart
     # one passage: nothing to choose, so the sequential prompt (not APE's attention over one passage)
     assert generator._split_prompt(QUESTION, PASSAGES[:1], keep) is None
@@ -139,7 +142,7 @@ def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(
         context_free = generator._encode_context_free(QUESTION, params)
         return list(generator._decode(parallel.input_ids, params, context_free, stats, parallel))
 
-    base = {"max_new_tokens": 12, "parallel_contexts": True}
+    base = {"max_new_tokens": 12, "parallel": ParallelContexts()}
     everything = GenerationParams(**base, keep_passages=0)
     stats = DecodeStats()
     assert decode(GenerationParams(**base, keep_passages=3), stats) == decode(everything)
@@ -154,7 +157,7 @@ def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(
 
 @pytest.mark.slow
 def test_blending_the_kept_passages_in_full_equals_their_sequential_prompt(generator) -> None:
-    params = GenerationParams(max_new_tokens=12, parallel_contexts=True, keep_passages=2, blend_ratio=1.0)
+    params = GenerationParams(max_new_tokens=12, keep_passages=2, parallel=ParallelContexts(blend_ratio=1.0))
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefill = generator._parallel_prefill(params)
     prefix, blocks = prefill.blocks(prompt)

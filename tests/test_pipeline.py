@@ -40,7 +40,9 @@ def collection(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator():
-    return CausalLMGenerator(CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=20))
+    return CausalLMGenerator(
+        CausalLMConfig(model="smollm2-135m-instruct", defaults=GenerationParams(max_new_tokens=20))
+    )
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from rag.corpus import read_squad_questions
 from rag.docstore import Docstore
 from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
-from rag.generation.base import DecodeStats
+from rag.generation.base import DecodeStats, ParallelContexts
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.passage_kv_store import PassageKVStore
 from rag.lm import load_causal_lm
@@ -65,10 +65,10 @@ class RagloomMode:
     """One way of running ragloom's generator: which of its decoding parts are on.
 
     ``store`` selects the prefill: None is the sequential prefill of the whole prompt; ``"cold"``,
-    ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel_contexts``)
+    ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel``)
     with nothing cached, with every block in the store's memory tier, and with every block in its directory.
     ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``); ``blend`` is the share of the
-    passage tokens recomputed across passages (``GenerationParams.blend_ratio``; 0 = off); ``keep`` prunes to
+    passage tokens recomputed across passages (``ParallelContexts.blend_ratio``; 0 = off); ``keep`` prunes to
     that many passages by the question's likelihood (``GenerationParams.keep_passages``; 0 = all).
     ``draft_model`` fuses the retrieval drafts with the model's smaller same-tokenizer assistant
     (:data:`ASSISTANTS`; RASD, as ``CausalLMConfig.draft_model`` does); models without one skip the mode.
@@ -275,13 +275,12 @@ class _ModelBench:
     ) -> GenerationParams:
         """The generator's default parameters (e.g. APE's) with this mode's parts switched on."""
         return replace(
-            gen.config.default_params(),
+            gen.default_params(),
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             cad_alpha=self.settings["cad_alpha"] if mode.cad else 0.0,
             draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
-            parallel_contexts=mode.store is not None,
-            blend_ratio=mode.blend,
+            parallel=ParallelContexts(blend_ratio=mode.blend) if mode.store is not None else None,
             keep_passages=mode.keep,
         )
 
@@ -297,7 +296,7 @@ class _ModelBench:
         warm = {(mode.store, mode.int8) for mode in self.modes if mode.store in ("memory", "disk")}
         for store, int8 in sorted(warm):
             gen = self.generator(prompt.shape, store, int8)
-            prime = replace(gen.config.default_params(), max_new_tokens=1, parallel_contexts=True)
+            prime = replace(gen.default_params(), max_new_tokens=1, parallel=ParallelContexts())
             run_ragloom(gen, prompt, input_ids, prime)
         decode = self.generator(prompt.shape, None)._detokenize
         out: dict[str, tuple[Measurement, str]] = {}
@@ -338,7 +337,7 @@ def collect(
     progress: bool = True,
 ) -> GenerateRun:
     """Answer ``short`` + ``long`` XQuAD prompts in every mode with each installed model of ``models``."""
-    defaults = CausalLMConfig()
+    defaults, ape = CausalLMConfig(), ParallelContexts()
     settings = {
         "k": k,
         "short_tokens": short_tokens,
@@ -348,7 +347,7 @@ def collect(
         "draft_tokens": draft_tokens,
         "draft_model_tokens": draft_model_tokens,
         "prompt_lookup": prompt_lookup,
-        "ape": (defaults.ape_temperature, defaults.ape_scale),
+        "ape": (ape.ape_temperature, ape.ape_scale),
         "draft_ngrams": (defaults.draft_max_ngram, defaults.draft_min_ngram),
         "draft_branches": defaults.draft_branches,
         "draft_match_scaled": defaults.draft_match_scaled,

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from rag.errors import ConfigError
-from rag.generation.base import GenerationParams, Generator
+from rag.generation.base import GenerationParams, Generator, ParallelContexts
 from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.openai_compatible import REMOTE_GENERATOR as REMOTE
 from rag.lm.policy import PRECISIONS
@@ -140,11 +140,17 @@ def generation_params(args: argparse.Namespace, defaults: GenerationParams | Non
     if defaults is None:
         keep = 0 if args.generator == REMOTE else GenerationParams.keep_passages
         defaults = GenerationParams(max_new_tokens=args.default_max_new_tokens, keep_passages=keep)
-    given = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationParams) if _given(args, f.name)
-    }
+    given = _given(args, GenerationParams)
+    ape_given = _given(args, ParallelContexts)
+    if args.parallel_contexts or (ape_given and defaults.parallel is not None):
+        given["parallel"] = dataclasses.replace(defaults.parallel or ParallelContexts(), **ape_given)
+    elif ape_given:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in ape_given)
+        raise ConfigError(f"{flags}: options of parallel contexts; add --parallel-contexts")
     return dataclasses.replace(defaults, **given)
 
 
-def _given(args: argparse.Namespace, name: str) -> bool:
-    return getattr(args, name, None) is not None
+def _given(args: argparse.Namespace, config: type) -> dict[str, Any]:
+    """The fields of ``config`` that the command line sets (options left out are None)."""
+    names = [f.name for f in dataclasses.fields(config)]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

@@ -3,7 +3,7 @@ server."""
 
 from __future__ import annotations
 
-from rag.generation.base import GenerationParams, Generator
+from rag.generation.base import GenerationParams, Generator, ParallelContexts
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
 from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.generation.passage_kv_store import PassageKVStore
@@ -16,6 +16,7 @@ __all__ = [
     "Generator",
     "OpenAICompatibleConfig",
     "OpenAICompatibleGenerator",
+    "ParallelContexts",
     "PassageKVStore",
     "build_messages",
     "parse_citations",

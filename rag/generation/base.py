@@ -13,6 +13,29 @@ from rag.types import Answer, Document
 
 
 @dataclass(frozen=True)
+class ParallelContexts:
+    """Passages encoded apart and cached, reused by every later question that retrieves them
+    (:mod:`rag.generation.parallel_prefill`); the question reads them with APE's attention."""
+
+    # APE attention temperature on the passages and scaling factor of their log-sum-exp; 1 and 1 = plain
+    # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B
+    # (docs/design/2026-11-27-generation-notebook.md)
+    ape_temperature: float = 0.8
+    ape_scale: float = 0.8
+    # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,
+    # 1 = all (the sequential prompt's cache); when on, APE's temperature and scale are not used
+    blend_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ape_temperature <= 1:
+            raise ConfigError(f"ape_temperature must be in (0, 1], got {self.ape_temperature}")
+        if not 0 < self.ape_scale <= 1:
+            raise ConfigError(f"ape_scale must be in (0, 1], got {self.ape_scale}")
+        if not 0 <= self.blend_ratio <= 1:
+            raise ConfigError(f"blend_ratio must be in [0, 1], got {self.blend_ratio}")
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     """How to decode one answer. ``temperature == 0`` means greedy."""
 
@@ -23,18 +46,10 @@ class GenerationParams:
     seed: int | None = None
     cad_alpha: float = 0.0  # context-aware decoding strength; 0 = off (see rag.generation.cad)
     draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (rag.generation.drafting)
-    parallel_contexts: bool = False  # passages encoded apart and cached (rag.generation.parallel_prefill)
-    # APE attention temperature on the passages and scaling factor of their log-sum-exp; 1 and 1 = plain
-    # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B
-    # (docs/design/2026-11-27-generation-notebook.md)
-    ape_temperature: float = 0.8
-    ape_scale: float = 0.8
-    # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,
-    # 1 = all (the sequential prompt's cache); when on, APE's temperature and scale are not used
-    blend_ratio: float = 0.0
+    parallel: ParallelContexts | None = None  # passages encoded apart and cached; None: one sequential prompt
     # answer from the k passages under which the question is most likely, each read apart first (superposition
     # prompting's path pruning, rag.generation.passage_pruning): the passages are then encoded apart whether
-    # or not parallel_contexts is on; with k = 1 the answer is the sequential prompt's of the chosen passage.
+    # or not ``parallel`` is set; with k = 1 the answer is the sequential prompt's of the chosen passage.
     # 0, or at least as many as the passages: all passages. Default 1: on XQuAD it answers as well as the gold
     # paragraph alone and far better than all five passages in one prompt (docs/answers.md)
     keep_passages: int = 1
@@ -66,14 +81,6 @@ class GenerationParams:
             raise ConfigError(f"cad_alpha must be >= 0, got {self.cad_alpha}")
         if self.draft_tokens < 0:
             raise ConfigError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
-        if not 0 < self.ape_temperature <= 1:
-            raise ConfigError(f"ape_temperature must be in (0, 1], got {self.ape_temperature}")
-        if not 0 < self.ape_scale <= 1:
-            raise ConfigError(f"ape_scale must be in (0, 1], got {self.ape_scale}")
-        if not 0 <= self.blend_ratio <= 1:
-            raise ConfigError(f"blend_ratio must be in [0, 1], got {self.blend_ratio}")
-        if self.blend_ratio > 0 and not self.parallel_contexts:
-            raise ConfigError("blend_ratio recomputes parallel-encoded passages: it needs parallel_contexts")
         if self.keep_passages < 0:
             raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
 

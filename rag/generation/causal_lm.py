@@ -1,7 +1,7 @@
 """The baseline generator: a transformers causal LM driven by our own KV-cached decoding loop.
 
 >>> from rag.types import Document
->>> config = CausalLMConfig(model="smollm2-135m-instruct", max_new_tokens=32)
+>>> config = CausalLMConfig(model="smollm2-135m-instruct", defaults=GenerationParams(max_new_tokens=32))
 >>> gen = CausalLMGenerator(config)  # doctest: +SKIP
 >>> docs = [Document("d1", "Paris is the capital of France.", title="France")]
 >>> answer = gen.answer("What is the capital of France?", docs)  # doctest: +SKIP
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ import torch
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.answer_stream import AnswerPieces, AnswerStream
 from rag.generation.attribution import attribute
-from rag.generation.base import DecodeStats, GenerationParams, Generator
+from rag.generation.base import DecodeStats, GenerationParams, Generator, ParallelContexts
 from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
 from rag.generation.draft_model import DraftModelProposer
@@ -46,20 +46,15 @@ _REPLACEMENT_CHAR = "\ufffd"  # what a partial UTF-8 sequence decodes to
 
 @dataclass(frozen=True)
 class CausalLMConfig:
-    """Which model to load and the default decoding parameters of every request."""
+    """Which model to load, how it drafts and caches passages, and ``defaults``: how a request that passes
+    no parameters is decoded."""
 
     model: str = "qwen2.5-coder-0.5b-instruct"  # a bundled model name, a local folder or a hub id
     device: str | None = None  # None: the loader's choice
     # int4/int8 weights from the GGUF file ("mixed", the CPU default, or "int4") or dequantized ("bf16", the
     # CUDA default; "exact": float32); see rag.lm.policy
     precision: Precision | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    cad_alpha: float = 0.0  # context-aware decoding; 0 = off
-    draft_tokens: int = 0  # retrieval-augmented drafting: longest draft per step; 0 = off
+    defaults: GenerationParams = field(default_factory=GenerationParams)
     draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
     draft_min_ngram: int = 1
     draft_branches: int = 1  # distinct drafts merged into the tree verified per step
@@ -70,11 +65,6 @@ class CausalLMConfig:
     # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens
     draft_model_tokens: int | None = None
     draft_model_below: int | None = 3  # the draft model drafts only after retrieval matches shorter than this
-    parallel_contexts: bool = False  # encode passages apart and reuse their cached KV (APE)
-    ape_temperature: float = 0.8  # APE attention temperature on the passages
-    ape_scale: float = 0.8  # APE scaling factor of the passages' log-sum-exp
-    blend_ratio: float = 0.0  # share of passage tokens recomputed across passages (CacheBlend); 0 = off
-    keep_passages: int = 1  # answer from the k passages the question is most likely under; 0 = all
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
     passage_cache_dir: str | None = None  # on-disk passage KV blocks; None = memory only
     passage_cache_disk_mb: int = 4096  # size limit of passage_cache_dir
@@ -84,7 +74,6 @@ class CausalLMConfig:
     reminder: str = ANSWER_REMINDER  # how to answer, after the question ("" for none)
 
     def __post_init__(self) -> None:
-        self.default_params()  # validates the decoding fields
         if self.draft_model_tokens is not None and self.draft_model_tokens < 1:
             raise ConfigError(f"draft_model_tokens must be at least 1 or None, got {self.draft_model_tokens}")
         self.drafter()  # and the drafter's
@@ -92,22 +81,6 @@ class CausalLMConfig:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.passage_cache_mb < 0 or self.passage_cache_disk_mb < 0:
             raise ConfigError("passage_cache_mb and passage_cache_disk_mb must be >= 0")
-
-    def default_params(self) -> GenerationParams:
-        return GenerationParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            cad_alpha=self.cad_alpha,
-            draft_tokens=self.draft_tokens,
-            parallel_contexts=self.parallel_contexts,
-            ape_temperature=self.ape_temperature,
-            ape_scale=self.ape_scale,
-            blend_ratio=self.blend_ratio,
-            keep_passages=self.keep_passages,
-        )
 
     def passage_store(self) -> PassageKVStore:
         return PassageKVStore(
@@ -189,7 +162,7 @@ class CausalLMGenerator(Generator):
     # -- public API ---------------------------------------------------------------------------------
 
     def default_params(self) -> GenerationParams:
-        return self.config.default_params()
+        return self.config.defaults
 
     def answer(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
@@ -235,7 +208,7 @@ class CausalLMGenerator(Generator):
         """The model's reply to ``messages`` under its chat template: plain decoding, or drafting from the
         messages' own text when ``params.draft_tokens > 0``; no passages, so nothing to cite."""
         params = params or self.default_params()
-        if params.cad_alpha > 0 or params.parallel_contexts or params.require_citation:
+        if params.cad_alpha > 0 or params.parallel is not None or params.require_citation:
             raise ConfigError("a chat reply has no passages: CAD, parallel contexts and citations need them")
         if not any(str(m.get("content", "")).strip() for m in messages):
             raise EmptyQueryError("the messages hold no text")
@@ -320,9 +293,9 @@ class CausalLMGenerator(Generator):
     def _split_prompt(
         self, question: str, passages: Sequence[Document], params: GenerationParams
     ) -> ParallelPrompt | None:
-        """The prompt cut for parallel prefill if ``params.parallel_contexts``, or if ``params.keep_passages``
+        """The prompt cut for parallel prefill if ``params.parallel`` is set, or if ``params.keep_passages``
         prunes the passages (they are read apart to choose), else None (sequential)."""
-        if not passages or not (params.parallel_contexts or params.prunes(len(passages))):
+        if not passages or not (params.parallel is not None or params.prunes(len(passages))):
             return None
         system, reminder = self.config.system_prompt, self.config.reminder
         return split_prompt(self.tokenizer, question, passages, system, self.model.device, reminder)
@@ -413,14 +386,16 @@ class CausalLMGenerator(Generator):
         if self._model_id is None:
             self._model_id = model_identity(self.model, self.tokenizer)
         store, model_id = self.passage_store, self._model_id
+        # keep_passages alone reads the passages apart with the default APE attention, as parallel contexts do
+        parallel = params.parallel or ParallelContexts()
         return ParallelPrefill(
             self.model,
             store,
             model_id,
-            params.ape_temperature,
-            params.ape_scale,
+            parallel.ape_temperature,
+            parallel.ape_scale,
             self.config.passage_cache_int8,
-            params.blend_ratio,
+            parallel.blend_ratio,
             params.keep_passages,
         )
 

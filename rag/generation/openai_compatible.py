@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rag.errors import ConfigError, EmptyQueryError, RemoteError
@@ -45,10 +45,9 @@ class OpenAICompatibleConfig:
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key; unset: "none" is sent
     timeout_s: float = 120.0  # per request (connect, and each read while streaming)
     max_retries: int = 2  # retries after the first try, with the client's exponential backoff
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
+    # how a request that passes no parameters is decoded: all passages in the prompt, since choosing one
+    # (keep_passages) needs the model's likelihoods
+    defaults: GenerationParams = field(default_factory=lambda: GenerationParams(keep_passages=0))
     system_prompt: str = SYSTEM_PROMPT
     reminder: str = ANSWER_REMINDER
 
@@ -63,17 +62,7 @@ class OpenAICompatibleConfig:
             raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.model is not None and not self.model.strip():
             raise ConfigError("model is empty; name one of the server's models, or None for its first")
-        self.default_params()  # validates the decoding fields
-
-    def default_params(self) -> GenerationParams:
-        # all passages in the prompt: choosing one (keep_passages) needs the model's likelihoods
-        return GenerationParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            keep_passages=0,
-        )
+        _check_remote(self.defaults, self.defaults.keep_passages + 1)  # as if more passages than it keeps
 
 
 @register("generator", REMOTE_GENERATOR, OpenAICompatibleConfig)
@@ -103,7 +92,7 @@ class OpenAICompatibleGenerator(Generator):
         return self._model
 
     def default_params(self) -> GenerationParams:
-        return self.config.default_params()
+        return self.config.defaults
 
     def answer(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
@@ -204,7 +193,7 @@ def _check_remote(params: GenerationParams, passages: int) -> None:
     needs = {
         "context-aware decoding (cad_alpha > 0)": params.cad_alpha > 0,
         "drafting (draft_tokens > 0)": params.draft_tokens > 0,
-        "parallel contexts": params.parallel_contexts,
+        "parallel contexts": params.parallel is not None,
         f"passage pruning (keep_passages={params.keep_passages} of {passages}; pass 0)": params.prunes(
             passages
         ),
