@@ -1,10 +1,11 @@
 """Pure-torch CAD combine: ``(1 + α)·log_softmax(a) − α·log_softmax(b)`` over the vocabulary.
 
-Context-aware decoding (:mod:`rag.generation.cad`) scores the next token with the logits given the passages
-(``a``) against the logits given the question only (``b``). The reference keeps torch's fused log-softmax
-for each row and combines the two in place: two ``[rows, vocab]`` allocations where the written-out formula
-makes five (at a 151,936-token vocabulary each is a fresh, page-faulted block). The Triton kernel reads each
-row twice (an online log-sum-exp of both, then the combined write) and allocates only the output.
+Context-aware decoding (:mod:`rag.generation.decode.cad`) scores the next token with the logits given the
+passages (``a``) against the logits given the question only (``b``). The reference keeps torch's fused
+log-softmax for each row and combines the two in place: two ``[rows, vocab]`` allocations where the
+written-out formula makes five (at a 151,936-token vocabulary each is a fresh, page-faulted block). The
+Triton kernel reads each row twice (an online log-sum-exp of both, then the combined write) and allocates
+only the output.
 
 >>> a, b = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[3.0, 0.0, 0.0]])
 >>> cad_combine_reference(a, b, 1.0).argmax(-1).tolist()

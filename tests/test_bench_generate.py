@@ -15,7 +15,7 @@ import rag.models
 from rag.bench import SUITES
 from rag.bench.generate_baselines import Measurement
 from rag.bench.llama_cpp_baseline import llama_cpp_available
-from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
+from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.lm.grouped_attention import GROUPED_SDPA
 
 

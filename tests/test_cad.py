@@ -7,8 +7,8 @@ import torch
 
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
-from rag.generation.cad import ContextAwareDecoding, context_free_messages
-from rag.generation.kv_batch import KVBatch, tree_depths, tree_mask
+from rag.generation.decode.cad import ContextAwareDecoding, context_free_messages
+from rag.generation.decode.kv_batch import KVBatch, tree_depths, tree_mask
 from rag.types import Document
 
 DOCS = [

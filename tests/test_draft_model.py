@@ -14,9 +14,9 @@ from rag.cli.generation_options import add_generation_options, generator_config
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
-from rag.generation.draft_model import DraftModelProposer, check_vocabulary
-from rag.generation.drafting import RetrievalDrafter
-from rag.generation.fused_drafter import FusedDrafter, keep_retrieval_draft
+from rag.generation.drafting.draft_model import DraftModelProposer, check_vocabulary
+from rag.generation.drafting.fused import FusedDrafter, keep_retrieval_draft
+from rag.generation.drafting.retrieval import RetrievalDrafter
 
 pytestmark = pytest.mark.slow
 

@@ -11,24 +11,29 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import rag.generation.cad
-import rag.generation.drafting
-import rag.generation.kv_batch
-import rag.generation.token_tree
+import rag.generation.decode.cad
+import rag.generation.decode.kv_batch
+import rag.generation.decode.token_tree
+import rag.generation.drafting.retrieval
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats
-from rag.generation.drafting import RetrievalDrafter
-from rag.generation.kv_batch import KVBatch
-from rag.generation.sampling import target_probs
-from rag.generation.speculative import choose, speculative_decode
-from rag.generation.token_tree import TokenTree
+from rag.generation.decode.kv_batch import KVBatch
+from rag.generation.decode.sampling import target_probs
+from rag.generation.decode.speculative import choose, speculative_decode
+from rag.generation.decode.token_tree import TokenTree
+from rag.generation.drafting.retrieval import RetrievalDrafter
 from rag.types import Document
 
 
 @pytest.mark.parametrize(
     "module",
-    [rag.generation.drafting, rag.generation.token_tree, rag.generation.kv_batch, rag.generation.cad],
+    [
+        rag.generation.drafting.retrieval,
+        rag.generation.decode.token_tree,
+        rag.generation.decode.kv_batch,
+        rag.generation.decode.cad,
+    ],
 )
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)

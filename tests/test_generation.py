@@ -15,8 +15,8 @@ from rag.generation import (
     parse_citations,
 )
 from rag.generation.attribution import attribute
+from rag.generation.decode.sampling import next_token, top_k_filter, top_p_filter
 from rag.generation.prompt import ANSWER_REMINDER
-from rag.generation.sampling import next_token, top_k_filter, top_p_filter
 from rag.registry import make_config
 from rag.types import Document
 

@@ -10,7 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import rag.lm.grouped_attention
 from rag.bench.generate_baselines import stock_model
-from rag.generation.kv_batch import KVBatch
+from rag.generation.decode.kv_batch import KVBatch
 from rag.lm.attention import attention_implementation
 from rag.lm.grouped_attention import GROUPED_SDPA, grouped_sdpa_attention
 

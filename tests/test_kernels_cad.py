@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rag.generation.cad import ContextAwareDecoding
+from rag.generation.decode.cad import ContextAwareDecoding
 from rag.kernels import cad_combine
 from rag.kernels.cad_combine_ref import cad_combine_reference
 from rag.kernels.cad_combine_triton import cad_combine_triton

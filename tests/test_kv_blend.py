@@ -14,9 +14,9 @@ from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
 from rag.generation.base import DecodeStats
-from rag.generation.kv_batch import KVBatch
-from rag.generation.kv_blend import deviating_columns, shift_block
-from rag.generation.passage_kv_store import PassageKV, PassageKVStore
+from rag.generation.contexts.kv_blend import deviating_columns, shift_block
+from rag.generation.contexts.passage_kv_store import PassageKV, PassageKVStore
+from rag.generation.decode.kv_batch import KVBatch
 
 QUESTION = "Which city has about 3.7 million inhabitants?"
 

@@ -195,7 +195,7 @@ def test_a_token_gets_the_same_logits_decoded_alone_or_verified_among_drafted_to
     """A drafted chain verified in one forward (a causal mask over 4 new rows) scores each token bit for bit
     as decoding the tokens one by one does; before grouped SDPA attended each query on its own keys, bf16
     matrix products grouped sums by the number of keys and prompts of 161, 164 and 167 tokens parted."""
-    from rag.generation.kv_batch import KVBatch
+    from rag.generation.decode.kv_batch import KVBatch
 
     model, tokenizer = smollm2
     text = "The highest mountain in Japan is Mount Fuji, about 3,776 meters tall. "

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import rag.generation.kv_int8
-import rag.generation.parallel_prefill
-import rag.generation.parallel_prompt
-import rag.generation.passage_kv_store
+import rag.generation.contexts.kv_int8
+import rag.generation.contexts.parallel_prefill
+import rag.generation.contexts.parallel_prompt
+import rag.generation.contexts.passage_kv_store
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
 from rag.generation.base import DecodeStats
-from rag.generation.kv_batch import KVBatch
-from rag.generation.parallel_prefill import shared_prefix_length
-from rag.generation.parallel_prompt import split_prompt, split_text
-from rag.generation.passage_kv_store import PassageKVStore
+from rag.generation.contexts.parallel_prefill import shared_prefix_length
+from rag.generation.contexts.parallel_prompt import split_prompt, split_text
+from rag.generation.contexts.passage_kv_store import PassageKVStore
+from rag.generation.decode.kv_batch import KVBatch
 from rag.lm.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.lm.grouped_attention import GROUPED_SDPA
 from rag.types import Document
@@ -38,10 +38,10 @@ QUESTION = "What is the capital of France?"
 @pytest.mark.parametrize(
     "module",
     [
-        rag.generation.parallel_prompt,
-        rag.generation.parallel_prefill,
-        rag.generation.passage_kv_store,
-        rag.generation.kv_int8,
+        rag.generation.contexts.parallel_prompt,
+        rag.generation.contexts.parallel_prefill,
+        rag.generation.contexts.passage_kv_store,
+        rag.generation.contexts.kv_int8,
     ],
 )
 def test_docstring_examples(module) -> None:

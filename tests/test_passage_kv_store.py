@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rag.errors import ConfigError
-from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
+from rag.generation.contexts.passage_kv_store import PassageKey, PassageKV, PassageKVStore
 
 
 def block(seed: int, tokens: int = 4, layers: int = 2) -> PassageKV:
@@ -117,7 +117,7 @@ def test_a_damaged_file_is_discarded_and_recomputed(tmp_path: Path, damage: str)
 _WRITER = textwrap.dedent(
     """
     import sys, torch
-    from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
+    from rag.generation.contexts.passage_kv_store import PassageKey, PassageKV, PassageKVStore
     directory, seed = sys.argv[1], int(sys.argv[2])
     g = torch.Generator().manual_seed(seed)
     block = PassageKV(tuple(torch.randn(4, 256, 64, generator=g) for _ in range(4)),

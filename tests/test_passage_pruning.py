@@ -10,25 +10,25 @@ import pytest
 import torch
 from test_parallel_context import PASSAGES
 
-import rag.generation.passage_pruning
+import rag.generation.contexts.passage_pruning
 from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
 from rag.generation.base import DecodeStats
-from rag.generation.kv_batch import KVBatch
-from rag.generation.passage_kv_store import PassageKVStore
-from rag.generation.passage_pruning import (
+from rag.generation.contexts.passage_kv_store import PassageKVStore
+from rag.generation.contexts.passage_pruning import (
     most_likely_passages,
     read_question,
     scored_tokens,
     token_logprobs,
 )
+from rag.generation.decode.kv_batch import KVBatch
 
 QUESTION = "Which city was founded in 753 BC?"
 
 
 def test_docstring_examples() -> None:
-    assert doctest.testmod(rag.generation.passage_pruning).failed == 0
+    assert doctest.testmod(rag.generation.contexts.passage_pruning).failed == 0
 
 
 def test_params_and_cli_take_keep_passages() -> None:

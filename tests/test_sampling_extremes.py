@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rag.generation.base import GenerationParams
-from rag.generation.sampling import next_token, target_probs
+from rag.generation.decode.sampling import next_token, target_probs
 
 TEMPERATURES = st.one_of(
     st.sampled_from([5e-324, 1e-300, 1e-45, 1e-8, 1.0, 2.0, 1e30, 1e308]),

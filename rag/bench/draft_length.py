@@ -16,7 +16,7 @@ one with the most expected tokens per second, the tokens a forward yields modell
 
 That model is for drafts of a fixed length. Drafts scaled by their match (``RetrievalDrafter.match_scaled``,
 the default) are mostly short whatever the cap, and ``rag bench generate`` caps them at
-:data:`rag.generation.drafting.MATCH_SCALED_DRAFT_TOKENS` instead.
+:data:`rag.generation.drafting.retrieval.MATCH_SCALED_DRAFT_TOKENS` instead.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ from rag.docstore import Docstore
 from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import DecodeStats, ParallelContexts
-from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
-from rag.generation.passage_kv_store import PassageKVStore
+from rag.generation.contexts.passage_kv_store import PassageKVStore
+from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.lm import load_causal_lm
 from rag.models import bundled_model, install_hint
 from rag.models.bundled import gguf_file

@@ -8,7 +8,7 @@ from typing import Any
 
 from rag.errors import ConfigError
 from rag.generation.base import GenerationParams, Generator, ParallelContexts
-from rag.generation.drafting import MATCH_SCALED_DRAFT_TOKENS
+from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.openai_compatible import REMOTE_GENERATOR as REMOTE
 from rag.lm.policy import PRECISIONS
 from rag.models import DEFAULT_GENERATOR

@@ -15,15 +15,15 @@ from rag.types import Answer, Document
 @dataclass(frozen=True)
 class ParallelContexts:
     """Passages encoded apart and cached, reused by every later question that retrieves them
-    (:mod:`rag.generation.parallel_prefill`); the question reads them with APE's attention."""
+    (:mod:`rag.generation.contexts.parallel_prefill`); the question reads them with APE's attention."""
 
     # APE attention temperature on the passages and scaling factor of their log-sum-exp; 1 and 1 = plain
     # attention over the concatenation; 0.8 and 0.8 scored best on XQuAD, Qwen2.5-0.5B
     # (docs/design/2026-11-27-generation-notebook.md)
     ape_temperature: float = 0.8
     ape_scale: float = 0.8
-    # share of the passage tokens recomputed across passages (CacheBlend, rag.generation.kv_blend); 0 = off,
-    # 1 = all (the sequential prompt's cache); when on, APE's temperature and scale are not used
+    # share of the passage tokens recomputed across passages (CacheBlend, contexts.kv_blend); 0 = off, 1 = all
+    # (the sequential prompt's cache); when on, APE's temperature and scale are not used
     blend_ratio: float = 0.0
 
     def __post_init__(self) -> None:
@@ -44,14 +44,14 @@ class GenerationParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
-    cad_alpha: float = 0.0  # context-aware decoding strength; 0 = off (see rag.generation.cad)
-    draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (rag.generation.drafting)
+    cad_alpha: float = 0.0  # context-aware decoding strength; 0 = off (see decode.cad)
+    draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (drafting.retrieval)
     parallel: ParallelContexts | None = None  # passages encoded apart and cached; None: one sequential prompt
     # answer from the k passages under which the question is most likely, each read apart first (superposition
-    # prompting's path pruning, rag.generation.passage_pruning): the passages are then encoded apart whether
-    # or not ``parallel`` is set; with k = 1 the answer is the sequential prompt's of the chosen passage.
-    # 0, or at least as many as the passages: all passages. Default 1: on XQuAD it answers as well as the gold
-    # paragraph alone and far better than all five passages in one prompt (docs/answers.md)
+    # prompting's path pruning, rag.generation.contexts.passage_pruning): the passages are then encoded apart
+    # whether or not ``parallel`` is set; with k = 1 the answer is the sequential prompt's of the chosen
+    # passage. 0, or at least as many as the passages: all passages. Default 1: on XQuAD it answers as well as
+    # the gold paragraph alone and far better than all five passages in one prompt (docs/answers.md)
     keep_passages: int = 1
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False

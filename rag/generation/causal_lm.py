@@ -22,18 +22,18 @@ from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.answer_stream import AnswerPieces, AnswerStream
 from rag.generation.attribution import attribute
 from rag.generation.base import DecodeStats, GenerationParams, Generator, ParallelContexts
-from rag.generation.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.citation_constraint import CitationConstraint
-from rag.generation.draft_model import DraftModelProposer
-from rag.generation.drafting import RetrievalDrafter
-from rag.generation.fused_drafter import FusedDrafter
-from rag.generation.kv_batch import KVBatch
-from rag.generation.parallel_prefill import ParallelPrefill, model_identity
-from rag.generation.parallel_prompt import ParallelPrompt, split_prompt
-from rag.generation.passage_kv_store import PassageKVStore
+from rag.generation.contexts.parallel_prefill import ParallelPrefill, model_identity
+from rag.generation.contexts.parallel_prompt import ParallelPrompt, split_prompt
+from rag.generation.contexts.passage_kv_store import PassageKVStore
+from rag.generation.decode.cad import ContextAwareDecoding, context_free_messages
+from rag.generation.decode.kv_batch import KVBatch
+from rag.generation.decode.sampling import next_token
+from rag.generation.decode.speculative import DraftProposer, speculative_decode
+from rag.generation.drafting.draft_model import DraftModelProposer
+from rag.generation.drafting.fused import FusedDrafter
+from rag.generation.drafting.retrieval import RetrievalDrafter
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
-from rag.generation.sampling import next_token
-from rag.generation.speculative import DraftProposer, speculative_decode
 from rag.lm.policy import Precision
 from rag.registry import register
 from rag.types import Answer, Document, Timings
@@ -59,7 +59,7 @@ class CausalLMConfig:
     draft_min_ngram: int = 1
     draft_branches: int = 1  # distinct drafts merged into the tree verified per step
     draft_match_scaled: bool = True  # a draft after an L-token match is at most 2L - 1 tokens (drafting.py)
-    # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.fused_drafter):
+    # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.drafting.fused):
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
     # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens
@@ -92,8 +92,7 @@ class CausalLMConfig:
 
         The draft model is not loaded here but on its first proposal; given ``target_tokenizer``, its
         vocabulary is then checked against the target's (ConfigError on a mismatch). ``draft_lm`` is
-        ``draft_model`` already loaded (e.g. shared with other generators): used as is, nothing is loaded.
-        """
+        ``draft_model`` already loaded (e.g. shared with other generators): used as is, nothing is loaded."""
         retrieval = RetrievalDrafter(
             self.draft_max_ngram, self.draft_min_ngram, self.draft_branches, self.draft_match_scaled
         )
@@ -336,9 +335,11 @@ class CausalLMGenerator(Generator):
         One forward for the prompt(s), then one per token. Given ``context_free_ids`` (``answer`` and
         ``stream`` pass them when ``params.cad_alpha > 0``), that prompt is a second row of the same batch and
         the two rows' logits are combined by context-aware decoding before the logits processors. With
-        ``params.draft_tokens > 0`` the speculative loop takes over (:mod:`rag.generation.speculative`).
+        ``params.draft_tokens > 0`` the speculative loop takes over
+        (:mod:`rag.generation.decode.speculative`).
         Given ``parallel``, the passages come from the passage KV store
-        (:mod:`rag.generation.parallel_prefill`) and ``input_ids`` is replaced by its pieces, concatenated.
+        (:mod:`rag.generation.contexts.parallel_prefill`) and ``input_ids`` is replaced by its pieces,
+        concatenated.
         """
         stats = stats if stats is not None else DecodeStats()
         rng = None

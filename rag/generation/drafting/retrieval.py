@@ -3,11 +3,11 @@
 RAG answers copy from their passages: names, dates, whole phrases. The prompt (which holds the passages) and
 the answer so far are searched for earlier occurrences of the answer's last ``n`` tokens, longest ``n`` first
 and, among occurrences of one length, the most recent first; the tokens that followed each occurrence are
-draft continuations, each as long as its match makes likely: after a match of ``L`` tokens (counted back
-past the matched n-gram for as long as the tokens agree), at most ``2L - 1``. The generator merges them into
-a token tree (:mod:`rag.generation.token_tree`) and verifies the whole tree in one forward
-(:mod:`rag.generation.speculative`), so drafting never changes what greedy decoding outputs, only how many
-forwards it takes.
+draft continuations, each as long as its match makes likely: after a match of ``L`` tokens (counted back past
+the matched n-gram for as long as the tokens agree), at most ``2L - 1``. The generator merges them into a
+token tree (:mod:`rag.generation.decode.token_tree`) and verifies the whole tree in one forward
+(:mod:`rag.generation.decode.speculative`), so drafting never changes what greedy decoding outputs, only how
+many forwards it takes.
 
 >>> drafter = RetrievalDrafter(max_ngram=2, branches=3, match_scaled=False)
 >>> #          0   1   2   3   4   5   6   7   8   9

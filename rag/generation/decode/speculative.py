@@ -13,9 +13,9 @@ from typing import Protocol
 import torch
 
 from rag.generation.base import DecodeStats, GenerationParams
-from rag.generation.kv_batch import KVBatch
-from rag.generation.sampling import target_probs
-from rag.generation.token_tree import TokenTree
+from rag.generation.decode.kv_batch import KVBatch
+from rag.generation.decode.sampling import target_probs
+from rag.generation.decode.token_tree import TokenTree
 
 # (tokens generated so far, logits of every row after them # [rows, vocab]) -> next-token scores # [vocab]
 Scorer = Callable[[list[int], torch.Tensor], torch.Tensor]

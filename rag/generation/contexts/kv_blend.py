@@ -1,9 +1,8 @@
 """Selective recompute across parallel-encoded passages (the CacheBlend idea: Yao et al., 2024).
 
-Passages encoded apart (:mod:`rag.generation.parallel_prefill`) never attend to each other, which costs
-Qwen2.5-0.5B a quarter to two fifths of its F1 on XQuAD
-(docs/design/2026-11-27-generation-notebook.md). Blending gives part of it back
-for part of a full prefill's cost:
+Passages encoded apart (:mod:`~rag.generation.contexts.parallel_prefill`) never attend to each other, which
+costs Qwen2.5-0.5B a quarter to two fifths of its F1 on XQuAD (docs/design/2026-11-27-generation-notebook.md).
+Blending gives part of it back for part of a full prefill's cost:
 
 1. :func:`shift_block` moves each cached passage block from the shared positions to where the sequential
    prompt puts it. Keys are cached after RoPE, a rotation, so rotating by ``delta`` more positions is exact.
@@ -29,8 +28,8 @@ import torch
 from transformers import DynamicCache
 
 from rag.errors import ConfigError
-from rag.generation.kv_batch import additive_mask
-from rag.generation.passage_kv_store import PassageKV
+from rag.generation.contexts.passage_kv_store import PassageKV
+from rag.generation.decode.kv_batch import additive_mask
 from rag.lm.kv_cache import new_cache
 
 _SELECTION_LAYER = 1  # the first layer whose keys depend on the other tokens

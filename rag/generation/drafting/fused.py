@@ -1,18 +1,19 @@
 """Draft model + retrieval drafts in one token tree: RASD (retrieval-augmented speculative decoding).
 
-The two drafters fail in opposite places. Retrieval drafts (:mod:`rag.generation.drafting`) are long and free
-where the answer copies its passages, and wrong everywhere else; a draft model
-(:mod:`rag.generation.draft_model`) costs a forward per drafted token but guesses the target's words in free
-text too. The fused drafter proposes both: the draft model's greedy continuation, plus the retrieval drafts
-that the draft model finds plausible. The prune rule looks at a retrieval draft's first token only:
+The two drafters fail in opposite places. Retrieval drafts (:mod:`rag.generation.drafting.retrieval`) are long
+and free where the answer copies its passages, and wrong everywhere else; a draft model
+(:mod:`rag.generation.drafting.draft_model`) costs a forward per drafted token but guesses the target's words
+in free text too. The fused drafter proposes both: the draft model's greedy continuation, plus the retrieval
+drafts that the draft model finds plausible. The prune rule looks at a retrieval draft's first token only:
 
 * kept when it is the draft model's own next token (the branch then shares the model draft's first node), or
   when the draft model gives it probability ``>= min_prob``;
 * dropped otherwise: the draft model (standing in for the target) does not expect the continuation to start
   there, and every drafted node costs the target verification work.
 
-The survivors follow the model draft, in the retrieval drafter's order; :class:`rag.generation.token_tree
-.TokenTree` merges their shared prefixes. Both drafters are deterministic, so the fused drafts are too.
+The survivors follow the model draft, in the retrieval drafter's order;
+:class:`~rag.generation.decode.token_tree.TokenTree` merges their shared prefixes. Both drafters are
+deterministic, so the fused drafts are too.
 
 After a long match the retrieval draft is usually right and the draft model's forwards are wasted:
 with ``model_below`` set, the draft model is asked only when no retrieval match is ``model_below`` tokens or
@@ -28,11 +29,12 @@ from typing import Protocol
 import torch
 
 from rag.errors import ConfigError
-from rag.generation.drafting import RetrievalDrafter
+from rag.generation.drafting.retrieval import RetrievalDrafter
 
 
 class ModelDrafter(Protocol):
-    """What fusion needs of a draft model, as :class:`rag.generation.draft_model.DraftModelProposer` has."""
+    """What fusion needs of a draft model, as :class:`rag.generation.drafting.draft_model.DraftModelProposer`
+    has."""
 
     def next_token_probs(self, context: Sequence[int]) -> torch.Tensor:
         """The next-token distribution after ``context`` ``# [vocab]``."""

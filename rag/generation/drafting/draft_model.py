@@ -4,7 +4,8 @@ The draft model (e.g. Qwen2.5-0.5B drafting for Qwen2.5-1.5B) keeps its own KV c
 contexts of one answer share almost everything (prompt + answer so far, now a few tokens longer), so each
 :meth:`DraftModelProposer.propose` crops the cache back to the longest common prefix with the tokens it
 holds, feeds only the new tokens, then decodes greedily. Greedy drafts are a deterministic function of the
-context, so the speculative-sampling acceptance rule (:func:`rag.generation.speculative.choose`) stays exact.
+context, so the speculative-sampling acceptance rule (:func:`rag.generation.decode.speculative.choose`) stays
+exact.
 
 The drafted tokens stay in the cache: when the target accepts them, the next call finds them already there.
 """

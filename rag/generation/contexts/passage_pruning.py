@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rag.generation.kv_batch import additive_mask
-from rag.generation.passage_kv_store import PassageKV
+from rag.generation.contexts.passage_kv_store import PassageKV
+from rag.generation.decode.kv_batch import additive_mask
 from rag.lm.kv_cache import new_cache
 
 

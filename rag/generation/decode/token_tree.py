@@ -7,7 +7,7 @@
 ([3, 4], [1, 5])
 
 Node 0 is the root: the last emitted token, not yet in the KV cache. Parents come before their children, as
-:meth:`rag.generation.kv_batch.KVBatch.extend` needs.
+:meth:`rag.generation.decode.kv_batch.KVBatch.extend` needs.
 """
 
 from __future__ import annotations

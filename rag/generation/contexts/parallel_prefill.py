@@ -1,6 +1,6 @@
 """Parallel prefill (the APE idea): passages encoded once, independently, reused from a KV store.
 
-Layout of the cache, for a prompt cut by :func:`~rag.generation.parallel_prompt.split_prompt`::
+Layout of the cache, for a prompt cut by :func:`~rag.generation.contexts.parallel_prompt.split_prompt`::
 
     columns   [ prefix (P) | passage 1 | passage 2 | ... | question + answer ... ]
     positions   0 .. P-1     P .. P+L1-1  P .. P+L2-1        P+max(L) ...
@@ -15,13 +15,13 @@ With context-aware decoding, the context-free prompt is a second row whose cache
 its passage segment is empty, so its attention is the ordinary one over its own tokens.
 
 With ``blend_ratio > 0`` the passages are moved to the sequential prompt's positions and a share of their
-tokens is recomputed across passages (:mod:`rag.generation.kv_blend`); the question then attends with plain
-attention, and APE's temperature and scale are not used.
+tokens is recomputed across passages (:mod:`~rag.generation.contexts.kv_blend`); the question then attends
+with plain attention, and APE's temperature and scale are not used.
 
 With ``keep_passages = k`` the question first reads each passage apart, and only the ``k`` passages under
-which it is most likely stay in the cache (:mod:`rag.generation.passage_pruning`). With ``k = 1`` the answer
-goes on from the question's copy over the kept passage, with plain attention: the cache is then the
-sequential prompt's of that passage alone (APE's temperature and scale, and blending, do not apply).
+which it is most likely stay in the cache (:mod:`~rag.generation.contexts.passage_pruning`). With ``k = 1``
+the answer goes on from the question's copy over the kept passage, with plain attention: the cache is then
+the sequential prompt's of that passage alone (APE's temperature and scale, and blending, do not apply).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import torch
 from transformers import DynamicCache
 
 from rag.generation.base import DecodeStats
-from rag.generation.kv_batch import KVBatch, additive_mask, packed_causal_mask
-from rag.generation.kv_blend import deviating_columns, recompute, shift_block
-from rag.generation.parallel_prompt import ParallelPrompt
-from rag.generation.passage_kv_store import PassageKey, PassageKV, PassageKVStore
-from rag.generation.passage_pruning import most_likely_passages, read_question, stacked_cache
+from rag.generation.contexts.kv_blend import deviating_columns, recompute, shift_block
+from rag.generation.contexts.parallel_prompt import ParallelPrompt
+from rag.generation.contexts.passage_kv_store import PassageKey, PassageKV, PassageKVStore
+from rag.generation.contexts.passage_pruning import most_likely_passages, read_question, stacked_cache
+from rag.generation.decode.kv_batch import KVBatch, additive_mask, packed_causal_mask
 from rag.lm.ape_attention import ApeSegments, ape_segments, enable_ape_attention
 from rag.lm.kv_cache import new_cache
 
@@ -134,12 +134,12 @@ class ParallelPrefill:
     model_id: str  # see model_identity
     temperature: float = 1.0  # APE attention temperature on the passage segment
     scale: float = 1.0  # APE scaling factor of the passage segment's log-sum-exp
-    int8: bool = False  # store blocks as int8 (rag.generation.kv_int8); cold runs use the int8 blocks too
-    # share of passage tokens recomputed across passages (rag.generation.kv_blend); 0 = off. When on, the
-    # passages sit at the sequential prompt's positions and the question attends with plain attention
+    int8: bool = False  # store blocks as int8 (contexts.kv_int8); cold runs use the int8 blocks too
+    # share of passage tokens recomputed across passages (contexts.kv_blend); 0 = off. When on, the passages
+    # sit at the sequential prompt's positions and the question attends with plain attention
     blend_ratio: float = 0.0
     # answer from this many passages, those under which the question is most likely
-    # (rag.generation.passage_pruning); 0 = all
+    # (rag.generation.contexts.passage_pruning); 0 = all
     keep_passages: int = 0
 
     def __post_init__(self) -> None:
@@ -176,7 +176,7 @@ class ParallelPrefill:
                 return self._rows(cache, valid, len(valid), tail, prompt.prefix_ids, extra_rows, None, ready)
             prompt, passages = prompt.keeping(kept), [passages[i] for i in kept]
         lengths = [b.tokens for b in passages]
-        if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.kv_blend)
+        if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.contexts.kv_blend)
             offsets = [sum(lengths[:i]) for i in range(len(passages))]
             passages = [shift_block(self.model, b, d) for b, d in zip(passages, offsets, strict=True)]
         blocks = [prefix, *passages]
@@ -224,7 +224,7 @@ class ParallelPrefill:
     def _blend(
         self, cache: DynamicCache, prompt: ParallelPrompt, first: int, valid: torch.Tensor
     ) -> torch.Tensor:
-        """Recompute the most deviating passage tokens (:mod:`rag.generation.kv_blend`).
+        """Recompute the most deviating passage tokens (:mod:`rag.generation.contexts.kv_blend`).
 
         Returns the cached columns the question may see ``# [cached]``: stale ones hidden, new ones appended.
         """

@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rag.errors import ConfigError
-from rag.generation import kv_int8
+from rag.generation.contexts import kv_int8
 
 _SUFFIX = ".safetensors"
 _TMP_PREFIX = ".tmp-"
@@ -69,7 +69,7 @@ class PassageKey:
 class PassageKV:
     """One block: per layer, keys and values ``# [kv_heads, tokens, head_dim]`` (no batch dimension).
 
-    An int8 block (:meth:`quantized`) also holds the scales of :mod:`rag.generation.kv_int8`;
+    An int8 block (:meth:`quantized`) also holds the scales of :mod:`rag.generation.contexts.kv_int8`;
     :meth:`dequantized` gives the float block the model attends over.
     """
 

@@ -2,7 +2,7 @@
 
 Next-token scores are ``(1 + α)·log p(y | passages, question) − α·log p(y | question)``. The context-free
 distribution comes from a second row, the same chat prompt with the passages left out, which the generator
-runs in the same batched forward pass as the main prompt (:class:`~rag.generation.kv_batch.KVBatch`).
+runs in the same batched forward pass as the main prompt (:class:`~rag.generation.decode.kv_batch.KVBatch`).
 ``α = 0`` is plain decoding. The combined scores then go through the usual logits processors and sampling.
 
 >>> import torch
