@@ -33,13 +33,17 @@ def choose(
     params: GenerationParams,
     rng: torch.Generator | None = None,
 ) -> tuple[int, int | None]:
-    """The next token and the index of the draft it accepts (None: no draft accepted).
+    """The next token and the index of the draft it accepts; None when the token is not a draft.
+
+    In vLLM's words, the token is **accepted** (one of ``drafts``), **recovered** (every draft was rejected:
+    drawn from the residual distribution) or a **bonus** token (``drafts`` is empty: the node past the end
+    of an accepted draft, or the root of a step, scored for free by the same forward).
 
     Greedy: the argmax, accepted if it was drafted. Sampling: the drafter proposes each draft with
     probability 1, so the standard rule ``accept with min(1, p/q)`` accepts draft ``d`` with probability
     ``p(d)``; on rejection the residual ``max(0, p - q)`` is ``p`` without ``d``, renormalised, and the next
-    draft is tried against it. With every draft rejected the token is drawn from the last residual. Each
-    token ``t`` thus comes out with probability ``p(t)`` exactly (two drafts:
+    draft is tried against it. With every draft rejected the recovered token is drawn from the last residual.
+    Each token ``t`` thus comes out with probability ``p(t)`` exactly (two drafts:
     ``P(d2) = (1 - p(d1)) · p(d2) / (1 - p(d1)) = p(d2)``).
     """
     if params.temperature == 0:
@@ -89,10 +93,10 @@ def speculative_decode(
         while True:
             children = tree.children[path[-1]]
             scores = score(generated, logits[:, path[-1]])  # [vocab]
-            token, index = choose(scores, [tree.tokens[c] for c in children], params, rng)
-            if index is None:
-                break  # ``token`` is the correction (or the bonus after a fully accepted draft)
-            path.append(children[index])
+            token, accepted = choose(scores, [tree.tokens[c] for c in children], params, rng)
+            if accepted is None:
+                break  # ``token`` is recovered (the drafts here were rejected) or the bonus (none drafted)
+            path.append(children[accepted])
             stats.accepted_tokens += 1
             generated.append(token)
             yield token
