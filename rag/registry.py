@@ -38,6 +38,7 @@ _PROVIDERS = (
     "rag.rerankers.first",
     "rag.rerankers.icr",
     "rag.rerankers.pointwise",
+    "rag.rerankers.remote_first",
     "rag.rerankers.remote_listwise",
 )
 

@@ -58,6 +58,15 @@ class Timings:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's text and log-probability, and the most likely tokens at its place."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)  # (token, logprob), most likely first
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """A generated answer with the ids of the passages it cites."""
 
@@ -65,3 +74,4 @@ class Answer:
     citations: list[str]
     passages: list[Document]
     timings: Timings = field(default_factory=Timings)
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when a chat asked for them

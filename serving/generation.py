@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.requests import Request
 
+from rag.generation.answer_stream import AnswerStream
 from rag.generation.attribution import attribute
 from rag.generation.base import GenerationParams, Generator
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.serving.state import Collection, ServerState
-from rag.types import Document, Hit
+from rag.types import Answer, Document, Hit, TokenLogprob
 
 _END = object()
 
@@ -51,6 +52,8 @@ class Generation:
     prompt_tokens: int = 0  # the chat prompt (instruction, passages, question), as the model reads it
     completion_tokens: int = 0  # tokens generated (a piece of text may hold several)
     messages: list[dict[str, str]] | None = None  # a plain chat's conversation, sent to the model as is
+    top_logprobs: int | None = None  # a plain chat's logprobs request (None: none asked)
+    logprobs: list[TokenLogprob] | None = None  # filled in when the generation ends, if asked
 
     @property
     def usage(self) -> dict[str, int]:
@@ -108,12 +111,15 @@ async def prepare(
 
 
 async def prepare_chat(
-    state: ServerState, messages: list[dict[str, str]], params: GenerationParams
+    state: ServerState,
+    messages: list[dict[str, str]],
+    params: GenerationParams,
+    top_logprobs: int | None = None,
 ) -> Generation:
     """A plain chat with the served model: no retrieval; the deadline starts now."""
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     deadline = time.monotonic() + state.settings.request_timeout_s
-    generation = Generation(None, question, params, deadline, messages=messages)
+    generation = Generation(None, question, params, deadline, messages=messages, top_logprobs=top_logprobs)
     generation.prompt_tokens = await anyio.to_thread.run_sync(chat_tokens, state.generator, messages)
     return generation
 
@@ -154,7 +160,10 @@ async def stream_tokens(state: ServerState, generation: Generation, request: Req
                         raise ClientGone("the client disconnected")
                     piece = await anyio.to_thread.run_sync(next, pieces, _END)
                     if piece is _END:
-                        generation.completion_tokens = _tokens_of(pieces, len(generation.pieces))
+                        answer = _answer_of(pieces)
+                        tokens = answer.timings.new_tokens if answer else 0
+                        generation.completion_tokens = tokens or len(generation.pieces)
+                        generation.logprobs = answer.logprobs if answer else None
                         break
                     if not generation.pieces:
                         generation.first_token_s = time.perf_counter() - start
@@ -178,7 +187,7 @@ async def run_to_end(state: ServerState, generation: Generation, request: Reques
 
 def _start(generator: Generator, generation: Generation) -> Iterator[str]:
     if generation.messages is not None:
-        return generator.chat(generation.messages, generation.params)
+        return generator.chat(generation.messages, generation.params, top_logprobs=generation.top_logprobs)
     return generator.stream(generation.question, generation.passages, generation.params)
 
 
@@ -186,12 +195,9 @@ def _timeout_message(state: ServerState, where: str) -> str:
     return f"the request took longer than its limit of {state.settings.request_timeout_s:g} s ({where})"
 
 
-def _tokens_of(pieces: Iterator[str], fallback: int) -> int:
-    """Tokens generated, from the finished stream's answer (a text piece may hold several tokens)."""
-    try:
-        return int(pieces.answer.timings.new_tokens) or fallback  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):
-        return fallback
+def _answer_of(pieces: Iterator[str]) -> Answer | None:
+    """The finished stream's Answer (its token count: a text piece may hold several tokens; its logprobs)."""
+    return pieces.answer if isinstance(pieces, AnswerStream) else None
 
 
 def _close(pieces: Iterator[str]) -> None:

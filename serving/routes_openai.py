@@ -71,11 +71,15 @@ async def chat_completions(
     if not question.strip():
         raise FieldError("messages", "the messages hold no user message with text")
     max_tokens = body.max_completion_tokens or body.max_tokens
+    top_logprobs = _top_logprobs(body)
     if _is_chat_model(state, body.model):
         max_tokens = check_model_request(state, state.settings, max_tokens)  # the model checks its context
         messages = [{"role": _chat_role(m.role), "content": m.text()} for m in body.messages]
-        generation = await prepare_chat(state, messages, _params(state, body, max_tokens))
+        params = _params(state, body, max_tokens)
+        generation = await prepare_chat(state, messages, params, top_logprobs)
     else:
+        if top_logprobs is not None:
+            raise FieldError("logprobs", "logprobs come with plain chats with the generator, not answers")
         collection = find_collection(state, body.model)
         k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
         generation = await prepare(state, collection, question, k, _params(state, body, max_tokens))
@@ -98,12 +102,31 @@ async def chat_completions(
                 "index": 0,
                 "message": {"role": "assistant", "content": generation.text},
                 "finish_reason": generation.finish_reason,
-                "logprobs": None,
+                "logprobs": _logprobs(generation),
             }
         ],
         "usage": generation.usage,
         **_extras(generation),
     }
+
+
+def _top_logprobs(body: ChatCompletionRequest) -> int | None:
+    """How many alternatives each token's logprobs list (None: no logprobs asked)."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+def _logprobs(g: Generation) -> dict[str, Any] | None:
+    """OpenAI's ``logprobs`` object of a choice, or None when none were asked."""
+    if g.logprobs is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [entry(t.token, t.logprob) | {"top_logprobs": [entry(*a) for a in t.top]} for t in g.logprobs]
+    return {"content": content, "refusal": None}
 
 
 def _is_chat_model(state: ServerState, model: str) -> bool:
@@ -141,8 +164,10 @@ async def _chunks(
     body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
     usage = {"usage": None} if include_usage else {}  # OpenAI: null on every chunk but the last
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+    def chunk(
+        delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None, **extra: Any
+    ) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         return sse({**body, "choices": [choice], **usage, **extra})
 
     yield chunk({"role": "assistant", "content": ""})
@@ -156,7 +181,8 @@ async def _chunks(
             log.exception("chat completion stream failed")
         yield sse(openai_error(error_status(error), error_detail(error)))
         return
-    yield chunk({}, generation.finish_reason, **_extras(generation))
+    # the logprobs of every token come with the last chunk: text pieces and tokens do not map one to one
+    yield chunk({}, generation.finish_reason, _logprobs(generation), **_extras(generation))
     if include_usage:  # one more chunk, with no choices, carrying the usage of the whole request
         yield sse({**body, "choices": [], "usage": generation.usage})
     yield sse("[DONE]")

@@ -173,7 +173,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(_Request):
     model_config = ConfigDict(extra="allow")  # OpenAI fields ragloom ignores (user, stop, ...)
 
-    model: str = Field(description="a collection name, as listed by GET /v1/models")
+    model: str = Field(description="a collection name, or the generator's, as listed by GET /v1/models")
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -183,6 +183,10 @@ class ChatCompletionRequest(_Request):
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    logprobs: StrictBool = Field(default=False, description="log-probabilities of the generated tokens")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="with logprobs: the most likely tokens at each place"
+    )
     k: int | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
 
 

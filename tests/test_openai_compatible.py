@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai import OpenAI, UnprocessableEntityError
 from processes import RAG, TOKEN, RagServer
 from test_serving_app import DOCS, build_tiny_collection
 
@@ -25,6 +26,7 @@ from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompa
 from rag.indexes import load_index
 from rag.pipeline import Pipeline
 from rag.registry import build
+from rag.rerankers.first import FirstReranker
 from rag.rerankers.listwise import ListwiseReranker
 from rag.rerankers.listwise_base import ListwiseConfig
 from rag.rerankers.lm import MemoryDocs
@@ -246,3 +248,35 @@ def test_remote_listwise_ranks_as_the_local_listwise(url: str, local: CausalLMGe
     assert [h.doc_id for h in remote_hits] == [h.doc_id for h in here.rerank(query, hits)]
     assert there.requests == 2  # one chat request per window
     assert {h.source for h in remote_hits} == {"listwise-remote"}
+
+
+def test_server_gives_the_logprobs_of_a_plain_chat(server: RagServer) -> None:
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    asked = {"model": MODEL, "messages": messages, "max_tokens": 4, "logprobs": True, "top_logprobs": 3}
+    reply = client.chat.completions.create(**asked)  # type: ignore[call-overload]
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for token in content:  # greedy: each token is the most likely one, and the first of its alternatives
+        assert len(token.top_logprobs) == 3 and token.top_logprobs[0].token == token.token
+        assert token.logprob <= 0 and token.logprob == pytest.approx(token.top_logprobs[0].logprob)
+    chunks = list(client.chat.completions.create(**asked, stream=True))  # type: ignore[call-overload]
+    with_logprobs = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    streamed = [t for logprobs in with_logprobs for t in logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    with pytest.raises(UnprocessableEntityError, match="logprobs come with plain chats"):
+        client.chat.completions.create(**(asked | {"model": "tiny"}))  # type: ignore[call-overload]
+
+
+def test_remote_first_ranks_as_the_local_first(url: str, local: CausalLMGenerator) -> None:
+    docs = [Document(d["id"], d["text"], title=d["title"]) for d in DOCS]
+    hits = [Hit(d.id, 1.0 - i / 10, i + 1, "dense") for i, d in enumerate(docs)]
+    shared = {"model": local.model, "tokenizer": local.tokenizer, "docstore": MemoryDocs(docs)}
+    here = FirstReranker(ListwiseConfig(model=MODEL, window=4, stride=2), **shared)
+    server = {"base_url": url, "model": MODEL, "api_key_env": KEY_ENV}
+    there = build("reranker", "first-remote", {"server": server, "window": 4, "stride": 2})
+    there.docstore = MemoryDocs(docs)
+    for query in ("Which drink is made from leaves?", "What is the capital of Germany?", "Do cats purr?"):
+        remote_hits = there.rerank(query, hits)
+        assert [h.doc_id for h in remote_hits] == [h.doc_id for h in here.rerank(query, hits)], query
+    assert there.requests == 3 and {h.source for h in remote_hits} == {"first-remote"}

@@ -118,7 +118,13 @@ class Generator(ABC):
 
     @abstractmethod
     def chat(
-        self, messages: Sequence[dict[str, str]], params: GenerationParams | None = None
+        self,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams | None = None,
+        *,
+        top_logprobs: int | None = None,
     ) -> AnswerStream:
         """The model's reply to chat ``messages`` (``role`` and ``content``), with no passages and no
-        citations; as ``stream``, piece by piece, then the whole Answer."""
+        citations; as ``stream``, piece by piece, then the whole Answer. A last ``assistant`` message is
+        continued rather than answered. With ``top_logprobs`` (0 or more), the Answer's ``logprobs`` give each
+        token's log-probability and the ``top_logprobs`` most likely tokens at its place."""

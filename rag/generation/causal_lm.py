@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +37,12 @@ from rag.generation.drafting.retrieval import RetrievalDrafter
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.lm.policy import Precision
 from rag.registry import register
-from rag.types import Answer, Document, Timings
+from rag.types import Answer, Document, Timings, TokenLogprob
 
 # (input_ids [1, seq], scores [1, vocab]) -> scores [1, vocab], as transformers' LogitsProcessor.
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (scores [vocab], token): what the plain loop chose from (logprobs for a chat)
+Observer = Callable[[torch.Tensor, int], None]
 
 _REPLACEMENT_CHAR = "\ufffd"  # what a partial UTF-8 sequence decodes to
 
@@ -202,19 +205,39 @@ class CausalLMGenerator(Generator):
         return AnswerStream(pieces)
 
     def chat(
-        self, messages: Sequence[dict[str, str]], params: GenerationParams | None = None
+        self,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams | None = None,
+        *,
+        top_logprobs: int | None = None,
     ) -> AnswerStream:
         """The model's reply to ``messages`` under its chat template: plain decoding, or drafting from the
-        messages' own text when ``params.draft_tokens > 0``; no passages, so nothing to cite."""
+        messages' own text when ``params.draft_tokens > 0``; no passages, so nothing to cite. A last
+        ``assistant`` message is continued (its text follows the template's reply header)."""
         params = params or self.default_params()
         if params.cad_alpha > 0 or params.parallel is not None or params.require_citation:
             raise ConfigError("a chat reply has no passages: CAD, parallel contexts and citations need them")
+        if top_logprobs is not None and (top_logprobs < 0 or params.draft_tokens > 0):
+            raise ConfigError("logprobs: top_logprobs must be >= 0, and drafting does not give them")
         if not any(str(m.get("content", "")).strip() for m in messages):
             raise EmptyQueryError("the messages hold no text")
         start = time.perf_counter()
-        input_ids = self._apply_template(list(messages))
+        messages = list(messages)
+        reply_start = messages.pop()["content"] if messages[-1].get("role") == "assistant" else ""
+        input_ids = self._apply_template(messages, reply_start)
         self._check_context(input_ids, params)
-        return AnswerStream(self._stream_text("", [], start, input_ids, params))
+        if top_logprobs is None:
+            return AnswerStream(self._stream_text("", [], start, input_ids, params))
+        entries: list[TokenLogprob] = []
+
+        def observe(scores: torch.Tensor, token: int) -> None:  # scores [vocab], as the token was chosen
+            logprobs = torch.log_softmax(scores.float(), dim=-1)
+            top = torch.topk(logprobs, top_logprobs)
+            alternatives = [(self._detokenize([int(i)]), float(v)) for v, i in zip(*top, strict=True)]
+            entries.append(TokenLogprob(self._detokenize([token]), float(logprobs[token]), alternatives))
+
+        pieces = self._stream_text("", [], start, input_ids, params, observe=observe)
+        return AnswerStream(pieces).then(lambda answer: dataclasses.replace(answer, logprobs=entries))
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -249,13 +272,15 @@ class CausalLMGenerator(Generator):
         context_free_ids: torch.Tensor | None = None,
         parallel: ParallelPrompt | None = None,
         citations: CitationConstraint | None = None,
+        observe: Observer | None = None,
     ) -> AnswerPieces:
         ids: list[int] = []
         emitted = 0  # characters of the (left-stripped) text already yielded
         text = ""
         first_token_at = start
         stats = DecodeStats()
-        for token in self._decode(input_ids, params, context_free_ids, stats, parallel, citations):
+        decoded = self._decode(input_ids, params, context_free_ids, stats, parallel, citations, observe)
+        for token in decoded:
             if not ids:
                 first_token_at = time.perf_counter()
             ids.append(token)
@@ -314,7 +339,12 @@ class CausalLMGenerator(Generator):
         messages = context_free_messages(question, self.config.system_prompt, self.config.reminder)
         return self._apply_template(messages)
 
-    def _apply_template(self, messages: list[dict[str, str]]) -> torch.Tensor:
+    def _apply_template(self, messages: list[dict[str, str]], reply_start: str = "") -> torch.Tensor:
+        """Prompt ids ``# [1, len]`` ready for the reply, whose first text is ``reply_start`` when given."""
+        if reply_start:  # the whole text tokenized at once, as the local rerankers build their prompts
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text + reply_start, add_special_tokens=False, return_tensors="pt")
+            return ids["input_ids"].to(self.model.device)
         encoded = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
         )
@@ -329,6 +359,7 @@ class CausalLMGenerator(Generator):
         stats: DecodeStats | None = None,
         parallel: ParallelPrompt | None = None,  # the prompt cut for parallel prefill, or None: sequential
         citations: CitationConstraint | None = None,  # applied to the final scores when given
+        observe: Observer | None = None,  # shown each plain step's final scores and the token chosen
     ) -> Iterator[int]:
         """Yield new token ids for the prompt ``input_ids``, the final eos included.
 
@@ -368,6 +399,8 @@ class CausalLMGenerator(Generator):
             return scores if citations is None else citations(generated, scores)
 
         if params.draft_tokens > 0:
+            if observe is not None:
+                raise ConfigError("drafting verifies several tokens per step: it gives no per-step scores")
             prompt = input_ids[0].tolist()
             eos = self.eos_token_ids
             yield from speculative_decode(batch, score, self.drafter, prompt, params, eos, rng, stats)
@@ -375,7 +408,10 @@ class CausalLMGenerator(Generator):
         generated: list[int] = []
         logits = batch.prefill()  # [rows, vocab]: the whole prompt in one forward
         while True:
-            token = next_token(score(generated, logits), params, rng)
+            scores = score(generated, logits)  # [vocab]
+            token = next_token(scores, params, rng)
+            if observe is not None:
+                observe(scores, token)
             generated.append(token)
             yield token
             if token in self.eos_token_ids or len(generated) >= params.max_new_tokens:

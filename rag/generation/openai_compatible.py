@@ -31,7 +31,7 @@ from rag.generation.attribution import attribute
 from rag.generation.base import GenerationParams, Generator
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.registry import register
-from rag.types import Answer, Document, Timings
+from rag.types import Answer, Document, Timings, TokenLogprob
 
 REMOTE_GENERATOR = "openai-compatible"  # the generator's registered name, as CLI flags and configs give it
 
@@ -113,11 +113,18 @@ class OpenAICompatibleGenerator(Generator):
         return AnswerStream(self._pieces(messages, params, question, passages))
 
     def chat(
-        self, messages: Sequence[dict[str, str]], params: GenerationParams | None = None
+        self,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams | None = None,
+        *,
+        top_logprobs: int | None = None,
     ) -> AnswerStream:
+        """The server's reply to ``messages``; a last ``assistant`` message is sent for the server to
+        continue (vLLM's ``continue_final_message``; llama.cpp's server and ``rag serve`` continue it as
+        is). ``top_logprobs`` asks the server for logprobs (OpenAI allows at most 20)."""
         params = params or self.default_params()
         _check_remote(params, 0)
-        return AnswerStream(self._pieces(list(messages), params, "", []))
+        return AnswerStream(self._pieces(list(messages), params, "", [], top_logprobs))
 
     def _pieces(
         self,
@@ -125,16 +132,21 @@ class OpenAICompatibleGenerator(Generator):
         params: GenerationParams,
         question: str,
         passages: Sequence[Document],
+        top_logprobs: int | None = None,
     ) -> AnswerPieces:
         start = time.perf_counter()
-        chunks = self._call(self.client.chat.completions.create, **self._request(messages, params))
+        request = self._request(messages, params, top_logprobs)
+        chunks = self._call(self.client.chat.completions.create, **request)
         first_token_at = start
         text = ""
         counted, reported = 0, 0  # content chunks; completion tokens the server reports, if it does
+        logprobs: list[TokenLogprob] = []
         try:
             for chunk in _chunks(chunks, self.config.base_url):
                 if chunk.usage is not None:
                     reported = chunk.usage.completion_tokens
+                if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+                    logprobs += [_token_logprob(entry) for entry in chunk.choices[0].logprobs.content]
                 piece = chunk.choices[0].delta.content if chunk.choices else None
                 if not piece:
                     continue
@@ -154,9 +166,12 @@ class OpenAICompatibleGenerator(Generator):
             prefill_s=first_token_at - start, decode_s=end - first_token_at, new_tokens=reported or counted
         )
         cited = attribute(text, passages, question).citations if passages else []
-        return Answer(text, citations=cited, passages=list(passages), timings=timings)
+        asked = logprobs if top_logprobs is not None else None
+        return Answer(text, citations=cited, passages=list(passages), timings=timings, logprobs=asked)
 
-    def _request(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+    def _request(
+        self, messages: list[dict[str, str]], params: GenerationParams, top_logprobs: int | None = None
+    ) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -168,8 +183,15 @@ class OpenAICompatibleGenerator(Generator):
         }
         if params.seed is not None:
             request["seed"] = params.seed
-        if params.top_k > 0:  # not an OpenAI field; vLLM, SGLang and llama.cpp's server read it
-            request["extra_body"] = {"top_k": params.top_k}
+        if top_logprobs is not None:
+            request |= {"logprobs": True, "top_logprobs": top_logprobs}
+        extra: dict[str, Any] = {}  # not OpenAI fields; vLLM, SGLang and llama.cpp's server read them
+        if params.top_k > 0:
+            extra["top_k"] = params.top_k
+        if messages and messages[-1]["role"] == "assistant":
+            extra |= {"continue_final_message": True, "add_generation_prompt": False}
+        if extra:
+            request["extra_body"] = extra
         return request
 
     def _call(self, method: Any, **kwargs: Any) -> Any:
@@ -186,6 +208,12 @@ def _chunks(chunks: Any, base_url: str) -> Iterator[Any]:
         yield from chunks
     except Exception as error:
         raise RemoteError(f"the answer stream from {base_url} broke off: {error}") from error
+
+
+def _token_logprob(entry: Any) -> TokenLogprob:
+    """An OpenAI ``ChatCompletionTokenLogprob`` as a :class:`TokenLogprob`."""
+    top = [(t.token, float(t.logprob)) for t in entry.top_logprobs or ()]
+    return TokenLogprob(entry.token, float(entry.logprob), top)
 
 
 def _check_remote(params: GenerationParams, passages: int) -> None:
