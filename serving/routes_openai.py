@@ -4,9 +4,9 @@ served generator itself.
 With a collection as the model, retrieval runs on the last user message and the answer is generated from the
 retrieved passages (earlier turns are not sent to the model). Responses carry two extra fields, ``citations``
 (cited document ids) and ``passages`` (the retrieved passages); in a stream they come with the last chunk.
-With the generator's name as the model (listed after the collections), the whole conversation goes to the
-model under its chat template, with no retrieval: the server is then a plain LLM endpoint, e.g. the remote of
-another ragloom's ``openai-compatible`` generator. Works with the ``openai`` client as is::
+With the generator's name as the model (listed first, before the collections), the whole conversation goes
+to the model under its chat template, with no retrieval: the server is then a plain LLM endpoint, e.g. the
+remote of another ragloom's ``openai-compatible`` generator. Works with the ``openai`` client as is::
 
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="TOKEN-or-anything")
     client.chat.completions.create(model="docs", messages=[{"role": "user", "content": "..."}])
@@ -49,8 +49,9 @@ _STARTED = int(time.time())
 
 @router.get("/models")
 async def models(state: StateDep) -> ModelList:
-    """One model per served collection, then the served generator (a plain chat model)."""
-    ids = sorted(state.collections) + ([state.chat_model] if state.chat_model else [])
+    """The served generator first (a plain chat model: what a client naming no model should get), then one
+    model per served collection."""
+    ids = ([state.chat_model] if state.chat_model else []) + sorted(state.collections)
     return ModelList(data=[ModelCard(id=name, created=_STARTED) for name in ids])
 
 
@@ -67,20 +68,20 @@ async def model(model_id: str, state: StateDep) -> ModelCard:
 async def chat_completions(
     body: ChatCompletionRequest, state: StateDep, request: Request
 ) -> dict[str, Any] | StreamingResponse:
-    question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
-    if not question.strip():
-        raise FieldError("messages", "the messages hold no user message with text")
     max_tokens = body.max_completion_tokens or body.max_tokens
-    top_logprobs = _top_logprobs(body)
     if _is_chat_model(state, body.model):
+        top_logprobs = _top_logprobs(body)
         max_tokens = check_model_request(state, state.settings, max_tokens)  # the model checks its context
         messages = [{"role": _chat_role(m.role), "content": m.text()} for m in body.messages]
         params = _params(state, body, max_tokens)
         generation = await prepare_chat(state, messages, params, top_logprobs)
     else:
-        if top_logprobs is not None:
-            raise FieldError("logprobs", "logprobs come with plain chats with the generator, not answers")
         collection = find_collection(state, body.model)
+        question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
+        if not question.strip():
+            raise FieldError("messages", "the messages hold no user message with text")
+        if body.logprobs or body.top_logprobs is not None:
+            raise FieldError("logprobs", "logprobs come with plain chats with the generator, not answers")
         k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
         generation = await prepare(state, collection, question, k, _params(state, body, max_tokens))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"

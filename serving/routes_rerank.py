@@ -13,14 +13,14 @@ from collections import Counter
 import anyio
 from fastapi import APIRouter, HTTPException, status
 
-from rag.registry import names
+from rag.errors import ConfigError
 from rag.serving.deps import ReadAuth, StateDep, check_at_most, check_query, find_collection
 from rag.serving.errors import FieldError
 from rag.serving.gate import QueueFullError
 from rag.serving.generation import GenerationTimeout
 from rag.serving.routes_search import passage
 from rag.serving.schemas import RerankDocument, RerankRequest, RerankResponse
-from rag.serving.state import Collection, ServerState
+from rag.serving.state import Collection, ServerState, check_reranker, local_rerankers
 from rag.types import Document, Hit
 
 router = APIRouter(prefix="/v1", tags=["retrieval"], dependencies=[ReadAuth])
@@ -67,7 +67,7 @@ def reranker_name(state: ServerState, requested: str | None) -> str:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "this server has no model to rerank with: start it with a generator or --reranker-model",
         )
-    known = names("reranker")
+    known = local_rerankers()
     name = requested or state.settings.reranker
     if name is None:
         raise FieldError(
@@ -75,8 +75,10 @@ def reranker_name(state: ServerState, requested: str | None) -> str:
             "no reranker is configured on this server (--reranker); "
             f"name one in the request's 'reranker': {', '.join(known)}",
         )
-    if name not in known:
-        raise FieldError("reranker", f"unknown reranker {name!r}; known: {', '.join(known)}", name)
+    try:
+        check_reranker(name)
+    except ConfigError as error:
+        raise FieldError("reranker", str(error), name) from None
     return name
 
 

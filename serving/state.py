@@ -87,7 +87,7 @@ class ServerState:
     @classmethod
     def load(cls, settings: ServeSettings, metrics: Metrics | None = None) -> ServerState:
         if settings.reranker is not None:
-            _local_reranker(settings.reranker)  # an unknown default reranker fails at start-up
+            check_reranker(settings.reranker)  # an unknown default reranker fails at start-up
         generator = _generator(settings)
         reranker_lm = _reranker_lm(settings, generator)
         collections: dict[str, Collection] = {}
@@ -123,7 +123,8 @@ class ServerState:
         """
         if self.reranker_lm is None:
             raise ConfigError("this server has no model to rerank with")
-        cls, config_cls = _local_reranker(name)
+        check_reranker(name)
+        cls, config_cls = lookup("reranker", name)
         options = {
             "model": self.reranker_model,
             "device": self.settings.device,
@@ -139,13 +140,19 @@ class ServerState:
             collection.close()
 
 
-def _local_reranker(name: str) -> tuple[type, type]:
-    """The class and config of a reranker that runs on the server's own causal LM."""
-    cls, config_cls = lookup("reranker", name)
-    if not issubclass(cls, LMReranker):
-        local = ", ".join(n for n in names("reranker") if issubclass(lookup("reranker", n)[0], LMReranker))
-        raise ConfigError(f"reranker {name!r} does not run on the server's model; choose one of {local}")
-    return cls, config_cls
+def local_rerankers() -> list[str]:
+    """The rerankers that run on the server's own causal LM (not those that call a remote server)."""
+    return [n for n in names("reranker") if issubclass(lookup("reranker", n)[0], LMReranker)]
+
+
+def check_reranker(name: str) -> None:
+    """ConfigError unless ``name`` is a reranker that runs on the server's own causal LM."""
+    local = local_rerankers()
+    if name in local:
+        return
+    if name in names("reranker"):
+        raise ConfigError(f"reranker {name!r} does not run on the server's model; known: {', '.join(local)}")
+    raise ConfigError(f"unknown reranker {name!r}; known: {', '.join(local)}")
 
 
 def _generator(settings: ServeSettings) -> Generator | None:

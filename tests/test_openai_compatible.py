@@ -74,7 +74,7 @@ def remote(url: str, **options: object) -> OpenAICompatibleGenerator:
 def test_server_lists_its_generator_and_chats_without_retrieval(server: RagServer) -> None:
     with server.client() as client:
         ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
-        assert ids == ["tiny", MODEL]  # the collections, then the generator as a plain chat model
+        assert ids == [MODEL, "tiny"]  # the generator as a plain chat model, then the collections
         reply = client.post(
             "/v1/chat/completions",
             json={"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
@@ -102,7 +102,7 @@ def test_remote_stream_pieces_make_the_answer(url: str, local: CausalLMGenerator
 
 
 def test_remote_model_defaults_to_the_servers_first(url: str) -> None:
-    assert remote(url, model=None).model == "tiny"  # rag serve lists its collections first
+    assert remote(url, model=None).model == MODEL  # rag serve lists its generator first
 
 
 def test_pipeline_answers_through_the_remote(url: str, index_dir: Path) -> None:

@@ -119,7 +119,7 @@ def test_sse_stream_arrives_token_by_token(http: httpx.Client) -> None:
 
 def test_openai_client_plain_and_streaming(live: LiveServer) -> None:
     client = OpenAI(base_url=f"{live.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
-    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert [m.id for m in client.models.list()] == ["smollm2-135m-instruct", "tiny"]
     messages = [{"role": "user", "content": QUESTION}]
     plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8)
     content = plain.choices[0].message.content
