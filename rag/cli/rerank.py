@@ -19,7 +19,12 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser("rerank", help="retrieve and rerank with an LLM reranker")
     parser.add_argument("index", help="index folder (COLLECTION/NAME)")
     parser.add_argument("query")
-    parser.add_argument("--reranker", required=True, help="listwise, first, icr or pointwise")
+    parser.add_argument(
+        "--reranker",
+        required=True,
+        help="listwise, first, icr or pointwise; or listwise-remote / first-remote over an OpenAI-compatible "
+        """server: --set server='{"base_url": "http://127.0.0.1:8080/v1"}'""",
+    )
     parser.add_argument("--model", help="causal LM: bundled name, folder or hub id (default: the reranker's)")
     parser.add_argument("-k", type=int, default=10, help="hits shown after reranking (default 10)")
     parser.add_argument("--fetch-k", type=int, default=20, help="hits retrieved and reranked (default 20)")
