@@ -7,7 +7,8 @@ last assistant message the server continues: vLLM's ``continue_final_message``, 
 brackets. The server lists at most 20 alternatives (OpenAI's limit), so a window holds at most 20 passages;
 letters missing from the list rank after those in it, in their current order.
 
->>> server = OpenAICompatibleConfig(base_url="http://127.0.0.1:8080/v1", model="qwen2.5-coder-1.5b-instruct")
+>>> url, model = "http://127.0.0.1:8080/v1", "qwen2.5-coder-1.5b-instruct"
+>>> server = OpenAICompatibleConfig(base_url=url, model=model)  # doctest: +SKIP
 >>> reranker = build("reranker", "first-remote", RemoteFirstConfig(server=server))  # doctest: +SKIP
 """
 
@@ -15,55 +16,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from rag.errors import ConfigError
 from rag.generation.base import GenerationParams
-from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.registry import register
-from rag.rerankers.base import DocumentReranker, DocumentSource
-from rag.rerankers.listwise_base import LISTWISE_SYSTEM, order_by_windows, ranking_prompt
+from rag.rerankers.listwise_base import LISTWISE_SYSTEM, ranking_prompt
 from rag.rerankers.permutation import LETTERS
+from rag.rerankers.remote import RemoteWindowReranker, RemoteWindowsConfig
 from rag.types import Document
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 
 
 @dataclass(frozen=True)
-class RemoteFirstConfig:
-    server: OpenAICompatibleConfig  # where the server is, its model, key, timeout and retries
-    window: int = 20  # passages per prompt, at most 20
-    stride: int = 10
-    passage_words: int = 96  # each passage is cut to this many words (the server's tokenizer is unknown)
-
+class RemoteFirstConfig(RemoteWindowsConfig):
     def __post_init__(self) -> None:
-        if not 2 <= self.window <= MAX_TOP_LOGPROBS:
-            limit = f"[2, {MAX_TOP_LOGPROBS}] (the alternatives a server lists)"
-            raise ConfigError(f"window must be in {limit}, got {self.window}")
-        if not 1 <= self.stride <= self.window:
-            raise ConfigError(f"stride must be between 1 and window={self.window}, got {self.stride}")
-        if self.passage_words < 4:
-            raise ConfigError(f"passage_words must be at least 4, got {self.passage_words}")
+        super().__post_init__()
+        if self.window > MAX_TOP_LOGPROBS:
+            limit = f"{MAX_TOP_LOGPROBS} (the alternatives a server lists)"
+            raise ConfigError(f"window must be at most {limit}, got {self.window}")
 
 
 @register("reranker", "first-remote", RemoteFirstConfig)
-class RemoteFirstReranker(DocumentReranker):
+class RemoteFirstReranker(RemoteWindowReranker):
     name = "first-remote"
-
-    def __init__(self, config: RemoteFirstConfig, *, docstore: DocumentSource | None = None) -> None:
-        super().__init__(docstore)
-        self.config = config
-        self.server = OpenAICompatibleGenerator(config.server)
-        self.requests = 0  # chat requests sent since creation, one per window
-
-    def order(self, query: str, docs: list[Document]) -> tuple[list[int], None]:
-        permute = partial(self.permute, query)
-        return order_by_windows(docs, self.config.window, self.config.stride, permute), None
 
     def permute(self, query: str, window_docs: Sequence[Document]) -> list[int]:
         """Positions of ``window_docs`` by the server's log-probability of their letter, best first."""
         letters = LETTERS[: len(window_docs)]
-        passages = [" ".join(d.contents.split()[: self.config.passage_words]) for d in window_docs]
+        passages = [self.passage_text(d) for d in window_docs]
         messages = [
             {"role": "system", "content": LISTWISE_SYSTEM},
             {"role": "user", "content": ranking_prompt(query, passages, letters)},
