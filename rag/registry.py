@@ -74,10 +74,16 @@ def make_config(config_cls: type[T], values: Mapping[str, Any]) -> T:
     """Build a frozen config from a mapping, refusing unknown keys with a clear message. A field whose type is
     itself a config (e.g. ``defaults: GenerationParams`` or ``parallel: ParallelContexts | None``) is built
     from a nested mapping the same way."""
-    allowed = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    fields = dataclasses.fields(config_cls)  # type: ignore[arg-type]
+    allowed = {f.name for f in fields}
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ConfigError(f"{config_cls.__name__}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    no_default = dataclasses.MISSING
+    required = [f.name for f in fields if f.default is no_default and f.default_factory is no_default]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ConfigError(f"{config_cls.__name__}: option(s) {missing} must be given")
     hints = typing.get_type_hints(config_cls)
     built = {}
     for name, value in values.items():

@@ -185,7 +185,7 @@ def test_eval_citations_answers_judged_claims_and_reads_their_citations(collecti
         (
             ["eval", "retrieval", "{tmp}", "--reranker", "nope"],
             2,
-            "unknown reranker 'nope'; known: first, icr",
+            "unknown reranker 'nope'; known: first, first-remote, icr",
         ),
         (["eval", "retrieval", "{tmp}", "--reranker", "icr", "--rerank-depth", "200"], 2, "--rerank-depth"),
         (["eval", "qa", "{good_corpus}", "--predictions", "{tmp}/no/dir/p.jsonl"], 2, "--predictions"),

@@ -179,6 +179,10 @@ def test_bad_configs_fail_before_any_request() -> None:
         OpenAICompatibleConfig(base_url="http://x/v1", timeout_s=0)
     with pytest.raises(ConfigError, match="model is empty"):
         OpenAICompatibleConfig(base_url="http://x/v1", model=" ")
+    with pytest.raises(ConfigError, match=r"option\(s\) \['server'\] must be given"):
+        build("reranker", "listwise-remote", {})  # as `rag eval retrieval --reranker listwise-remote` does
+    with pytest.raises(ConfigError, match="window must be at most 20"):
+        build("reranker", "first-remote", {"server": {"base_url": "http://x/v1"}, "window": 21})
 
 
 def test_serve_answers_through_a_remote_generator(server: RagServer, index_dir: Path, tmp_path: Path) -> None:
