@@ -52,10 +52,8 @@ class RemoteFirstReranker(RemoteWindowReranker):
         ]
         self.requests += 1
         one_token = GenerationParams(max_new_tokens=1, keep_passages=0)
-        stream = self.server.chat(messages, one_token, top_logprobs=MAX_TOP_LOGPROBS)
-        for _ in stream:
-            pass
-        logprobs = stream.answer.logprobs or []
+        answer = self.server.chat(messages, one_token, top_logprobs=MAX_TOP_LOGPROBS).read_to_end()
+        logprobs = answer.logprobs or []
         return rank_letters(logprobs[0].top if logprobs else [], letters)
 
 

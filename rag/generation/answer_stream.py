@@ -53,6 +53,12 @@ class AnswerStream(Iterator[str]):
             raise RuntimeError("the answer is complete only after the last piece: read the stream to the end")
         return self._answer
 
+    def read_to_end(self) -> Answer:
+        """The whole answer, reading whatever pieces are left."""
+        for _ in self:
+            pass
+        return self.answer
+
     def then(self, finish: Callable[[Answer], Answer]) -> AnswerStream:
         """The same pieces, with ``finish`` applied to the final answer (the pipeline adds retrieval time)."""
 

@@ -97,10 +97,7 @@ class OpenAICompatibleGenerator(Generator):
     def answer(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
     ) -> Answer:
-        stream = self.stream(question, passages, params)
-        for _ in stream:
-            pass
-        return stream.answer
+        return self.stream(question, passages, params).read_to_end()
 
     def stream(
         self, question: str, passages: Sequence[Document], params: GenerationParams | None = None
