@@ -155,6 +155,29 @@ class LMReranker(DocumentReranker):
         out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
         return out.logits[0, -1].float()  # [1, 1, vocab] -> [vocab]
 
+    @torch.inference_mode()
+    def batch_next_token_logits(self, prompts: Sequence[list[int]]) -> torch.Tensor:
+        """One forward pass over prompts of mixed lengths, left-padded: next-token logits ``# [B, vocab]``.
+
+        On the quantized CPU runtime a pass of more than 64 tokens expands every weight to bf16 first, so a
+        batch pays that once instead of once per prompt (the 1.5B's pointwise reranking: 37 s a query of 20
+        passages one by one).
+        """
+        longest = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (longest - len(p)) + list(p) for p in prompts])  # [B, seq]
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])  # [B, seq]
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # each prompt starts at position 0
+        self.forward_passes += 1
+        out = self.model(
+            input_ids=ids.to(self.model.device),
+            attention_mask=mask.to(self.model.device),
+            position_ids=positions.to(self.model.device),
+            use_cache=False,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()  # [B, 1, vocab] -> [B, vocab]
+
 
 def single_token(reranker: LMReranker, text: str) -> int:
     """The id of ``text`` if the tokenizer encodes it as one token; ConfigError otherwise."""

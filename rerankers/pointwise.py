@@ -1,6 +1,7 @@
 """Pointwise relevance: ask about each passage alone and score it by log P("yes") - log P("no").
 
-The simple baseline: one forward pass per candidate, no interaction between candidates.
+The simple baseline: each candidate judged alone, no interaction between candidates; the prompts of
+:data:`BATCH` candidates share one (left-padded) forward pass.
 
 >>> reranker = PointwiseReranker(LMRerankerConfig(model="smollm2-135m-instruct"))  # doctest: +SKIP
 >>> reranker.score("what do cats say?", docs)  # doctest: +SKIP
@@ -19,6 +20,7 @@ from rag.rerankers.lm import LMReranker, LMRerankerConfig
 from rag.types import Document
 
 POINTWISE_SYSTEM = "You judge whether a passage answers or is relevant to a search query."
+BATCH = 8  # passages scored in one forward pass
 
 
 @register("reranker", "pointwise", LMRerankerConfig)
@@ -32,14 +34,18 @@ class PointwiseReranker(LMReranker):
     def score(self, query: str, docs: list[Document]) -> list[float]:
         """``log P(yes) - log P(no)`` of each document, in input order."""
         yes, no = self.answer_tokens
-        scores = []
-        for doc in docs:
-            user = (
+        prompts = [
+            self.prompt_ids(
                 f"Passage: {self.passage_text(doc)}\n\nSearch query: {query}\n\n"
-                "Is the passage relevant to the search query? Answer Yes or No."
+                "Is the passage relevant to the search query? Answer Yes or No.",
+                POINTWISE_SYSTEM,
             )
-            log_probs = torch.log_softmax(self.next_token_logits(self.prompt_ids(user, POINTWISE_SYSTEM)), -1)
-            scores.append(float(log_probs[yes] - log_probs[no]))  # [vocab] -> two entries
+            for doc in docs
+        ]
+        scores: list[float] = []
+        for start in range(0, len(prompts), BATCH):
+            log_probs = torch.log_softmax(self.batch_next_token_logits(prompts[start : start + BATCH]), -1)
+            scores += (log_probs[:, yes] - log_probs[:, no]).tolist()  # [B, vocab] -> [B]
         return scores
 
     @cached_property

@@ -96,12 +96,15 @@ class FakeLM(torch.nn.Module):
             histories = keys[:, 0, :, 0].long().tolist()
         for layer in self.layers:
             layer["self_attn"](histories, new)
-        logits = (
-            self.logits_fn(histories[0], self.prompt_len)
-            if self.logits_fn
-            else torch.zeros(self.config.vocab_size)
+        logits = torch.stack(
+            [
+                self.logits_fn(history, self.prompt_len)
+                if self.logits_fn
+                else torch.zeros(self.config.vocab_size)
+                for history in histories
+            ]
         )
-        return SimpleNamespace(logits=logits[None, None, :])  # [1, 1, vocab]
+        return SimpleNamespace(logits=logits[:, None, :])  # [batch, 1, vocab]
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
@@ -259,7 +262,7 @@ def test_listwise_repairs_a_malformed_reply(tokenizer):
 
 
 def test_pointwise_scores_are_yes_minus_no_log_probabilities(tokenizer):
-    relevance = [2, 11, 5, 0, 7]
+    relevance = [2, 11, 5, 0, 7, 3, 9, 1, 4, 10]  # more than one batch
     hits, docs = make_docs(relevance)
     yes = tokenizer("Yes", add_special_tokens=False).input_ids[0]
 
@@ -275,7 +278,7 @@ def test_pointwise_scores_are_yes_minus_no_log_probabilities(tokenizer):
     assert [h.score for h in out] == pytest.approx(
         sorted(relevance, reverse=True), abs=1e-4
     )  # log P(no) = 0 - lse
-    assert model.calls == len(hits)
+    assert model.calls == reranker.forward_passes == 2  # batches of 8 and 2 passages
 
 
 # -- in-context reranking ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import torch
 
 from rag.lm.attention import attention_implementation
 from rag.registry import build
+from rag.rerankers import pointwise
 from rag.rerankers.first import FirstReranker
 from rag.rerankers.icr import ICRConfig, InContextReranker
 from rag.rerankers.listwise import ListwiseReranker
@@ -117,9 +118,25 @@ def test_pointwise_one_pass_per_candidate(lm, corpus):
     )
     out = reranker.rerank(QUERY, hits, k=3)
     assert len(out) == 3 and [h.rank for h in out] == [1, 2, 3]
-    assert reranker.forward_passes == len(hits)
+    assert reranker.forward_passes == -(-len(hits) // pointwise.BATCH)
     scores = reranker.score(QUERY, docs.get([h.doc_id for h in hits]))
     assert [h.score for h in out] == pytest.approx(sorted(scores, reverse=True)[:3])
+
+
+def test_pointwise_batch_scores_each_passage_as_alone(corpus):
+    """Left padding, its mask and per-prompt positions leave each prompt's logits as they are alone
+    (float32 weights: the quantized runtime rounds a batch's bf16 logits differently)."""
+    from rag.lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(MODEL, precision="exact", attn_implementation="sdpa")
+    _, docs = corpus
+    reranker = PointwiseReranker(
+        LMRerankerConfig(model=MODEL, passage_tokens=48), model=model, tokenizer=tokenizer, docstore=docs
+    )
+    passages = docs.get([f"d{i}" for i in range(len(TEXTS))])  # lengths differ: the batch is padded
+    batched = reranker.score(QUERY, passages)
+    alone = [reranker.score(QUERY, [doc])[0] for doc in passages]
+    assert batched == pytest.approx(alone, abs=1e-3)
 
 
 def test_built_by_name_from_a_config(corpus):
