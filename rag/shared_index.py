@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from rag.collection_commit import index_key, recover, recover_index
+from rag.collection_commit import IndexKey, index_key, recover, recover_index
 from rag.collection_lock import writer_lock
 from rag.collection_updates import add_documents, delete_documents
 from rag.docstore import Docstore
-from rag.errors import ConfigError
-from rag.indexes import Manifest, load_index
+from rag.errors import ConfigError, IndexFormatError
+from rag.indexes import load_index
 from rag.indexes.base import Retriever
 from rag.types import Document, Hit
 
 log = logging.getLogger(__name__)
+READ_RETRY_S = 30.0  # how long a read is retried while other processes keep committing
 
 
 class SharedIndex(Retriever):
@@ -39,17 +41,11 @@ class SharedIndex(Retriever):
         self.folder = self.index_dir.resolve().parent
         self._lock = threading.RLock()  # one search or update at a time in this process
         recover_index(self.index_dir)
-        manifest = Manifest.read(self.index_dir)
-        path = manifest.docstore_path(self.index_dir)
+        self._key, self.retriever = read_committed(self.index_dir, lambda: load_index(self.index_dir))
+        path = self.retriever.docstore_path
         if path is None:
             raise ConfigError(f"the index {self.index_dir} records no docstore")
         self.docstore = Docstore(path)
-        try:
-            self._key = index_key(self.index_dir)
-            self.retriever: Retriever = load_index(self.index_dir)
-        except BaseException:
-            self.docstore.close()
-            raise
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -72,11 +68,11 @@ class SharedIndex(Retriever):
     def refresh(self) -> bool:
         """Reload the index if another process has committed a change since; True if it did."""
         with self._lock:
-            key = index_key(self.index_dir)
-            if key == self._key:
+            if index_key(self.index_dir) == self._key:
                 return False
-            retriever = self.retriever.reload(self.index_dir)
-            self.retriever, self._key = retriever, key
+            self._key, self.retriever = read_committed(
+                self.index_dir, lambda: self.retriever.reload(self.index_dir)
+            )
             return True
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -139,3 +135,28 @@ class SharedIndex(Retriever):
 
     def close(self) -> None:
         self.docstore.close()
+
+
+def read_committed(index_dir: Path, load: Callable[[], Retriever]) -> tuple[IndexKey, Retriever]:
+    """``load()`` of one committed version of the index, and that version's key.
+
+    A writer's commit swaps the index folder with two renames, so a read that spans a commit can see no
+    folder, or the old manifest with the new payload (``IndexFormatError``), or finish on a version that is
+    already replaced. Such a read is done again, as long as the folder keeps changing (up to
+    :data:`READ_RETRY_S`); a damaged index that stays as it is raises at once.
+    """
+    deadline = time.monotonic() + READ_RETRY_S
+    while True:
+        before = index_key(index_dir)
+        try:
+            retriever = load()
+        except IndexFormatError:
+            if (before is not None and index_key(index_dir) == before) or time.monotonic() > deadline:
+                raise
+            log.info("%s changed while it was read; reading it again", index_dir)
+            time.sleep(0.01)
+            continue
+        if before is not None and index_key(index_dir) == before:
+            return before, retriever
+        if time.monotonic() > deadline:
+            raise IndexFormatError(f"{index_dir} kept changing for {READ_RETRY_S:g} s while it was read")
