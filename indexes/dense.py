@@ -85,15 +85,16 @@ class DenseRetriever(Retriever):
 
     def encode_documents(self, docs: Sequence[Document]) -> np.ndarray:
         """[len(docs), dim] float32, L2-normalised."""
-        return self._encode([d.contents for d in docs], progress=self.config.show_progress)
+        return self.encode_texts([d.contents for d in docs], progress=self.config.show_progress)
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """[len(queries), dim] float32, L2-normalised."""
-        return self._encode(list(queries), progress=False)
+        return self.encode_texts(queries)
 
-    def _encode(self, texts: list[str], *, progress: bool) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """[len(texts), dim] float32, L2-normalised."""
         vectors = self.encoder.encode(
-            texts,
+            list(texts),
             batch_size=self.config.batch_size,
             show_progress_bar=progress and len(texts) > self.config.batch_size,
             convert_to_numpy=True,

@@ -27,6 +27,7 @@ _REGISTRY: dict[str, dict[str, tuple[type, type]]] = {}
 # Modules that register components; imported on first lookup so that importing rag stays cheap.
 _PROVIDERS = (
     "rag.indexes.dense",
+    "rag.indexes.sharded_dense",
     "rag.indexes.bm25",
     "rag.indexes.hybrid",
     "rag.indexes.splade",
