@@ -15,19 +15,27 @@ index while this build encoded, the build is refused (``CollectionBusyError``) a
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag.collection_commit import IndexKey, commit, index_key, recover, stage
 from rag.collection_lock import writer_lock
 from rag.corpus import read_corpus
 from rag.docstore import Docstore
-from rag.errors import CollectionBusyError, CorpusError
+from rag.errors import CollectionBusyError, ConfigError, CorpusError
 from rag.indexes.base import Retriever
 from rag.registry import build
+from rag.types import Document
+
+if TYPE_CHECKING:
+    from rag.distributed import RayCluster
 
 DOCSTORE_FILE = "docstore.sqlite"
+RAY_KINDS = ("dense", "dense-sharded")  # the index kinds a Ray cluster can encode
+log = logging.getLogger(__name__)
 
 
 def build_index(
@@ -40,8 +48,14 @@ def build_index(
     fmt: str | None = None,
     chunk_tokens: int = 256,
     chunk_overlap: int = 32,
+    ray: RayCluster | None = None,
 ) -> Retriever:
-    """Index ``corpus`` as ``collection/name`` and return the retriever, ready to search."""
+    """Index ``corpus`` as ``collection/name`` and return the retriever, ready to search.
+
+    ``ray``: encode on that Ray cluster (a dense index, sharded or not); the index is written here as usual.
+    """
+    if ray is not None and kind not in RAY_KINDS:
+        raise ConfigError(f"--ray encodes dense indexes ({', '.join(RAY_KINDS)}), not {kind!r}")
     docs = list(read_corpus(corpus, fmt, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap))
     if not docs:
         raise CorpusError(f"corpus {corpus} has no documents")
@@ -50,7 +64,10 @@ def build_index(
     store_path = collection / DOCSTORE_FILE
     retriever: Retriever = build("retriever", kind, dict(config or {}))
     seen = _index_state(collection, index_dir)
-    retriever.add(docs)
+    if ray is None:
+        retriever.add(docs)
+    else:
+        _add_encoded_on_ray(retriever, docs, ray)
     retriever.docstore_path = store_path
     collection.mkdir(parents=True, exist_ok=True)
     with writer_lock(collection), Docstore.create(store_path, exist_ok=True) as store:
@@ -62,6 +79,20 @@ def build_index(
             )
         commit(store, index_dir, stage(retriever, index_dir), lambda: store.upsert(docs))
     return retriever
+
+
+def _add_encoded_on_ray(retriever: Retriever, docs: list[Document], cluster: RayCluster) -> None:
+    from rag.distributed import encode_on_ray
+    from rag.indexes.dense import DenseRetriever
+    from rag.indexes.sharded_dense import ShardedDenseRetriever
+
+    assert isinstance(retriever, DenseRetriever | ShardedDenseRetriever)  # build_index checked the kind
+    start = time.perf_counter()
+    encoded = encode_on_ray([d.contents for d in docs], retriever.config, cluster)
+    retriever.add_vectors([d.id for d in docs], encoded.vectors)
+    nodes = encoded.rows_per_node
+    log.info("encoded %d documents on %d Ray node(s): %s", len(docs), len(nodes), sorted(nodes.values()))
+    retriever.build_seconds += time.perf_counter() - start
 
 
 def _index_state(collection: Path, index_dir: Path) -> IndexKey:

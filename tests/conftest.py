@@ -72,3 +72,12 @@ def smollm2_exact():
     """SmolLM2-135M in float32: for checks that two computations are the same arithmetic up to fp32 rounding
     (a packed batch against single rows, blended caches against sequential ones)."""
     yield from _one_thread_model("exact")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The address of a local Ray cluster of two node processes (a head and one more), one CPU each."""
+    from ray_cluster import local_ray_cluster
+
+    with local_ray_cluster(nodes=2) as address:
+        yield address

@@ -10,6 +10,7 @@ from typing import Any
 
 from rag.collection import build_index
 from rag.corpus import FORMATS
+from rag.distributed import RayCluster
 from rag.errors import ConfigError, IndexFormatError
 from rag.index_check import check_index
 from rag.indexes import Manifest, load_index
@@ -31,6 +32,13 @@ def add_parser(commands: Any) -> None:
     add_retriever_options(build)
     build.add_argument("--chunk-tokens", type=int, default=256, help="words per chunk of a text file")
     build.add_argument("--chunk-overlap", type=int, default=32, help="words shared by neighbouring chunks")
+    build.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="encode on a Ray cluster: 'auto' (the one `ray start` runs here), HOST:PORT or ray://HOST:PORT; "
+        "dense and dense-sharded indexes",
+    )
+    build.add_argument("--ray-actors", type=int, help="encoder actors on the cluster (default: one per CPU)")
     build.set_defaults(handler=run_build)
 
     info = verbs.add_parser("info", help="print an index's manifest")
@@ -121,6 +129,7 @@ def run_build(args: argparse.Namespace) -> int:
         fmt=args.format,
         chunk_tokens=args.chunk_tokens,
         chunk_overlap=args.chunk_overlap,
+        ray=RayCluster(args.ray, actors=args.ray_actors) if args.ray else None,
     )
     print(f"indexed {len(retriever)} documents into {args.collection}/{args.name}")
     return 0
