@@ -58,6 +58,16 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--queue-size", type=int, help="generations allowed to wait for the model")
     parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds")
     parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="serve replicas on a Ray cluster (Ray Serve): 'auto', HOST:PORT or ray://HOST:PORT; the index "
+        "folders must be at the same paths on every node",
+    )
+    parser.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app (default 2)")
+    parser.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="with --ray: CPUs Ray reserves per replica"
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.set_defaults(handler=run)
@@ -105,11 +115,17 @@ def writes_policy(settings: ServeSettings) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.ray:
+        from rag.serving.ray_replicas import serve_on_ray
+
+        print(f"writes: {writes_policy(settings)}", flush=True)
+        serve_on_ray(settings, address=args.ray, replicas=args.replicas, replica_cpus=args.replica_cpus)
+        return 0
     import uvicorn
 
     from rag.serving.app import create_app
 
-    settings = settings_from_args(args)
     app = create_app(settings)
     print(
         f"serving {', '.join(settings.collections)} on http://{settings.host}:{settings.port} (docs at /docs)"
