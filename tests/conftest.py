@@ -74,7 +74,7 @@ def smollm2_exact():
     yield from _one_thread_model("exact")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
     """The address of a local Ray cluster of two node processes (a head and one more), one CPU each."""
     from ray_cluster import local_ray_cluster
