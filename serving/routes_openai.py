@@ -14,6 +14,7 @@ remote of another ragloom's ``openai-compatible`` generator. Works with the ``op
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -73,7 +74,7 @@ async def chat_completions(
         top_logprobs = _top_logprobs(body)
         max_tokens = check_model_request(state, state.settings, max_tokens)  # the model checks its context
         messages = [{"role": _chat_role(m.role), "content": m.text()} for m in body.messages]
-        params = _params(state, body, max_tokens)
+        params = dataclasses.replace(_params(state, body, max_tokens), logit_bias=_logit_bias(body))
         generation = await prepare_chat(state, messages, params, top_logprobs)
     else:
         collection = find_collection(state, body.model)
@@ -82,6 +83,8 @@ async def chat_completions(
             raise FieldError("messages", "the messages hold no user message with text")
         if body.logprobs or body.top_logprobs is not None:
             raise FieldError("logprobs", "logprobs come with plain chats with the generator, not answers")
+        if body.logit_bias:
+            raise FieldError("logit_bias", "logit_bias applies to plain chats with the generator only")
         k, max_tokens = check_generation_request(state, state.settings, question, body.k, max_tokens)
         generation = await prepare(state, collection, question, k, _params(state, body, max_tokens))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -116,6 +119,16 @@ def _top_logprobs(body: ChatCompletionRequest) -> int | None:
     if body.top_logprobs is not None and not body.logprobs:
         raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
     return (body.top_logprobs or 0) if body.logprobs else None
+
+
+def _logit_bias(body: ChatCompletionRequest) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` map as (token id, bias) pairs; 422 for a key that is not a token id."""
+    pairs = []
+    for key, bias in (body.logit_bias or {}).items():
+        if not (key.isascii() and key.isdigit()) or not -100 <= bias <= 100:
+            raise FieldError("logit_bias", f"expected token id -> bias in [-100, 100], got {key!r}: {bias}")
+        pairs.append((int(key), float(bias)))
+    return tuple(pairs)
 
 
 def _logprobs(g: Generation) -> dict[str, Any] | None:

@@ -187,6 +187,11 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = Field(
         default=None, ge=0, le=20, description="with logprobs: the most likely tokens at each place"
     )
+    logit_bias: dict[str, float] | None = Field(
+        default=None,
+        description="token id (a string of digits) -> bias in [-100, 100] added to its logit at every step; "
+        "plain chats with the generator only",
+    )
     k: int | None = Field(default=None, ge=1, description="ragloom extra: passages retrieved")
 
 

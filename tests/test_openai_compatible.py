@@ -284,3 +284,42 @@ def test_remote_first_ranks_as_the_local_first(url: str, local: CausalLMGenerato
         remote_hits = there.rerank(query, hits)
         assert [h.doc_id for h in remote_hits] == [h.doc_id for h in here.rerank(query, hits)], query
     assert there.requests == 3 and {h.source for h in remote_hits} == {"first-remote"}
+
+
+def test_server_applies_logit_bias(server: RagServer) -> None:
+    """OpenAI's logit_bias on a plain chat: +100 forces a token, -100 bans the one greedy decoding picks."""
+    from rag.lm import load_tokenizer
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN)
+    asked = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 1}
+    asked |= {"logprobs": True, "top_logprobs": 2}
+    greedy = client.chat.completions.create(**asked).choices[0].logprobs.content[0]  # type: ignore[call-overload]
+    forced_id = load_tokenizer(MODEL).encode(" zebra", add_special_tokens=False)[0]
+    forced = client.chat.completions.create(**asked, logit_bias={str(forced_id): 100})  # type: ignore[call-overload]
+    assert forced.choices[0].logprobs.content[0].token == " zebra"
+    banned_id = load_tokenizer(MODEL).encode(greedy.token, add_special_tokens=False)[0]
+    banned = client.chat.completions.create(**asked, logit_bias={str(banned_id): -100})  # type: ignore[call-overload]
+    assert banned.choices[0].logprobs.content[0].token == greedy.top_logprobs[1].token
+    with pytest.raises(UnprocessableEntityError, match="logit_bias"):
+        client.chat.completions.create(**asked, logit_bias={"x": 1})  # type: ignore[call-overload]
+
+
+def test_remote_first_with_the_tokenizer_ranks_whole_windows_as_the_local_first(
+    url: str, local: CausalLMGenerator
+) -> None:
+    """With the letters biased into the server's 20 alternatives, the whole order of a 12-passage window is
+    the local FIRST's, not just its head."""
+    docs = [
+        Document(f"{d['id']}-{n}", f"{d['text']} Note {n}.", title=d["title"]) for n in range(3) for d in DOCS
+    ]
+    hits = [Hit(d.id, 1.0 - i / 20, i + 1, "dense") for i, d in enumerate(docs)]
+    shared = {"model": local.model, "tokenizer": local.tokenizer, "docstore": MemoryDocs(docs)}
+    here = FirstReranker(ListwiseConfig(model=MODEL, window=12, stride=6), **shared)
+    server = {"base_url": url, "model": MODEL, "api_key_env": KEY_ENV}
+    options = {"server": server, "window": 12, "stride": 6, "tokenizer": MODEL}
+    there = build("reranker", "first-remote", options)
+    there.docstore = MemoryDocs(docs)
+    assert len(there.letter_ids) == 12
+    for query in ("Which drink is made from leaves?", "What is the capital of Germany?"):
+        remote_hits = there.rerank(query, hits)
+        assert [h.doc_id for h in remote_hits] == [h.doc_id for h in here.rerank(query, hits)], query

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rag.errors import ConfigError
 from rag.generation.base import GenerationParams
-from rag.generation.decode.sampling import next_token, target_probs
+from rag.generation.decode.sampling import logit_bias, next_token, target_probs
 
 TEMPERATURES = st.one_of(
     st.sampled_from([5e-324, 1e-300, 1e-45, 1e-8, 1.0, 2.0, 1e30, 1e308]),
@@ -50,3 +52,14 @@ def test_a_vanishing_temperature_samples_only_the_best_tokens(values) -> None:
     for temperature in (5e-324, 1e-300):
         token = next_token(row, GenerationParams(temperature=temperature, seed=0))
         assert row[token] == row.max()  # the best, or one of the tied best
+
+
+def test_logit_bias_is_checked_and_given_as_tensors() -> None:
+    assert logit_bias(GenerationParams(), 10) is None
+    ids, biases = logit_bias(GenerationParams(logit_bias=((3, 100.0), (7, -5.5))), 10)
+    assert ids.tolist() == [3, 7] and biases.tolist() == [100.0, -5.5]
+    with pytest.raises(ConfigError, match="not in the vocabulary"):
+        logit_bias(GenerationParams(logit_bias=((10, 1.0),)), 10)
+    for bad in (((-1, 1.0),), ((1, 101.0),)):
+        with pytest.raises(ConfigError, match="logit_bias"):
+            GenerationParams(logit_bias=bad)

@@ -56,6 +56,9 @@ class GenerationParams:
     # an answer may not end before it cites a passage (rag.generation.citation_constraint)
     require_citation: bool = False
     min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)
+    # (token id, bias) pairs added to the final logits of every step, OpenAI's ``logit_bias``: -100 bans a
+    # token, +100 all but forces it; a bias shared by several tokens keeps their order (remote FIRST)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def prunes(self, passages: int) -> bool:
         """Whether an answer over ``passages`` passages keeps only some of them."""
@@ -83,6 +86,9 @@ class GenerationParams:
             raise ConfigError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
         if self.keep_passages < 0:
             raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
+        for token, bias in self.logit_bias:
+            if token < 0 or not -100 <= bias <= 100:
+                raise ConfigError(f"logit_bias: ids >= 0 and biases in [-100, 100], got {token}: {bias}")
 
 
 @dataclass

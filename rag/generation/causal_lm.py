@@ -29,7 +29,7 @@ from rag.generation.contexts.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.contexts.passage_kv_store import PassageKVStore
 from rag.generation.decode.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.decode.kv_batch import KVBatch
-from rag.generation.decode.sampling import next_token
+from rag.generation.decode.sampling import logit_bias, next_token
 from rag.generation.decode.speculative import DraftProposer, speculative_decode
 from rag.generation.drafting.draft_model import DraftModelProposer
 from rag.generation.drafting.fused import FusedDrafter
@@ -226,6 +226,7 @@ class CausalLMGenerator(Generator):
         reply_start = messages.pop()["content"] if messages[-1].get("role") == "assistant" else ""
         input_ids = self._apply_template(messages, reply_start)
         self._check_context(input_ids, params)
+        logit_bias(params, self.model.config.vocab_size)  # refuses unknown token ids before streaming
         if top_logprobs is None:
             return AnswerStream(self._stream_text("", [], start, input_ids, params))
         entries: list[TokenLogprob] = []
@@ -390,10 +391,13 @@ class CausalLMGenerator(Generator):
             batch = self._parallel_prefill(params).batch(parallel, prompts[1:], stats)
 
         eos_ids = torch.tensor(sorted(self.eos_token_ids), device=self.model.device)
+        bias = logit_bias(params, self.model.config.vocab_size, self.model.device)
 
         def score(generated: list[int], logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [vocab]
             combined = logits[0] if cad is None else cad(logits[0], logits[1])
             scores = self._process_logits(input_ids, generated, combined)
+            if bias is not None:  # a function of the tokens only: drafting agrees
+                scores = scores.index_add(0, bias[0], bias[1].to(scores.dtype))
             if len(generated) < params.min_new_tokens:  # a function of the tokens only: drafting agrees
                 scores = scores.index_fill(0, eos_ids, float("-inf"))
             return scores if citations is None else citations(generated, scores)

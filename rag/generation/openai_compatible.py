@@ -182,6 +182,8 @@ class OpenAICompatibleGenerator(Generator):
             request["seed"] = params.seed
         if top_logprobs is not None:
             request |= {"logprobs": True, "top_logprobs": top_logprobs}
+        if params.logit_bias:
+            request["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
         extra: dict[str, Any] = {}  # not OpenAI fields; vLLM, SGLang and llama.cpp's server read them
         if params.top_k > 0:
             extra["top_k"] = params.top_k

@@ -8,7 +8,7 @@ see a transformers model and import nothing from this package but :func:`load_ca
 :func:`~rag.lm.attention.attention_implementation`.
 """
 
-from rag.lm.load import load_causal_lm
+from rag.lm.load import load_causal_lm, load_tokenizer
 from rag.lm.policy import PRECISIONS, Precision, RuntimePolicy
 
-__all__ = ["PRECISIONS", "Precision", "RuntimePolicy", "load_causal_lm"]
+__all__ = ["PRECISIONS", "Precision", "RuntimePolicy", "load_causal_lm", "load_tokenizer"]

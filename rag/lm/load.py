@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,3 +84,21 @@ def _load_quantized(name: str, policy: RuntimePolicy, attn_implementation: str) 
         source, dtype="float32", attn_implementation=attn_implementation
     )
     return quantize_float_model(model, policy.low_bits), AutoTokenizer.from_pretrained(source)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer alone of a bundled model, a local folder or a hub id (no weights are loaded)."""
+    from transformers import AutoTokenizer
+
+    from rag.models import bundled_model, resolve_model
+    from rag.models.bundled import gguf_file
+
+    bundled = bundled_model(name)
+    try:
+        if bundled is not None and bundled.fmt == "gguf":  # read from the file: no conversion of the weights
+            with tempfile.TemporaryDirectory() as work:
+                gguf = gguf_file(bundled, Path(work))
+                return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except OSError as error:
+        raise ModelError(f"could not load the tokenizer of {name!r}: {error}") from error

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from rag.errors import ConfigError
 from rag.generation.base import GenerationParams
 
 
@@ -82,3 +83,17 @@ def next_token(
         return int(torch.argmax(sanitize(logits)))
     probs = target_probs(logits, params)  # [vocab]
     return int(torch.multinomial(probs, num_samples=1, generator=generator))
+
+
+def logit_bias(
+    params: GenerationParams, vocab_size: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``params.logit_bias`` as token ids ``# [n]`` and biases ``# [n]`` to add to each step's logits; None
+    when there is none. A token id outside the vocabulary is a ConfigError."""
+    if not params.logit_bias:
+        return None
+    ids, biases = zip(*params.logit_bias, strict=True)
+    outside = [i for i in ids if i >= vocab_size]
+    if outside:
+        raise ConfigError(f"logit_bias: token {outside[0]} is not in the vocabulary of {vocab_size} tokens")
+    return torch.tensor(ids, device=device), torch.tensor(biases, dtype=torch.float32, device=device)
