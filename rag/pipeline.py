@@ -21,6 +21,7 @@ from rag.generation.base import GenerationParams, Generator
 from rag.indexes import Retriever, load_index
 from rag.registry import build, make_config
 from rag.rerankers.base import Reranker
+from rag.shared_index import SharedIndex
 from rag.types import Answer, Document, Hit, Timings
 
 
@@ -80,14 +81,27 @@ class Pipeline:
             fetch_k=config.fetch_k,
         )
 
-    def retrieve(self, question: str) -> tuple[list[Hit], list[Document]]:
-        """The hits passed to the generator and their documents, in rank order."""
-        hits, passages, _ = self._retrieve(question)
-        return hits, passages
+    def retrieve(self, question: str, k: int | None = None) -> Retrieval:
+        """The ``k`` (default: the pipeline's) hits given to the generator, their documents, and the seconds
+        spent retrieving and reranking them."""
+        if not question or not question.strip():
+            raise EmptyQueryError("the question is empty")
+        k = k or self.k
+        start = time.perf_counter()
+        hits, documents = self._search(question, max(self.fetch_k, k) if self.reranker else k)
+        rerank_s = 0.0
+        if self.reranker is not None:
+            reranking = time.perf_counter()
+            hits = self.reranker.rerank(question, hits, k=k)
+            rerank_s = time.perf_counter() - reranking
+        by_id = {d.id: d for d in documents}
+        passages = [by_id[h.doc_id] for h in hits]
+        spent = Timings(retrieve_s=time.perf_counter() - start - rerank_s, rerank_s=rerank_s)
+        return Retrieval(hits, passages, spent)
 
     def answer(self, question: str, params: GenerationParams | None = None) -> Answer:
-        _, passages, spent = self._retrieve(question)
-        return _with_retrieval(self.generator.answer(question, passages, params), spent)
+        retrieval = self.retrieve(question)
+        return _with_retrieval(self.generator.answer(question, retrieval.passages, params), retrieval.timings)
 
     def stream(self, question: str, params: GenerationParams | None = None) -> AnswerStream:
         """Answer text as tokens are accepted; after the last piece, ``.answer`` is what ``answer`` returns.
@@ -97,23 +111,32 @@ class Pipeline:
         ...     print(piece, end="", flush=True)
         >>> stream.answer.citations, stream.answer.timings.total_s  # doctest: +SKIP
         """
-        _, passages, spent = self._retrieve(question)
-        pieces = self.generator.stream(question, passages, params)
-        return pieces.then(lambda answer: _with_retrieval(answer, spent))
+        return self.generate(question, self.retrieve(question), params)
 
-    def _retrieve(self, question: str) -> tuple[list[Hit], list[Document], Timings]:
-        """The hits, their documents, and the seconds spent retrieving and reranking them."""
-        if not question or not question.strip():
-            raise EmptyQueryError("the question is empty")
-        start = time.perf_counter()
-        hits = self.retriever.search([question], k=self.fetch_k if self.reranker else self.k)[0]
-        rerank_s = 0.0
-        if self.reranker is not None:
-            reranking = time.perf_counter()
-            hits = self.reranker.rerank(question, hits, k=self.k)
-            rerank_s = time.perf_counter() - reranking
-        passages = self.docstore.get([h.doc_id for h in hits])
-        return hits, passages, Timings(retrieve_s=time.perf_counter() - start - rerank_s, rerank_s=rerank_s)
+    def generate(
+        self, question: str, retrieval: Retrieval, params: GenerationParams | None = None
+    ) -> AnswerStream:
+        """The answer to ``question`` from what :meth:`retrieve` found, as a stream; its Answer carries the
+        retrieval's timings. ``answer`` and ``stream`` are this after ``retrieve``; a server calls the two
+        apart, to retrieve before it waits for the model."""
+        pieces = self.generator.stream(question, retrieval.passages, params)
+        return pieces.then(lambda answer: _with_retrieval(answer, retrieval.timings))
+
+    def _search(self, question: str, k: int) -> tuple[list[Hit], list[Document]]:
+        """Hits and their documents; from a shared index as one read consistent with other writers."""
+        if isinstance(self.retriever, SharedIndex):
+            return self.retriever.search_documents([question], k)[0]
+        hits = self.retriever.search([question], k=k)[0]
+        return hits, self.docstore.get([h.doc_id for h in hits])
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What the generator is given: the hits, their documents in rank order, and the time they took."""
+
+    hits: list[Hit]
+    passages: list[Document]
+    timings: Timings  # retrieve_s and rerank_s
 
 
 def _with_retrieval(answer: Answer, spent: Timings) -> Answer:

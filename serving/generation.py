@@ -1,5 +1,8 @@
 """Run one generation for a request: retrieval, then tokens pulled from a worker thread one at a time.
 
+Answers go through the collection's :class:`~rag.pipeline.Pipeline`, as ``rag ask`` and LangChain's do:
+``retrieve`` when the request arrives, ``generate`` once it has a slot at the model.
+
 Between two tokens the loop checks the request's deadline and whether the client is still connected, so a
 timeout or a disconnect stops the model within one token. Every route that generates (``/v1/answer``, JSON or
 SSE, and ``/v1/chat/completions``, with passages or as a plain chat with the served model) goes through
@@ -17,10 +20,12 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.requests import Request
 
+from rag.errors import ConfigError
 from rag.generation.answer_stream import AnswerStream
 from rag.generation.attribution import attribute
 from rag.generation.base import GenerationParams, Generator
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
+from rag.pipeline import Retrieval
 from rag.serving.state import Collection, ServerState
 from rag.types import Answer, Document, Hit, TokenLogprob
 
@@ -54,6 +59,7 @@ class Generation:
     messages: list[dict[str, str]] | None = None  # a plain chat's conversation, sent to the model as is
     top_logprobs: int | None = None  # a plain chat's logprobs request (None: none asked)
     logprobs: list[TokenLogprob] | None = None  # filled in when the generation ends, if asked
+    retrieval: Retrieval | None = None  # what the collection's pipeline retrieved (None: a plain chat)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -100,10 +106,13 @@ async def prepare(
     state: ServerState, collection: Collection, question: str, k: int, params: GenerationParams
 ) -> Generation:
     """Retrieve the passages (in a worker thread); the deadline starts now."""
+    if collection.pipeline is None:
+        raise ConfigError("this server has no generator: it serves search only")
     generation = Generation(collection, question, params, time.monotonic() + state.settings.request_timeout_s)
-    start = time.perf_counter()
-    generation.hits, generation.passages = await anyio.to_thread.run_sync(collection.search, question, k)
-    generation.retrieve_s = time.perf_counter() - start
+    retrieval = await anyio.to_thread.run_sync(collection.pipeline.retrieve, question, k)
+    generation.retrieval = retrieval
+    generation.hits, generation.passages = retrieval.hits, retrieval.passages
+    generation.retrieve_s = retrieval.timings.retrieve_s
     generation.prompt_tokens = await anyio.to_thread.run_sync(
         prompt_tokens, state.generator, question, generation.passages
     )
@@ -188,7 +197,10 @@ async def run_to_end(state: ServerState, generation: Generation, request: Reques
 def _start(generator: Generator, generation: Generation) -> Iterator[str]:
     if generation.messages is not None:
         return generator.chat(generation.messages, generation.params, top_logprobs=generation.top_logprobs)
-    return generator.stream(generation.question, generation.passages, generation.params)
+    assert generation.collection is not None and generation.retrieval is not None  # prepare() retrieved
+    pipeline = generation.collection.pipeline
+    assert pipeline is not None  # prepare() refuses a collection without one
+    return pipeline.generate(generation.question, generation.retrieval, generation.params)
 
 
 def _timeout_message(state: ServerState, where: str) -> str:

@@ -42,7 +42,8 @@ class Collection:
         self.index_dir = Path(index_dir)
         self.retriever = SharedIndex(self.index_dir)
         self.docstore = self.retriever.docstore
-        # the pipeline serves the Python API (LangChain); routes pass a per-request k to search()
+        # answers (the REST routes, LangChain's Runnable) go through the pipeline; /v1/search and /v1/rerank
+        # through search()
         self.pipeline = (
             Pipeline(self.retriever, generator, docstore=self.docstore, k=k) if generator else None
         )

@@ -103,7 +103,9 @@ def test_from_config_builds_the_same_pipeline(collection, pipeline) -> None:
     loaded = Pipeline.from_config(path)
     assert loaded.k == 2
     question = "Which river is in Africa?"
-    assert [p.id for p in loaded.retrieve(question)[1]] == [p.id for p in pipeline.retrieve(question)[1]]
+    assert [p.id for p in loaded.retrieve(question).passages] == [
+        p.id for p in pipeline.retrieve(question).passages
+    ]
 
 
 def test_from_config_rejects_bad_files(collection) -> None:
