@@ -53,8 +53,22 @@ def encoder_checksum(encoder: str) -> str:
     return folder_checksum(source) if isinstance(source, Path) else f"hub:{source}"
 
 
+class ReusesEncoder(Retriever):
+    """A retriever with a loaded sentence-transformers ``encoder`` that a reload of its own index reuses."""
+
+    config: DenseConfig
+    encoder: SentenceTransformer
+
+    def reload(self, directory: str | Path) -> Retriever:
+        """The saved index, reusing this retriever's loaded encoder when the saved config is this one's."""
+        manifest = Manifest.read(directory)
+        if manifest.kind == self.kind and make_config(type(self.config), manifest.config) == self.config:
+            return type(self).load(directory, model=self.encoder)  # type: ignore[call-arg]
+        return super().reload(directory)
+
+
 @register("retriever", "dense", DenseConfig)
-class DenseRetriever(Retriever):
+class DenseRetriever(ReusesEncoder):
     kind = "dense"
 
     def __init__(self, config: DenseConfig | None = None, *, encoder: SentenceTransformer | None = None):
@@ -199,13 +213,6 @@ class DenseRetriever(Retriever):
                 build_seconds=round(self.build_seconds, 3),
                 extra={"dim": self.dim, "factory": self.config.factory},
             ).write(work)
-
-    def reload(self, directory: str | Path) -> Retriever:
-        """The saved index, reusing this retriever's loaded encoder when the saved config is this one's."""
-        manifest = Manifest.read(directory)
-        if manifest.kind == self.kind and make_config(DenseConfig, manifest.config) == self.config:
-            return type(self).load(directory, model=self.encoder)
-        return super().reload(directory)
 
     @classmethod
     def load(

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.errors import ConfigError, IndexFormatError
-from rag.indexes.base import Retriever, check_queries
-from rag.indexes.dense import DenseConfig, DenseRetriever, encoder_checksum
+from rag.indexes.base import check_queries
+from rag.indexes.dense import DenseConfig, DenseRetriever, ReusesEncoder, encoder_checksum
 from rag.indexes.manifest import Manifest, atomic_directory, relative_docstore
 from rag.registry import make_config, register
 from rag.types import Document, Hit
@@ -51,7 +51,7 @@ class ShardedDenseConfig(DenseConfig):
 
 
 @register("retriever", "dense-sharded", ShardedDenseConfig)
-class ShardedDenseRetriever(Retriever):
+class ShardedDenseRetriever(ReusesEncoder):
     kind = "dense-sharded"
 
     def __init__(
@@ -155,13 +155,6 @@ class ShardedDenseRetriever(Retriever):
                 build_seconds=round(self.build_seconds, 3),
                 extra={"dim": self.dim, "shards": names},
             ).write(work)
-
-    def reload(self, directory: str | Path) -> Retriever:
-        """The saved index, reusing this retriever's loaded encoder when the saved config is this one's."""
-        manifest = Manifest.read(directory)
-        if manifest.kind == self.kind and make_config(ShardedDenseConfig, manifest.config) == self.config:
-            return type(self).load(directory, model=self.encoder)
-        return super().reload(directory)
 
     @classmethod
     def load(
