@@ -189,6 +189,9 @@ def test_eval_citations_answers_judged_claims_and_reads_their_citations(collecti
         ),
         (["eval", "retrieval", "{tmp}", "--reranker", "icr", "--rerank-depth", "200"], 2, "--rerank-depth"),
         (["eval", "qa", "{good_corpus}", "--predictions", "{tmp}/no/dir/p.jsonl"], 2, "--predictions"),
+        (["index", "build", "{good_corpus}", "{tmp}/c", "--ray-actors", "2"], 2, "--ray-actors needs --ray"),
+        (["index", "build", "{good_corpus}", "{tmp}/c", "--kind", "bm25", "--ray", "auto"], 2, "--ray enc"),
+        (["serve", "--collection", "x={index}", "--replicas", "3"], 2, "--replicas and --replica-cpus need"),
     ],
 )
 def test_user_errors_exit_with_documented_codes(argv, code, message, collection, tmp_path, capsys) -> None:

@@ -120,6 +120,8 @@ def retriever_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    if args.ray_actors is not None and not args.ray:
+        raise ConfigError("--ray-actors needs --ray ADDRESS")
     retriever = build_index(
         args.corpus,
         args.collection,

@@ -63,9 +63,9 @@ def add_parser(commands: Any) -> None:
         help="serve replicas on a Ray cluster (Ray Serve): 'auto', HOST:PORT or ray://HOST:PORT; the index "
         "folders must be at the same paths on every node",
     )
-    parser.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app (default 2)")
+    parser.add_argument("--replicas", type=int, help="with --ray: replicas of the app (default 2)")
     parser.add_argument(
-        "--replica-cpus", type=float, default=1.0, help="with --ray: CPUs Ray reserves per replica"
+        "--replica-cpus", type=float, help="with --ray: CPUs Ray reserves per replica (default 1)"
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -116,11 +116,14 @@ def writes_policy(settings: ServeSettings) -> str:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    if not args.ray and (args.replicas is not None or args.replica_cpus is not None):
+        raise ConfigError("--replicas and --replica-cpus need --ray ADDRESS (replicas run on a Ray cluster)")
     if args.ray:
         from rag.serving.ray_replicas import serve_on_ray
 
         print(f"writes: {writes_policy(settings)}", flush=True)
-        serve_on_ray(settings, address=args.ray, replicas=args.replicas, replica_cpus=args.replica_cpus)
+        replicas, cpus = args.replicas or 2, args.replica_cpus or 1.0
+        serve_on_ray(settings, address=args.ray, replicas=replicas, replica_cpus=cpus)
         return 0
     import uvicorn
 
