@@ -151,8 +151,10 @@ def read_committed(index_dir: Path, load: Callable[[], Retriever]) -> tuple[Inde
         try:
             retriever = load()
         except IndexFormatError:
-            if (before is not None and index_key(index_dir) == before) or time.monotonic() > deadline:
-                raise
+            after = index_key(index_dir)
+            changing = after != before or (after is None and _mid_swap(index_dir))
+            if not changing or time.monotonic() > deadline:
+                raise  # damaged, or missing, and no writer is replacing it
             log.info("%s changed while it was read; reading it again", index_dir)
             time.sleep(0.01)
             continue
@@ -160,3 +162,8 @@ def read_committed(index_dir: Path, load: Callable[[], Retriever]) -> tuple[Inde
             return before, retriever
         if time.monotonic() > deadline:
             raise IndexFormatError(f"{index_dir} kept changing for {READ_RETRY_S:g} s while it was read")
+
+
+def _mid_swap(index_dir: Path) -> bool:
+    """Whether a writer is between its two renames: the old folder moved aside, the new not yet in place."""
+    return any(index_dir.parent.glob(f".{index_dir.name}.old-*"))

@@ -7,6 +7,7 @@ for good when it happened as a server started (found with two Ray Serve replicas
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,29 @@ def test_a_reader_follows_commits_of_another_writer(index_dir: Path) -> None:
     for i in range(3):
         writer.add([Document(f"n{i}", f"New document {i} about lighthouses.")])
         assert f"n{i}" in reader.doc_ids()
+
+
+def test_a_missing_index_raises_at_once_unless_a_swap_is_under_way(index_dir: Path) -> None:
+    calls = []
+
+    def load():
+        calls.append(1)
+        return load_index(index_dir)
+
+    missing = index_dir.with_name("never-built")
+    with pytest.raises(IndexFormatError, match="not found"):
+        read_committed(missing, lambda: (calls.append(1), load_index(missing))[1])
+    assert len(calls) == 1
+    # between a writer's two renames: the old folder moved aside, the new one about to land
+    aside = index_dir.with_name(f".{index_dir.name}.old-test")
+    index_dir.rename(aside)
+    staged = index_dir.with_name(f".{index_dir.name}.tmp-test")
+
+    def load_then_land():
+        if len(calls) == 2:  # the read before this one failed: no folder, only the old one moved aside
+            shutil.copytree(aside, staged)
+            staged.rename(index_dir)  # the writer's second rename
+        return load()
+
+    _, retriever = read_committed(index_dir, load_then_land)
+    assert len(calls) == 4 and len(retriever) == 3  # failed, landed (read again: the key changed), stable
