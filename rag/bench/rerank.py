@@ -189,8 +189,9 @@ def run(
             "the change column is the mean per-query change of nDCG@10 with its 95% bootstrap interval "
             "(scipy BCa, paired by query): an interval that holds 0 is no measured change.",
             f"Passages cut to {passage_tokens} tokens; listwise and FIRST use window {window}, stride "
-            f"{stride}; ICR puts all {depth} candidates in one prompt (two passes); pointwise one pass per "
-            "candidate. A forward pass is one model call: listwise makes one per generated token.",
+            f"{stride}; ICR puts all {depth} candidates in one prompt (two passes); pointwise judges "
+            "each candidate alone, 8 to a (left-padded) pass. A forward pass is one model call: listwise "
+            "makes one per generated token.",
             f"torch threads {torch.get_num_threads()}; 1-minute load average at the start: {load:.1f} "
             "(ratios within this run are comparable, absolute times less so).",
             "Zero-shot, untrained prompts on small instruct models: the reranked nDCG@10 shows what each "
