@@ -37,6 +37,7 @@ def ray_build(address: str, collection, *options: str) -> str:
         capture_output=True,
         text=True,
         timeout=BUILD_SECONDS,
+        cwd="/",  # Ray puts the driver's working directory on its workers' sys.path: not the checkout
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
