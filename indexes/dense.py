@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -54,10 +54,27 @@ def encoder_checksum(encoder: str) -> str:
 
 
 class ReusesEncoder(Retriever):
-    """A retriever with a loaded sentence-transformers ``encoder`` that a reload of its own index reuses."""
+    """A retriever over the vectors of one loaded sentence-transformers ``encoder``: its manifest records the
+    encoder (name and sha256), and a reload of its own index reuses the loaded one."""
 
     config: DenseConfig
     encoder: SentenceTransformer
+    dim: int
+    docstore_path: Path | None
+    build_seconds: float
+
+    def manifest(self, directory: Path, **extra: Any) -> Manifest:
+        """The manifest of this index saved as ``directory``, with the kind's own ``extra`` facts."""
+        return Manifest(
+            kind=self.kind,
+            config=asdict(self.config),
+            doc_count=len(self),
+            encoder=self.config.encoder,
+            encoder_sha256=encoder_checksum(self.config.encoder),
+            docstore=relative_docstore(directory, self.docstore_path),
+            build_seconds=round(self.build_seconds, 3),
+            extra={"dim": self.dim, **extra},
+        )
 
     def reload(self, directory: str | Path) -> Retriever:
         """The saved index, reusing this retriever's loaded encoder when the saved config is this one's."""
@@ -203,16 +220,7 @@ class DenseRetriever(ReusesEncoder):
         with atomic_directory(directory) as work:
             faiss.write_index(self.index, str(work / _FAISS_FILE))
             (work / _IDS_FILE).write_text(json.dumps({"ids": self._ids, "hidden": sorted(self._hidden)}))
-            Manifest(
-                kind=self.kind,
-                config=asdict(self.config),
-                doc_count=len(self),
-                encoder=self.config.encoder,
-                encoder_sha256=encoder_checksum(self.config.encoder),
-                docstore=relative_docstore(directory, self.docstore_path),
-                build_seconds=round(self.build_seconds, 3),
-                extra={"dim": self.dim, "factory": self.config.factory},
-            ).write(work)
+            self.manifest(directory, factory=self.config.factory).write(work)
 
     @classmethod
     def load(

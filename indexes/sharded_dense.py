@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from rag.errors import ConfigError, IndexFormatError
 from rag.indexes.base import check_queries
-from rag.indexes.dense import DenseConfig, DenseRetriever, ReusesEncoder, encoder_checksum
-from rag.indexes.manifest import Manifest, atomic_directory, relative_docstore
+from rag.indexes.dense import DenseConfig, DenseRetriever, ReusesEncoder
+from rag.indexes.manifest import Manifest, atomic_directory
 from rag.registry import make_config, register
 from rag.types import Document, Hit
 
@@ -145,16 +145,7 @@ class ShardedDenseRetriever(ReusesEncoder):
             for name, shard in zip(names, self.shards, strict=True):
                 shard.docstore_path = self.docstore_path
                 shard.save(work / name)
-            Manifest(
-                kind=self.kind,
-                config=asdict(self.config),
-                doc_count=len(self),
-                encoder=self.config.encoder,
-                encoder_sha256=encoder_checksum(self.config.encoder),
-                docstore=relative_docstore(directory, self.docstore_path),
-                build_seconds=round(self.build_seconds, 3),
-                extra={"dim": self.dim, "shards": names},
-            ).write(work)
+            self.manifest(directory, shards=names).write(work)
 
     @classmethod
     def load(
