@@ -155,7 +155,7 @@ class Docstore:
         with self._using(), self._transaction():
             yield
 
-    # --- the pending-commit marker (see rag.collection_commit) ---------------------------------------------
+    # --- the pending-commit marker (see rag.collection.commit) ---------------------------------------------
 
     def set_pending(self, index: str, work: str) -> None:
         """Record, in the current transaction, that index folder ``index`` is to be replaced by ``work``."""

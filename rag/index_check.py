@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.collection_commit import recover_index
+from rag.collection.commit import recover_index
 from rag.docstore import Docstore
 from rag.errors import RagError
 from rag.indexes import Manifest, load_index

@@ -1,6 +1,7 @@
 """The RAG pipeline: retrieve, optionally rerank, then generate a cited answer.
 
 >>> pipeline = Pipeline.from_config("pipeline.json")          # doctest: +SKIP
+>>> pipeline = Pipeline(Collection("my-collection/dense"), CausalLMGenerator())  # doctest: +SKIP
 >>> answer = pipeline.answer("What does ragloom run on?")     # doctest: +SKIP
 >>> answer.text, answer.citations, answer.timings.total_s     # doctest: +SKIP
 """
@@ -14,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.collection import Collection
 from rag.docstore import Docstore
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.answer_stream import AnswerStream
 from rag.generation.base import GenerationParams, Generator
-from rag.indexes import Retriever, load_index
+from rag.indexes import Retriever
 from rag.registry import build, make_config
 from rag.rerankers.base import Reranker
-from rag.shared_index import SharedIndex
 from rag.types import Answer, Document, Hit, Timings
 
 
@@ -40,9 +41,13 @@ class PipelineConfig:
 
 
 class Pipeline:
+    """Answers questions from ``retriever``: a :class:`~rag.collection.Collection` (an index opened with its
+    docstore, safe beside other processes' writers), or a :class:`Retriever` built in Python with the
+    ``docstore`` its hits come from (default: the one it was built with)."""
+
     def __init__(
         self,
-        retriever: Retriever,
+        retriever: Collection | Retriever,
         generator: Generator,
         reranker: Reranker | None = None,
         *,
@@ -74,7 +79,7 @@ class Pipeline:
         if not index.is_absolute():
             index = Path(path).resolve().parent / index
         return cls(
-            load_index(index),
+            Collection(index),
             _build_named("generator", config.generator),
             _build_named("reranker", config.reranker) if config.reranker else None,
             k=config.k,
@@ -123,9 +128,9 @@ class Pipeline:
         return pieces.then(lambda answer: _with_retrieval(answer, retrieval.timings))
 
     def _search(self, question: str, k: int) -> tuple[list[Hit], list[Document]]:
-        """Hits and their documents; from a shared index as one read consistent with other writers."""
-        if isinstance(self.retriever, SharedIndex):
-            return self.retriever.search_documents([question], k)[0]
+        """Hits and their documents; from a collection as one read consistent with other writers."""
+        if isinstance(self.retriever, Collection):
+            return self.retriever.search(question, k)
         hits = self.retriever.search([question], k=k)[0]
         return hits, self.docstore.get([h.doc_id for h in hits])
 
@@ -144,7 +149,9 @@ def _with_retrieval(answer: Answer, spent: Timings) -> Answer:
     return dataclasses.replace(answer, timings=timings)
 
 
-def _docstore_of(retriever: Retriever) -> Docstore:
+def _docstore_of(retriever: Collection | Retriever) -> Docstore:
+    if isinstance(retriever, Collection):
+        return retriever.docstore
     path = retriever.docstore_path
     if path is None:
         raise ConfigError("the retriever has no docstore; pass docstore= or load an index built by rag")

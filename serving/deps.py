@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rag.serving.errors import FieldError
 from rag.serving.settings import ServeSettings
-from rag.serving.state import Collection, ServerState
+from rag.serving.state import ServedCollection, ServerState
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -65,7 +65,7 @@ ReadAuth = Depends(require_read)
 WriteAuth = Depends(require_write)
 
 
-def find_collection(state: ServerState, name: str) -> Collection:
+def find_collection(state: ServerState, name: str) -> ServedCollection:
     if name in state.unavailable:
         why = state.unavailable[name]
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"collection {name!r} is unavailable: {why}")

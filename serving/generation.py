@@ -26,7 +26,7 @@ from rag.generation.attribution import attribute
 from rag.generation.base import GenerationParams, Generator
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.pipeline import Retrieval
-from rag.serving.state import Collection, ServerState
+from rag.serving.state import ServedCollection, ServerState
 from rag.types import Answer, Document, Hit, TokenLogprob
 
 _END = object()
@@ -44,7 +44,7 @@ class ClientGone(Exception):
 class Generation:
     """One request's retrieval and, once streamed, its answer; or a plain chat reply (``messages``)."""
 
-    collection: Collection | None  # None: a plain chat with the served model, no retrieval
+    collection: ServedCollection | None  # None: a plain chat with the served model, no retrieval
     question: str
     params: GenerationParams
     deadline: float  # time.monotonic() value
@@ -103,7 +103,7 @@ def request_params(
 
 
 async def prepare(
-    state: ServerState, collection: Collection, question: str, k: int, params: GenerationParams
+    state: ServerState, collection: ServedCollection, question: str, k: int, params: GenerationParams
 ) -> Generation:
     """Retrieve the passages (in a worker thread); the deadline starts now."""
     if collection.pipeline is None:

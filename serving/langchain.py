@@ -1,6 +1,5 @@
-"""LangChain adapters: a ``BaseRetriever`` over a ragloom index, and the whole pipeline as a ``Runnable``.
+"""LangChain adapters: a ``BaseRetriever`` over a ragloom collection, the whole pipeline as a ``Runnable``.
 
-    >>> from rag.indexes import load_index                                            # doctest: +SKIP
     >>> retriever = RagRetriever.from_index("my-collection/dense", k=3)               # doctest: +SKIP
     >>> retriever.invoke("what is ragloom?")[0].metadata["score"]                      # doctest: +SKIP
     0.71
@@ -25,11 +24,9 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 
-from rag.docstore import Docstore
+from rag.collection import Collection
 from rag.generation.base import GenerationParams
-from rag.indexes.base import Retriever
 from rag.pipeline import Pipeline
-from rag.shared_index import SharedIndex
 from rag.types import Answer, Document, Hit
 
 
@@ -41,29 +38,22 @@ def to_langchain(doc: Document, hit: Hit | None = None) -> LCDocument:
 
 
 class RagRetriever(BaseRetriever):
-    """Top-``k`` documents of a ragloom index; ``ainvoke`` runs the search in a worker thread."""
+    """Top-``k`` documents of a ragloom collection; ``ainvoke`` runs the search in a worker thread."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    retriever: Retriever
-    docstore: Docstore
+    collection: Collection
     k: int = Field(default=5, ge=1)
 
     @classmethod
     def from_index(cls, index_dir: str | Path, k: int = 5) -> RagRetriever:
-        retriever = SharedIndex(index_dir)
-        return cls(retriever=retriever, docstore=retriever.docstore, k=k)
+        return cls(collection=Collection(index_dir), k=k)
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[LCDocument]:
         """The top ``k`` documents (``invoke(query, k=3)``; default: the retriever's ``k``)."""
-        k = self.k if k is None else k
-        if isinstance(self.retriever, SharedIndex):  # follows other processes' commits, whole
-            hits, docs = self.retriever.search_documents([query], k=k)[0]
-        else:
-            hits = self.retriever.search([query], k=k)[0]
-            docs = self.docstore.get([h.doc_id for h in hits])
+        hits, docs = self.collection.search(query, k=self.k if k is None else k)  # one committed state
         return [to_langchain(d, h) for h, d in zip(hits, docs, strict=True)]
 
     async def _aget_relevant_documents(

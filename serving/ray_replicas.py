@@ -5,7 +5,7 @@ its lifespan (loading the collections and the generator once); Ray Serve's proxy
 replicas and starts a new replica when one dies. The replicas share the collections on disk: every index
 directory must be at the same path on every node (a shared file system, or one machine). Writes from several
 replicas are safe as they are from several ``rag serve`` processes: each commit holds the collection's
-writer lock and a search reloads an index another process changed (``rag.shared_index``).
+writer lock and a search reloads an index another process changed (``rag.collection.shared_index``).
 
     >>> serve_on_ray(settings, address="auto", replicas=2)  # doctest: +SKIP
 """

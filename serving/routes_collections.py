@@ -40,6 +40,6 @@ async def add_documents(name: str, body: AddDocumentsRequest, state: StateDep) -
 async def delete_document(name: str, doc_id: str, state: StateDep) -> DeleteDocumentResponse:
     """Delete one document; its id may contain ``/`` (as added), sent as is or as ``%2F``."""
     collection = find_collection(state, name)
-    if not await anyio.to_thread.run_sync(collection.delete, doc_id):
+    if not await anyio.to_thread.run_sync(collection.delete, [doc_id]):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id!r} is not in collection {name!r}")
     return DeleteDocumentResponse(collection=name, deleted=doc_id, count=len(collection))

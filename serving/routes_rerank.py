@@ -20,7 +20,7 @@ from rag.serving.gate import QueueFullError
 from rag.serving.generation import GenerationTimeout
 from rag.serving.routes_search import passage
 from rag.serving.schemas import RerankDocument, RerankRequest, RerankResponse
-from rag.serving.state import Collection, ServerState, check_reranker, local_rerankers
+from rag.serving.state import ServedCollection, ServerState, check_reranker, local_rerankers
 from rag.types import Document, Hit
 
 router = APIRouter(prefix="/v1", tags=["retrieval"], dependencies=[ReadAuth])
@@ -92,7 +92,7 @@ def fetch_depth(k: int, fetch_k: int | None, limit: int) -> int:
     return fetch_k
 
 
-async def given_documents(collection: Collection, items: list[str | RerankDocument]) -> list[Document]:
+async def given_documents(collection: ServedCollection, items: list[str | RerankDocument]) -> list[Document]:
     """The request's documents: ids read from the collection (404 if absent), texts as they are."""
     ids = [item if isinstance(item, str) else item.id or str(n) for n, item in enumerate(items)]
     repeated = [i for i, count in Counter(ids).items() if count > 1]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.collection import Collection
 from rag.errors import ConfigError, IndexFormatError
 from rag.generation.base import Generator
 from rag.generation.openai_compatible import REMOTE_GENERATOR
@@ -24,61 +25,29 @@ from rag.rerankers.lm import LMReranker, MemoryDocs
 from rag.serving.gate import ModelGate
 from rag.serving.metrics import Metrics
 from rag.serving.settings import ServeSettings
-from rag.shared_index import SharedIndex
-from rag.types import Document, Hit
+from rag.types import Document
 
 log = logging.getLogger(__name__)
 
 
-class Collection:
-    """One served index with its docstore and pipeline, shared safely with other processes (``SharedIndex``).
+class ServedCollection(Collection):
+    """A served :class:`~rag.collection.Collection` under its ``name``, with the pipeline answering from it.
 
     Searches and updates of one collection run one at a time in this process; the writer lock of the
     collection folder serialises updates across processes, and searches follow other processes' commits.
+    The REST routes and LangChain's Runnable answer through ``pipeline``; /v1/search and /v1/rerank search.
     """
 
     def __init__(self, name: str, index_dir: str | Path, generator: Generator | None, k: int) -> None:
+        super().__init__(index_dir)
         self.name = name
-        self.index_dir = Path(index_dir)
-        self.retriever = SharedIndex(self.index_dir)
-        self.docstore = self.retriever.docstore
-        # answers (the REST routes, LangChain's Runnable) go through the pipeline; /v1/search and /v1/rerank
-        # through search()
-        self.pipeline = (
-            Pipeline(self.retriever, generator, docstore=self.docstore, k=k) if generator else None
-        )
-
-    @property
-    def kind(self) -> str:
-        return self.retriever.kind
-
-    def __len__(self) -> int:
-        return len(self.docstore)
-
-    def search(self, query: str, k: int) -> tuple[list[Hit], list[Document]]:
-        """Top-``k`` hits for ``query`` and their documents (blocking: run it in a worker thread)."""
-        return self.retriever.search_documents([query], k)[0]
-
-    def documents(self, ids: Sequence[str]) -> tuple[list[Document], list[str]]:
-        """The documents with these ids, and the ids the collection does not hold (then no documents)."""
-        found = self.docstore.get_present(ids)
-        missing = [i for i in ids if i not in {d.id for d in found}]
-        return ([] if missing else found), missing
-
-    def add(self, docs: list[Document]) -> int:
-        return self.retriever.add(docs)
-
-    def delete(self, doc_id: str) -> int:
-        return self.retriever.delete([doc_id])
-
-    def close(self) -> None:
-        self.retriever.close()
+        self.pipeline = Pipeline(self, generator, k=k) if generator else None
 
 
 @dataclass
 class ServerState:
     settings: ServeSettings
-    collections: dict[str, Collection]
+    collections: dict[str, ServedCollection]
     generator: Generator | None
     gate: ModelGate
     metrics: Metrics = field(default_factory=Metrics)
@@ -91,12 +60,12 @@ class ServerState:
             check_reranker(settings.reranker)  # an unknown default reranker fails at start-up
         generator = _generator(settings)
         reranker_lm = _reranker_lm(settings, generator)
-        collections: dict[str, Collection] = {}
+        collections: dict[str, ServedCollection] = {}
         unavailable: dict[str, str] = {}
         try:
             for name, index_dir in settings.collections.items():
                 try:
-                    collections[name] = Collection(name, index_dir, generator, settings.default_k)
+                    collections[name] = ServedCollection(name, index_dir, generator, settings.default_k)
                 except IndexFormatError as error:  # damaged or missing: served as an error, the rest served
                     log.error("collection %r is unavailable: %s", name, error)
                     unavailable[name] = str(error)

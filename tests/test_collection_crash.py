@@ -28,7 +28,7 @@ WRITER = """
 import json, os, shutil, signal, sys
 from pathlib import Path
 
-import rag.collection_commit as commit
+import rag.collection.commit as commit
 from rag.docstore import Docstore
 
 point, op, index_dir, arg = sys.argv[1:5]
@@ -54,7 +54,7 @@ if op == "build":
     from rag.collection import build_index
     build_index(arg, index_dir.parent, name=index_dir.name, config={"show_progress": False})
 else:
-    from rag.shared_index import SharedIndex
+    from rag.collection.shared_index import SharedIndex
     from rag.types import Document
     index = SharedIndex(index_dir)
     if op == "add":

@@ -100,7 +100,7 @@ def test_concurrent_builds_into_one_index_name(tmp_path: Path) -> None:
     first = [{"id": f"x{i}", "text": f"First corpus, document {i} on {WORDS[i]}."} for i in range(6)]
     second = [{"id": f"x{i}", "text": f"Second corpus, text {i} about {WORDS[-1 - i]}."} for i in range(4, 9)]
     corpora = [write_corpus(tmp_path / "first.jsonl", first), write_corpus(tmp_path / "second.jsonl", second)]
-    from rag.collection_lock import writer_lock
+    from rag.collection.lock import writer_lock
 
     folder = tmp_path / "col"
     folder.mkdir()

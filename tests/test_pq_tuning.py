@@ -15,7 +15,7 @@ import pytest
 
 from rag.cli import main
 from rag.collection import build_index
-from rag.collection_lock import LOCK_FILE
+from rag.collection.lock import LOCK_FILE
 from rag.corpus import read_beir, read_beir_qrels, read_beir_queries
 from rag.errors import ConfigError, CorpusError
 from rag.indexes import Manifest, load_index

@@ -15,9 +15,8 @@ import pytest
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 from processes import TOKEN, RagServer, write_corpus
 
-from rag.collection import build_index
+from rag.collection import Collection, build_index
 from rag.serving.langchain import RagRetriever
-from rag.shared_index import SharedIndex
 
 pytestmark = pytest.mark.slow  # the bundled small LLM in a server process
 
@@ -104,8 +103,7 @@ class TestRagRetrieverStandard(RetrieversIntegrationTests):
 
     @property
     def retriever_constructor_params(self) -> dict[str, Any]:
-        index = SharedIndex(tiny_index())
-        return {"retriever": index, "docstore": index.docstore}
+        return {"collection": Collection(tiny_index())}
 
     @property
     def retriever_query_example(self) -> str:

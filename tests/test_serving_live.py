@@ -204,7 +204,7 @@ def test_full_queue_503_then_disconnects_stop_generation(http: httpx.Client, liv
 
 def test_langchain_retriever_invoke_batch_ainvoke(live: LiveServer, http: httpx.Client) -> None:
     collection = live.state.collections["tiny"]
-    retriever = RagRetriever(retriever=collection.retriever, docstore=collection.docstore, k=2)
+    retriever = RagRetriever(collection=collection, k=2)
     docs = retriever.invoke(QUESTION)
     served = http.post("/v1/search", json={"collection": "tiny", "query": QUESTION, "k": 2}).json()["hits"]
     assert [d.id for d in docs] == [h["id"] for h in served] and docs[0].id == "paris"

@@ -10,7 +10,7 @@ import pytest
 
 from rag.cli import build_parser
 from rag.cli.serve import settings_from_args
-from rag.collection_updates import add_documents, delete_documents
+from rag.collection.updates import add_documents, delete_documents
 from rag.docstore import Docstore
 from rag.errors import ConfigError, CorpusError
 from rag.generation.base import GenerationParams

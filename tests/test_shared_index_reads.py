@@ -14,10 +14,10 @@ import pytest
 from processes import write_corpus
 
 from rag.collection import build_index
-from rag.collection_commit import index_key
+from rag.collection.commit import index_key
+from rag.collection.shared_index import SharedIndex, read_committed
 from rag.errors import IndexFormatError
 from rag.indexes import load_index
-from rag.shared_index import SharedIndex, read_committed
 from rag.types import Document
 
 pytestmark = pytest.mark.slow  # MiniLM

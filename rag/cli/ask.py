@@ -7,8 +7,8 @@ import sys
 from typing import Any, TextIO
 
 from rag.cli.generation_options import add_generation_options, build_generator, generation_params
+from rag.collection import Collection
 from rag.errors import ConfigError
-from rag.indexes import load_index
 from rag.limits import check_length
 from rag.pipeline import Pipeline
 from rag.types import Answer
@@ -28,8 +28,7 @@ def add_parser(commands: Any) -> None:
 def make_pipeline(args: argparse.Namespace) -> Pipeline:
     if args.config:
         return Pipeline.from_config(args.config)
-    retriever = load_index(args.index)
-    return Pipeline(retriever, build_generator(args), k=args.k)
+    return Pipeline(Collection(args.index), build_generator(args), k=args.k)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rag.cli.generation_options import add_generation_options, build_generator, generation_params
 from rag.cli.index import add_retriever_options, retriever_config
-from rag.collection import build_index
+from rag.collection import Collection, build_index
 from rag.corpus import read_beir
 from rag.docstore import Docstore
 from rag.errors import ConfigError
@@ -150,7 +150,7 @@ def run_qa(args: argparse.Namespace) -> int:
             build_index(args.squad, tmp, name="dense", fmt="squad")
             index = str(Path(tmp, "dense"))
         generator = build_generator(args, system_prompt=QA_SYSTEM_PROMPT, reminder=QA_REMINDER)
-        pipeline = Pipeline(load_index(index), generator, k=args.k)
+        pipeline = Pipeline(Collection(index), generator, k=args.k)
         report = evaluate_qa(
             pipeline, args.squad, limit=args.limit or None, params=params, gold_baseline=args.gold_baseline
         )
@@ -172,7 +172,7 @@ def run_qa(args: argparse.Namespace) -> int:
 def run_citations(args: argparse.Namespace) -> int:
     params = generation_params(args)
     generator = build_generator(args)
-    pipeline = Pipeline(load_index(args.index), generator, k=args.k)
+    pipeline = Pipeline(Collection(args.index), generator, k=args.k)
     limit = args.limit or None
     report = evaluate_citations(pipeline, args.beir, split=args.split, limit=limit, params=params)
     first = report.first_citation_relevant

@@ -8,9 +8,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from rag.docstore import Docstore
+from rag.collection import Collection
 from rag.errors import ConfigError
-from rag.indexes import load_index
 from rag.indexes.base import check_queries
 from rag.registry import build, names
 
@@ -58,19 +57,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--fetch-k ({args.fetch_k}) must be at least -k ({args.k})")
     if args.reranker not in names("reranker"):
         raise ConfigError(f"unknown reranker {args.reranker!r}; known: {', '.join(names('reranker'))}")
-    retriever = load_index(args.index)
-    store_path = retriever.docstore_path
-    if store_path is None:
-        raise ConfigError(f"the index {args.index} has no docstore to read passages from")
-    store = Docstore(store_path)
+    collection = Collection(args.index)  # ConfigError when the index records no docstore to read from
     reranker = build("reranker", args.reranker, reranker_options(args))
-    reranker.docstore = store
-    hits = retriever.search([args.query], k=args.fetch_k)[0]
+    reranker.docstore = collection.docstore
+    hits, _ = collection.search(args.query, k=args.fetch_k)
     start = time.perf_counter()
     reranked = reranker.rerank(args.query, hits, k=args.k)
     seconds = time.perf_counter() - start
     before = {h.doc_id: h.rank for h in hits}
-    docs = store.get([h.doc_id for h in reranked])
+    docs = collection.docstore.get([h.doc_id for h in reranked])
     if args.json:
         for hit, doc in zip(reranked, docs, strict=True):
             print(

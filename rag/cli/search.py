@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from rag.collection import Collection
 from rag.indexes import Manifest, load_index
 from rag.indexes.base import check_queries
 from rag.limits import check_length
-from rag.shared_index import SharedIndex
 
 
 def add_parser(commands: Any) -> None:
@@ -27,11 +27,8 @@ def run(args: argparse.Namespace) -> int:
     for query in args.queries:
         check_length(query, "query")
     if Manifest.read(args.index).docstore:
-        index = SharedIndex(args.index)  # finishes a commit a crashed writer left; reads one consistent state
-        try:
-            results = index.search_documents(args.queries, k=args.k)
-        finally:
-            index.close()
+        with Collection(args.index) as collection:  # one consistent state, beside other processes' writers
+            results = collection.search_many(args.queries, k=args.k)
     else:  # an index saved on its own: ids and scores only
         hits_per_query = load_index(args.index).search(args.queries, k=args.k)
         results = [(hits, [None] * len(hits)) for hits in hits_per_query]

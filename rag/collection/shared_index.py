@@ -7,8 +7,8 @@
 
 Readers see committed changes: before each search the index folder's manifest is checked (one ``stat``) and
 the index is reloaded when another process has replaced it. Writers take the collection's writer lock, reload
-if needed, and commit through ``rag.collection_updates``. Opening the index finishes a commit that a crashed
-writer left half done (``rag.collection_commit.recover``). A hit whose document another process has just
+if needed, and commit through ``rag.collection.updates``. Opening the index finishes a commit that a crashed
+writer left half done (``rag.collection.commit.recover``). A hit whose document another process has just
 deleted is retried once the writer is done; documents deleted for good are dropped from the hits.
 """
 
@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from rag.collection_commit import IndexKey, index_key, recover, recover_index
-from rag.collection_lock import writer_lock
-from rag.collection_updates import add_documents, delete_documents
+from rag.collection.commit import IndexKey, index_key, recover, recover_index
+from rag.collection.lock import writer_lock
+from rag.collection.updates import add_documents, delete_documents
 from rag.docstore import Docstore
 from rag.errors import ConfigError, IndexFormatError
 from rag.indexes import load_index

@@ -8,13 +8,13 @@
     1
 
 Each update changes the index in memory, stages the saved index beside the old one, then commits the docstore
-change and swaps the index in as one step (``rag.collection_commit``): after a crash at any point, the next
+change and swaps the index in as one step (``rag.collection.commit``): after a crash at any point, the next
 open sees either the old index and docstore or the new ones. A failure before the commit undoes the change in
 memory. Adding an id the docstore already holds is refused (``CorpusError``); to replace a text, delete it
 first, or rebuild the index (a build replaces the texts of the ids in its corpus).
 
-``retriever`` must hold what is on disk (``rag.shared_index.SharedIndex`` reloads it when another process
-has committed a change); the writer lock serialises writers of every process.
+``retriever`` must hold what is on disk (``rag.collection.shared_index.SharedIndex`` reloads it when another
+process has committed a change); the writer lock serialises writers of every process.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rag.collection_commit import commit, recover, stage
-from rag.collection_lock import writer_lock
+from rag.collection.commit import commit, recover, stage
+from rag.collection.lock import writer_lock
 from rag.docstore import Docstore
 from rag.errors import CorpusError
 from rag.indexes.base import Retriever

@@ -8,7 +8,7 @@ A collection is a folder::
 
 Building reads and validates the whole corpus and encodes it without any lock; then, holding the collection's
 writer lock, it stages the index and commits the documents and the index as one step
-(``rag.collection_commit``), so a bad record or a crash at any point leaves the previous index and docstore.
+(``rag.collection.commit``), so a bad record or a crash at any point leaves the previous index and docstore.
 The documents' texts replace those of the same ids in the docstore (upsert). If another process changed the
 index while this build encoded, the build is refused (``CollectionBusyError``) and writes nothing.
 """
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.collection_commit import IndexKey, commit, index_key, recover, stage
-from rag.collection_lock import writer_lock
+from rag.collection.commit import IndexKey, commit, index_key, recover, stage
+from rag.collection.lock import writer_lock
 from rag.corpus import read_corpus
 from rag.docstore import Docstore
 from rag.errors import CollectionBusyError, ConfigError, CorpusError

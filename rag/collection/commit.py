@@ -1,6 +1,6 @@
 """Commit a change to one index of a collection and to its docstore as one step that no crash can split.
 
-The order, with the collection's writer lock held throughout (``rag.collection_lock``):
+The order, with the collection's writer lock held throughout (``rag.collection.lock``):
 
 1. **stage**: the changed index is saved into a fresh hidden sibling folder, ``.NAME.tmp-<hex>``;
 2. **commit**: one SQLite transaction applies the docstore changes and records that folder as pending;
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from rag.collection_lock import writer_lock
+from rag.collection.lock import writer_lock
 from rag.docstore import Docstore
 from rag.errors import RagError
 from rag.indexes.base import Retriever
