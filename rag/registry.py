@@ -73,8 +73,9 @@ def lookup(kind: str, name: str) -> tuple[type, type]:
 
 def make_config(config_cls: type[T], values: Mapping[str, Any]) -> T:
     """Build a frozen config from a mapping, refusing unknown keys with a clear message. A field whose type is
-    itself a config (e.g. ``defaults: GenerationParams`` or ``parallel: ParallelContexts | None``) is built
-    from a nested mapping the same way."""
+    itself a config (e.g. ``defaults: GenerationParams`` or ``cad: ContextAwareDecoding | None``) is built
+    from a nested mapping the same way; where the type names several configs (``parallel: ParallelContexts |
+    BlendedContexts | None``), the first whose fields hold the mapping's keys."""
     fields = dataclasses.fields(config_cls)  # type: ignore[arg-type]
     allowed = {f.name for f in fields}
     unknown = sorted(set(values) - allowed)
@@ -88,17 +89,23 @@ def make_config(config_cls: type[T], values: Mapping[str, Any]) -> T:
     hints = typing.get_type_hints(config_cls)
     built = {}
     for name, value in values.items():
-        nested = _config_type(hints[name])
+        nested = _config_type(hints[name], value)
         built[name] = make_config(nested, value) if nested and isinstance(value, Mapping) else value
     return config_cls(**built)
 
 
-def _config_type(hint: Any) -> type | None:
-    """The dataclass a field's type names (alone or with None), if any."""
-    for candidate in (hint, *typing.get_args(hint)):
-        if dataclasses.is_dataclass(candidate) and isinstance(candidate, type):
-            return candidate
-    return None
+def _config_type(hint: Any, value: Any) -> type | None:
+    """The dataclass a field's type names (alone, or among others and None) that takes ``value``'s keys."""
+    configs = [
+        candidate
+        for candidate in (hint, *typing.get_args(hint))
+        if dataclasses.is_dataclass(candidate) and isinstance(candidate, type)
+    ]
+    if len(configs) > 1 and isinstance(value, Mapping):
+        for config in configs:
+            if set(value) <= {f.name for f in dataclasses.fields(config)}:
+                return config
+    return configs[0] if configs else None
 
 
 def build(kind: str, name: str, values: Mapping[str, Any] | object | None = None) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, Drafting, GenerationParams
 from rag.generation.citation_constraint import CitationConstraint
 from rag.generation.prompt import has_citation
 from rag.types import Document
@@ -69,15 +69,15 @@ def test_an_answer_already_citing_is_not_changed(constraint, smollm2) -> None:
     assert constraint(ids(smollm2[1], "Paris [1] is the capital."), scores) is scores
 
 
-@pytest.mark.parametrize("draft_tokens", [0, 6])
-def test_answers_cite_and_drafting_keeps_greedy_tokens(smollm2, draft_tokens: int) -> None:
+@pytest.mark.parametrize("drafting", [None, Drafting(6)])
+def test_answers_cite_and_drafting_keeps_greedy_tokens(smollm2, drafting: Drafting | None) -> None:
     model, tokenizer = smollm2
     generator = CausalLMGenerator(
         CausalLMConfig(defaults=GenerationParams(max_new_tokens=40)), model=model, tokenizer=tokenizer
     )
     questions = ["What is the capital of France?", "How high is Mount Fuji?"]
     for question in questions:
-        params = GenerationParams(max_new_tokens=40, require_citation=True, draft_tokens=draft_tokens)
+        params = GenerationParams(max_new_tokens=40, require_citation=True, drafting=drafting)
         cited = generator.answer(question, PASSAGES, params)
         assert has_citation(cited.text), cited.text
         reference = generator.answer(question, PASSAGES, GenerationParams(40, require_citation=True))

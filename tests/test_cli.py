@@ -179,8 +179,8 @@ def test_eval_citations_answers_judged_claims_and_reads_their_citations(collecti
         (["index", "build", "{good_corpus}", "{tmp}/c", "--encoder", "no-such-model"], 5, "unknown model"),
         (["search", "{index}", "  "], 2, "empty"),
         (["ask", " ", "--index", "{index}"], 2, "empty"),
-        (["ask", "x", "--index", "{index}", "--cad-alpha", "-1"], 2, "cad_alpha must be >= 0"),
-        (["ask", "x", "--index", "{index}", "--draft-tokens", "-2"], 2, "draft_tokens must be >= 0"),
+        (["ask", "x", "--index", "{index}", "--cad-alpha", "-1"], 2, "CAD needs alpha > 0"),
+        (["ask", "x", "--index", "{index}", "--draft-tokens", "-2"], 2, "drafting needs tokens >= 1"),
         (["bench", "nope"], 2, "unknown bench suite"),
         (
             ["eval", "retrieval", "{tmp}", "--reranker", "nope"],

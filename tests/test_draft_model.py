@@ -12,7 +12,7 @@ from test_drafting import COPYING, NOT_COPYING, PASSAGES
 
 from rag.cli.generation_options import add_generation_options, generator_config
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, Drafting, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.drafting.draft_model import DraftModelProposer, check_vocabulary
 from rag.generation.drafting.fused import FusedDrafter, keep_retrieval_draft
@@ -120,11 +120,11 @@ def test_a_vocabulary_mismatch_raises_config_error(smollm2) -> None:
 
 def test_the_config_loads_the_draft_model_lazily() -> None:
     config = CausalLMConfig(
-        draft_model="no-such-model-anywhere", defaults=GenerationParams(draft_tokens=4)
+        draft_model="no-such-model-anywhere", defaults=GenerationParams(drafting=Drafting(4))
     )  # would fail to load
     drafter = config.drafter()
     assert isinstance(drafter, FusedDrafter) and isinstance(drafter.draft, DraftModelProposer)
-    assert drafter.draft.max_tokens_cap is None  # as long as draft_tokens
+    assert drafter.draft.max_tokens_cap is None  # as long as the request's drafting.tokens
     capped = CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=1).drafter()
     assert isinstance(capped, FusedDrafter) and capped.draft.max_tokens_cap == 1
     assert isinstance(CausalLMConfig().drafter(), RetrievalDrafter)
@@ -192,7 +192,7 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     """SmolLM2 drafts for itself through ``CausalLMConfig(draft_model=...)``: a second copy, loaded lazily."""
     model, tokenizer = smollm2
     plain_params = GenerationParams(max_new_tokens=24)
-    draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
+    draft_params = GenerationParams(max_new_tokens=24, drafting=Drafting(6))
     # asked at every step, the self-draft (loaded as the target is) is the target's own greedy continuation
     config = CausalLMConfig(
         draft_model="smollm2-135m-instruct",
@@ -234,7 +234,7 @@ def test_the_default_gated_bf16_draft_model_keeps_greedy_output(smollm2) -> None
     config = CausalLMConfig(draft_model="smollm2-135m-instruct", defaults=GenerationParams(max_new_tokens=24))
     fused = CausalLMGenerator(config, model=model, tokenizer=tokenizer)
     plain_params = GenerationParams(max_new_tokens=24)
-    draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
+    draft_params = GenerationParams(max_new_tokens=24, drafting=Drafting(6))
     stats = DecodeStats()
     for question in COPYING[:2] + NOT_COPYING[:2]:
         ids = fused._encode_prompt(question, PASSAGES, plain_params)
@@ -250,7 +250,7 @@ def test_fused_sampling_is_seeded_and_varies(smollm2) -> None:
     generator = CausalLMGenerator(CausalLMConfig(), model=model, tokenizer=tokenizer, drafter=drafter)
 
     def sample(seed: int) -> str:
-        params = GenerationParams(max_new_tokens=12, temperature=0.8, seed=seed, draft_tokens=4)
+        params = GenerationParams(max_new_tokens=12, temperature=0.8, seed=seed, drafting=Drafting(4))
         return generator.answer(NOT_COPYING[0], PASSAGES, params).text
 
     assert sample(5) == sample(5)

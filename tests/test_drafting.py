@@ -16,7 +16,7 @@ import rag.generation.decode.kv_batch
 import rag.generation.decode.token_tree
 import rag.generation.drafting.retrieval
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, ContextAwareDecoding, Drafting, GenerationParams
 from rag.generation.base import DecodeStats
 from rag.generation.decode.kv_batch import KVBatch
 from rag.generation.decode.sampling import target_probs
@@ -92,7 +92,7 @@ def test_drafter_and_params_validate() -> None:
     with pytest.raises(ConfigError):
         RetrievalDrafter(branches=0)
     with pytest.raises(ConfigError):
-        GenerationParams(draft_tokens=-1)
+        GenerationParams(drafting=Drafting(-1))
     with pytest.raises(ConfigError):
         CausalLMConfig(draft_min_ngram=0)
 
@@ -199,11 +199,14 @@ def _run(model, prompt: list[int], params: GenerationParams, drafter=None, rng=N
                     out.append(int(torch.multinomial(target_probs(logits[0], params), 1, generator=rng)))
                 logits = batch.extend([out[-1]])[:, -1]
             return out
-        return list(speculative_decode(batch, score, drafter, prompt, params, (), rng, stats))
+        assert params.drafting is not None
+        return list(
+            speculative_decode(batch, score, drafter, prompt, params, params.drafting, (), rng, stats)
+        )
 
 
 def test_greedy_drafting_equals_plain_greedy_on_many_random_prompts(tiny_lm) -> None:
-    params = GenerationParams(max_new_tokens=12, draft_tokens=5)
+    params = GenerationParams(max_new_tokens=12, drafting=Drafting(5))
     gen = torch.Generator().manual_seed(1)
     stats = DecodeStats()
     for case in range(60):
@@ -217,7 +220,7 @@ def test_greedy_drafting_equals_plain_greedy_on_many_random_prompts(tiny_lm) -> 
 def test_sampled_drafting_keeps_the_sequence_distribution(tiny_lm) -> None:
     """Three sampled tokens (64 outcomes) from the tree loop against their exact probabilities."""
     prompt = [1, 3, 0]
-    params = GenerationParams(max_new_tokens=3, temperature=1.0, draft_tokens=2)
+    params = GenerationParams(max_new_tokens=3, temperature=1.0, drafting=Drafting(2))
     with torch.inference_mode():
         exact = {}
         for seq in itertools.product(range(4), repeat=3):
@@ -312,7 +315,7 @@ def generator():
 @pytest.mark.slow
 def test_greedy_drafting_equals_plain_greedy_on_smollm2(generator: CausalLMGenerator) -> None:
     plain_params = GenerationParams(max_new_tokens=24)
-    draft_params = GenerationParams(max_new_tokens=24, draft_tokens=6)
+    draft_params = GenerationParams(max_new_tokens=24, drafting=Drafting(6))
     steps = tokens = 0
     for question in COPYING + NOT_COPYING:
         ids = generator._encode_prompt(question, PASSAGES, plain_params)
@@ -336,7 +339,7 @@ def test_min_new_tokens_holds_back_the_end_in_every_mode(generator: CausalLMGene
     plain = list(generator._decode(ids, held))
     assert len(plain) >= least and plain[: len(free) - 1] == free[:-1]
     assert not set(plain[: least - 1]) & generator.eos_token_ids
-    assert list(generator._decode(ids, replace(held, draft_tokens=6))) == plain
+    assert list(generator._decode(ids, replace(held, drafting=Drafting(6)))) == plain
     with pytest.raises(ConfigError, match="min_new_tokens"):
         GenerationParams(max_new_tokens=8, min_new_tokens=9)
 
@@ -344,8 +347,8 @@ def test_min_new_tokens_holds_back_the_end_in_every_mode(generator: CausalLMGene
 @pytest.mark.slow
 def test_drafting_composes_with_cad(generator: CausalLMGenerator) -> None:
     for question in COPYING[:3] + NOT_COPYING[:2]:
-        cad = GenerationParams(max_new_tokens=16, cad_alpha=0.5)
-        both = GenerationParams(max_new_tokens=16, cad_alpha=0.5, draft_tokens=6)
+        cad = GenerationParams(max_new_tokens=16, cad=ContextAwareDecoding(0.5))
+        both = GenerationParams(max_new_tokens=16, cad=ContextAwareDecoding(0.5), drafting=Drafting(6))
         ids = generator._encode_prompt(question, PASSAGES, cad)
         context_free = generator._encode_context_free(question, cad)
         expected = list(generator._decode(ids, cad, context_free))
@@ -354,7 +357,7 @@ def test_drafting_composes_with_cad(generator: CausalLMGenerator) -> None:
 
 @pytest.mark.slow
 def test_drafting_streams_and_reports_the_acceptance_length(generator: CausalLMGenerator) -> None:
-    params = GenerationParams(max_new_tokens=32, draft_tokens=8)
+    params = GenerationParams(max_new_tokens=32, drafting=Drafting(8))
     answer = generator.answer(COPYING[0], PASSAGES, params)
     t = answer.timings
     assert t.new_tokens > 8 and 1 <= t.decode_steps < t.new_tokens - 1
@@ -367,7 +370,7 @@ def test_drafting_streams_and_reports_the_acceptance_length(generator: CausalLMG
 @pytest.mark.slow
 def test_sampled_drafting_on_smollm2_is_seeded(generator: CausalLMGenerator) -> None:
     def sample(seed: int) -> str:
-        params = GenerationParams(max_new_tokens=16, temperature=0.8, seed=seed, draft_tokens=6)
+        params = GenerationParams(max_new_tokens=16, temperature=0.8, seed=seed, drafting=Drafting(6))
         return generator.answer(COPYING[1], PASSAGES, params).text
 
     assert sample(5) == sample(5)
@@ -382,7 +385,7 @@ def test_greedy_drafting_equals_plain_greedy_on_qwen_0_5b() -> None:
     model, tokenizer = load_causal_lm("qwen2.5-coder-0.5b-instruct", device="cpu")
     generator = CausalLMGenerator(CausalLMConfig(), model=model, tokenizer=tokenizer)
     plain_params = GenerationParams(max_new_tokens=16)
-    draft_params = GenerationParams(max_new_tokens=16, draft_tokens=6)
+    draft_params = GenerationParams(max_new_tokens=16, drafting=Drafting(6))
     stats = DecodeStats()
     for question in COPYING[::3] + NOT_COPYING[::4]:
         ids = generator._encode_prompt(question, PASSAGES, plain_params)

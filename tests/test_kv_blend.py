@@ -12,28 +12,46 @@ from transformers import DynamicCache
 
 from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
+from rag.generation import (
+    BlendedContexts,
+    CausalLMConfig,
+    CausalLMGenerator,
+    ContextAwareDecoding,
+    Drafting,
+    GenerationParams,
+    ParallelContexts,
+)
 from rag.generation.base import DecodeStats
 from rag.generation.contexts.kv_blend import deviating_columns, shift_block
 from rag.generation.contexts.passage_kv_store import PassageKV, PassageKVStore
 from rag.generation.decode.kv_batch import KVBatch
+from rag.registry import make_config
 
 QUESTION = "Which city has about 3.7 million inhabitants?"
 
 
 def test_params_and_cli_take_the_blend_ratio() -> None:
-    for bad in (-0.1, 1.5):
+    for bad in (-0.1, 0.0, 1.5):
         with pytest.raises(ConfigError):
-            GenerationParams(keep_passages=0, parallel=ParallelContexts(blend_ratio=bad))
+            GenerationParams(keep_passages=0, parallel=BlendedContexts(bad))
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
     params = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2"]))
-    assert params.parallel == ParallelContexts(blend_ratio=0.2)
+    assert params.parallel == BlendedContexts(0.2)
     assert generation_params(parser.parse_args([])).parallel is None
     with pytest.raises(ConfigError, match="--blend-ratio: options of parallel contexts"):
         generation_params(parser.parse_args(["--blend-ratio", "0.2"]))  # a blend needs parallel contexts
-    config = CausalLMConfig(defaults=GenerationParams(parallel=ParallelContexts(blend_ratio=0.3)))
-    assert config.defaults.parallel is not None and config.defaults.parallel.blend_ratio == 0.3
+    with pytest.raises(ConfigError, match="do not apply with --blend-ratio"):  # APE's knobs, plain attention
+        generation_params(
+            parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2", "--ape-scale", "0.9"])
+        )
+    ape = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0"]))
+    assert ape.parallel == ParallelContexts()  # 0: no blending
+    loaded = make_config(CausalLMConfig, {"defaults": {"parallel": {"ratio": 0.3}}})  # a pipeline config
+    assert loaded.defaults.parallel == BlendedContexts(0.3)
+    assert make_config(CausalLMConfig, {"defaults": {"parallel": {}}}).defaults.parallel == ParallelContexts()
+    config = CausalLMConfig(defaults=GenerationParams(parallel=BlendedContexts(0.3)))
+    assert config.defaults.parallel == BlendedContexts(0.3)
 
 
 # -- on SmolLM2 ------------------------------------------------------------------------------------
@@ -75,7 +93,7 @@ def test_shifting_a_block_equals_encoding_it_further_on(generator) -> None:
 @pytest.mark.slow
 def test_recomputing_every_passage_token_equals_sequential_prefill(generator) -> None:
     sequential = GenerationParams(keep_passages=0, max_new_tokens=12)
-    blended = GenerationParams(keep_passages=0, max_new_tokens=12, parallel=ParallelContexts(blend_ratio=1.0))
+    blended = GenerationParams(keep_passages=0, max_new_tokens=12, parallel=BlendedContexts(1.0))
     ids = generator._encode_prompt(QUESTION, PASSAGES, sequential)
     prompt = generator._split_prompt(QUESTION, PASSAGES, blended)
     with torch.inference_mode():
@@ -89,7 +107,7 @@ def test_recomputing_every_passage_token_equals_sequential_prefill(generator) ->
 
 @pytest.mark.slow
 def test_selection_skips_the_first_passage_and_grows_with_the_ratio(generator) -> None:
-    params = GenerationParams(keep_passages=0, parallel=ParallelContexts(blend_ratio=0.5))
+    params = GenerationParams(keep_passages=0, parallel=BlendedContexts(0.5))
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefill = generator._parallel_prefill(params)
     prefix, passages = prefill.blocks(prompt)
@@ -113,14 +131,14 @@ def test_selection_skips_the_first_passage_and_grows_with_the_ratio(generator) -
 
 @pytest.mark.slow
 def test_blending_is_deterministic_and_composes_with_cad_and_drafting(generator) -> None:
-    params = GenerationParams(keep_passages=0, max_new_tokens=12, parallel=ParallelContexts(blend_ratio=0.2))
+    params = GenerationParams(keep_passages=0, max_new_tokens=12, parallel=BlendedContexts(0.2))
     blended = decode(generator, params)
     stats = DecodeStats()
     assert decode(generator, params, stats) == blended and stats.passages_from_memory == 3  # warm
     passage_tokens = sum(len(p) for p in generator._split_prompt(QUESTION, PASSAGES, params).passage_ids)
     assert stats.blended_tokens == round(0.2 * passage_tokens)
-    drafted = replace(params, draft_tokens=4)
+    drafted = replace(params, drafting=Drafting(4))
     assert decode(generator, drafted) == blended  # drafting stays lossless over a blended cache
-    full = {"parallel": ParallelContexts(blend_ratio=1.0)}
-    cad = GenerationParams(keep_passages=0, max_new_tokens=12, cad_alpha=0.5)
+    full = {"parallel": BlendedContexts(1.0)}
+    cad = GenerationParams(keep_passages=0, max_new_tokens=12, cad=ContextAwareDecoding(0.5))
     assert decode(generator, replace(cad, **full)) == decode(generator, cad)

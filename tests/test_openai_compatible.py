@@ -20,8 +20,9 @@ from test_serving_app import DOCS, build_tiny_collection
 from rag.cli import build_parser
 from rag.cli.generation_options import build_generator, generation_params
 from rag.errors import ConfigError, RemoteError
-from rag.generation.base import GenerationParams, ParallelContexts
+from rag.generation.base import Drafting, GenerationParams, ParallelContexts
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
+from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.indexes import load_index
 from rag.pipeline import Pipeline
@@ -138,8 +139,8 @@ def test_pipeline_config_names_the_remote(server: RagServer, index_dir: Path, tm
 def test_techniques_a_server_cannot_run_are_refused(url: str) -> None:
     for params in (
         GenerationParams(keep_passages=1),  # choosing a passage needs the model's likelihoods
-        GenerationParams(keep_passages=0, cad_alpha=0.5),
-        GenerationParams(keep_passages=0, draft_tokens=8),
+        GenerationParams(keep_passages=0, cad=ContextAwareDecoding(0.5)),
+        GenerationParams(keep_passages=0, drafting=Drafting(8)),
         GenerationParams(keep_passages=0, parallel=ParallelContexts()),
         GenerationParams(keep_passages=0, require_citation=True),
     ):
@@ -229,7 +230,7 @@ def test_cli_remote_flags_go_together() -> None:
 def test_cli_flags_given_override_a_configs_defaults() -> None:
     config_defaults = GenerationParams(max_new_tokens=24, temperature=0.7, keep_passages=0)
     params = generation_params(ask_args("--temperature", "0", "--draft-tokens", "8"), config_defaults)
-    assert (params.temperature, params.draft_tokens) == (0.0, 8)  # given
+    assert (params.temperature, params.drafting) == (0.0, Drafting(8))  # given
     assert (params.max_new_tokens, params.keep_passages) == (24, 0)  # the config's, not the CLI's defaults
     assert generation_params(ask_args()).max_new_tokens == 128  # no config: the command's default
 

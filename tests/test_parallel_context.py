@@ -15,7 +15,14 @@ import rag.generation.contexts.parallel_prompt
 import rag.generation.contexts.passage_kv_store
 from rag.cli.generation_options import add_generation_options, generation_params, generator_config
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
+from rag.generation import (
+    CausalLMConfig,
+    CausalLMGenerator,
+    ContextAwareDecoding,
+    Drafting,
+    GenerationParams,
+    ParallelContexts,
+)
 from rag.generation.base import DecodeStats
 from rag.generation.contexts.parallel_prefill import shared_prefix_length
 from rag.generation.contexts.parallel_prompt import split_prompt, split_text
@@ -261,25 +268,28 @@ def test_a_changed_prefix_or_model_misses_the_cache(model_and_tokenizer) -> None
 def test_parallel_contexts_compose_with_cad_and_drafting(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
     doc = [PASSAGES[0]]
-    cad = GenerationParams(max_new_tokens=12, cad_alpha=0.5)
+    cad = GenerationParams(max_new_tokens=12, cad=ContextAwareDecoding(0.5))
     expected = decode(gen, doc, cad)  # sequential CAD
     exact = {"parallel": ParallelContexts(ape_temperature=1.0, ape_scale=1.0)}  # equal to sequential
-    assert decode(gen, doc, GenerationParams(max_new_tokens=12, cad_alpha=0.5, **exact)) == expected
+    assert (
+        decode(gen, doc, GenerationParams(max_new_tokens=12, cad=ContextAwareDecoding(0.5), **exact))
+        == expected
+    )
     parallel = GenerationParams(max_new_tokens=16, parallel=ParallelContexts(ape_temperature=0.8))
     drafted = GenerationParams(
-        max_new_tokens=16, draft_tokens=6, parallel=ParallelContexts(ape_temperature=0.8)
+        max_new_tokens=16, drafting=Drafting(6), parallel=ParallelContexts(ape_temperature=0.8)
     )
     stats = DecodeStats()
     assert decode(gen, PASSAGES, drafted, stats) == decode(gen, PASSAGES, parallel)  # drafting stays lossless
     assert stats.accepted_tokens > 0
-    both = GenerationParams(max_new_tokens=12, cad_alpha=0.5, draft_tokens=6, **exact)
+    both = GenerationParams(max_new_tokens=12, cad=ContextAwareDecoding(0.5), drafting=Drafting(6), **exact)
     assert decode(gen, doc, both) == expected
 
 
 @pytest.mark.slow
 def test_cads_context_free_row_reuses_the_cached_system_prompt(model_and_tokenizer) -> None:
     gen = make_generator(model_and_tokenizer)
-    params = GenerationParams(cad_alpha=0.5, parallel=ParallelContexts())
+    params = GenerationParams(cad=ContextAwareDecoding(0.5), parallel=ParallelContexts())
     parallel = gen._split_prompt(QUESTION, PASSAGES, params)
     context_free = gen._encode_context_free(QUESTION, params)[0]  # [len]
     shared = shared_prefix_length(context_free, parallel.prefix_ids)

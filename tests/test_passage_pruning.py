@@ -13,7 +13,15 @@ from test_parallel_context import PASSAGES
 import rag.generation.contexts.passage_pruning
 from rag.cli.generation_options import add_generation_options, generation_params
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams, ParallelContexts
+from rag.generation import (
+    BlendedContexts,
+    CausalLMConfig,
+    CausalLMGenerator,
+    ContextAwareDecoding,
+    Drafting,
+    GenerationParams,
+    ParallelContexts,
+)
 from rag.generation.base import DecodeStats
 from rag.generation.contexts.passage_kv_store import PassageKVStore
 from rag.generation.contexts.passage_pruning import (
@@ -112,13 +120,13 @@ def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(ge
     assert list(generator._decode(prompt.input_ids, params, None, None, parallel)) == list(
         generator._decode(alone[None], GenerationParams(max_new_tokens=12))
     )
-    cad = replace(params, cad_alpha=0.5)
+    cad = replace(params, cad=ContextAwareDecoding(0.5))
     context_free = generator._encode_context_free(QUESTION, cad)
     answer = list(generator._decode(prompt.input_ids, cad, context_free, None, parallel))
     assert answer == list(
         generator._decode(alone[None], replace(cad, parallel=None, keep_passages=0), context_free)
     )
-    drafted = replace(cad, draft_tokens=4)
+    drafted = replace(cad, drafting=Drafting(4))
     assert list(generator._decode(prompt.input_ids, drafted, context_free, None, parallel)) == answer
 
 
@@ -147,17 +155,17 @@ def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(
     stats = DecodeStats()
     assert decode(GenerationParams(**base, keep_passages=3), stats) == decode(everything)
     assert stats.passages_pruned == 0
-    pruned = GenerationParams(**base, keep_passages=2, cad_alpha=0.5)
+    pruned = GenerationParams(**base, keep_passages=2, cad=ContextAwareDecoding(0.5))
     stats = DecodeStats()
     answer = decode(pruned, stats)
     assert stats.passages_pruned == 1
-    drafted = GenerationParams(**base, keep_passages=2, cad_alpha=0.5, draft_tokens=4)
+    drafted = GenerationParams(**base, keep_passages=2, cad=ContextAwareDecoding(0.5), drafting=Drafting(4))
     assert decode(drafted) == answer  # drafting stays lossless over a pruned cache
 
 
 @pytest.mark.slow
 def test_blending_the_kept_passages_in_full_equals_their_sequential_prompt(generator) -> None:
-    params = GenerationParams(max_new_tokens=12, keep_passages=2, parallel=ParallelContexts(blend_ratio=1.0))
+    params = GenerationParams(max_new_tokens=12, keep_passages=2, parallel=BlendedContexts(1.0))
     prompt = generator._split_prompt(QUESTION, PASSAGES, params)
     prefill = generator._parallel_prefill(params)
     prefix, blocks = prefill.blocks(prompt)

@@ -37,8 +37,9 @@ from rag.corpus import read_squad_questions
 from rag.docstore import Docstore
 from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
-from rag.generation.base import DecodeStats, ParallelContexts
+from rag.generation.base import BlendedContexts, DecodeStats, Drafting, ParallelContexts
 from rag.generation.contexts.passage_kv_store import PassageKVStore
+from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.lm import load_causal_lm
 from rag.models import bundled_model, install_hint
@@ -68,9 +69,9 @@ class RagloomMode:
     ``"memory"`` and ``"disk"`` are parallel-encoded passage contexts (``GenerationParams.parallel``)
     with nothing cached, with every block in the store's memory tier, and with every block in its directory.
     ``int8`` keeps the blocks as int8 (``CausalLMConfig.passage_cache_int8``); ``blend`` is the share of the
-    passage tokens recomputed across passages (``ParallelContexts.blend_ratio``; 0 = off); ``keep`` prunes to
-    that many passages by the question's likelihood (``GenerationParams.keep_passages``; 0 = all).
-    ``draft_model`` fuses the retrieval drafts with the model's smaller same-tokenizer assistant
+    passage tokens recomputed across passages (``BlendedContexts.ratio``; 0 = APE's ``ParallelContexts``);
+    ``keep`` prunes to that many passages by the question's likelihood (``GenerationParams.keep_passages``;
+    0 = all). ``draft_model`` fuses the retrieval drafts with the model's smaller same-tokenizer assistant
     (:data:`ASSISTANTS`; RASD, as ``CausalLMConfig.draft_model`` does); models without one skip the mode.
     """
 
@@ -278,9 +279,9 @@ class _ModelBench:
             gen.default_params(),
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
-            cad_alpha=self.settings["cad_alpha"] if mode.cad else 0.0,
-            draft_tokens=self.settings["draft_tokens"] if mode.draft else 0,
-            parallel=ParallelContexts(blend_ratio=mode.blend) if mode.store is not None else None,
+            cad=ContextAwareDecoding(self.settings["cad_alpha"]) if mode.cad else None,
+            drafting=Drafting(self.settings["draft_tokens"]) if mode.draft else None,
+            parallel=_contexts(mode),
             keep_passages=mode.keep,
         )
 
@@ -309,6 +310,12 @@ class _ModelBench:
             m = run_ragloom(gen, prompt, input_ids, params)
             out[mode.name] = (m, decode(m.tokens).strip())
         return out
+
+
+def _contexts(mode: RagloomMode) -> ParallelContexts | BlendedContexts | None:
+    if mode.store is None:
+        return None
+    return BlendedContexts(mode.blend) if mode.blend > 0 else ParallelContexts()
 
 
 def _passage_store(store: str | None, directory: Path) -> PassageKVStore | None:

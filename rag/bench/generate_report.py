@@ -192,7 +192,7 @@ def report(result: GenerateRun) -> SuiteResult:
         "with APE temperature "
         f"{s['ape'][0]} and scale {s['ape'][1]} (the generator's defaults); int8: passage blocks kept as "
         "int8; blend r: that share of the passage tokens recomputed across passages (CacheBlend, "
-        "`blend_ratio`; plain attention, no APE correction); keep 1: the question read after each "
+        "`BlendedContexts`; plain attention, no APE correction); keep 1: the question read after each "
         "passage apart, the answer from the passage it is most likely under (`keep_passages`); warm "
         "memory / warm disk: every passage block in the store's memory tier / "
         "only in its directory (read back through the OS page cache), filled by an untimed request just "

@@ -7,7 +7,8 @@ import dataclasses
 from typing import Any
 
 from rag.errors import ConfigError
-from rag.generation.base import GenerationParams, Generator, ParallelContexts
+from rag.generation.base import BlendedContexts, Drafting, GenerationParams, Generator, ParallelContexts
+from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.openai_compatible import REMOTE_GENERATOR as REMOTE
 from rag.lm.policy import PRECISIONS
@@ -141,12 +142,22 @@ def generation_params(args: argparse.Namespace, defaults: GenerationParams | Non
         keep = 0 if args.generator == REMOTE else GenerationParams.keep_passages
         defaults = GenerationParams(max_new_tokens=args.default_max_new_tokens, keep_passages=keep)
     given = _given(args, GenerationParams)
+    if args.cad_alpha is not None:  # 0 turns a part off, as the flags always did
+        given["cad"] = ContextAwareDecoding(args.cad_alpha) if args.cad_alpha else None
+    if args.draft_tokens is not None:
+        given["drafting"] = Drafting(args.draft_tokens) if args.draft_tokens else None
     ape_given = _given(args, ParallelContexts)
-    if args.parallel_contexts or (ape_given and defaults.parallel is not None):
-        given["parallel"] = dataclasses.replace(defaults.parallel or ParallelContexts(), **ape_given)
-    elif ape_given:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in ape_given)
-        raise ConfigError(f"{flags}: options of parallel contexts; add --parallel-contexts")
+    options = [f"--{name.replace('_', '-')}" for name in ape_given]
+    options += ["--blend-ratio"] if args.blend_ratio is not None else []
+    if options and not (args.parallel_contexts or defaults.parallel is not None):
+        raise ConfigError(f"{', '.join(options)}: options of parallel contexts; add --parallel-contexts")
+    if args.blend_ratio:  # CacheBlend: the question reads the passages with plain attention, not APE's
+        if ape_given:
+            raise ConfigError("--ape-temperature and --ape-scale do not apply with --blend-ratio")
+        given["parallel"] = BlendedContexts(args.blend_ratio)
+    elif args.parallel_contexts or ape_given:
+        ape = defaults.parallel if isinstance(defaults.parallel, ParallelContexts) else ParallelContexts()
+        given["parallel"] = dataclasses.replace(ape, **ape_given)
     return dataclasses.replace(defaults, **given)
 
 

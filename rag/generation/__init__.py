@@ -3,15 +3,19 @@ server."""
 
 from __future__ import annotations
 
-from rag.generation.base import GenerationParams, Generator, ParallelContexts
+from rag.generation.base import BlendedContexts, Drafting, GenerationParams, Generator, ParallelContexts
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
 from rag.generation.contexts.passage_kv_store import PassageKVStore
+from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleGenerator
 from rag.generation.prompt import build_messages, parse_citations
 
 __all__ = [
+    "BlendedContexts",
     "CausalLMConfig",
     "CausalLMGenerator",
+    "ContextAwareDecoding",
+    "Drafting",
     "GenerationParams",
     "Generator",
     "OpenAICompatibleConfig",

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from rag.errors import ConfigError
 from rag.generation.answer_stream import AnswerStream
+from rag.generation.decode.cad import ContextAwareDecoding
+from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.types import Answer, Document
 
 
@@ -22,17 +24,43 @@ class ParallelContexts:
     # (docs/design/2026-11-27-generation-notebook.md)
     ape_temperature: float = 0.8
     ape_scale: float = 0.8
-    # share of the passage tokens recomputed across passages (CacheBlend, contexts.kv_blend); 0 = off, 1 = all
-    # (the sequential prompt's cache); when on, APE's temperature and scale are not used
-    blend_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.ape_temperature <= 1:
             raise ConfigError(f"ape_temperature must be in (0, 1], got {self.ape_temperature}")
         if not 0 < self.ape_scale <= 1:
             raise ConfigError(f"ape_scale must be in (0, 1], got {self.ape_scale}")
-        if not 0 <= self.blend_ratio <= 1:
-            raise ConfigError(f"blend_ratio must be in [0, 1], got {self.blend_ratio}")
+
+
+@dataclass(frozen=True)
+class BlendedContexts:
+    """Passages encoded apart and cached as with :class:`ParallelContexts`, then placed at the sequential
+    prompt's positions with the share ``ratio`` of their tokens whose KV deviates most recomputed across
+    passages (CacheBlend, :mod:`rag.generation.contexts.kv_blend`); the question reads them with plain
+    attention. ``ratio = 1`` recomputes every passage token: the sequential prompt's cache."""
+
+    ratio: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(
+                f"blending needs a ratio in (0, 1], got {self.ratio} (ParallelContexts for none)"
+            )
+
+
+@dataclass(frozen=True)
+class Drafting:
+    """Speculative decoding: each step verifies drafted continuations of the answer in one forward
+    (:mod:`rag.generation.drafting`: n-grams of the prompt and answer, and the generator's draft model if it
+    has one). Greedy answers are token for token plain decoding's; sampled ones keep their distribution."""
+
+    # longest drafted continuation verified per step; the retrieval drafter drafts at most 2L - 1 tokens
+    # after an L-token match (CausalLMConfig.draft_match_scaled), so a high cap costs little
+    tokens: int = MATCH_SCALED_DRAFT_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ConfigError(f"drafting needs tokens >= 1, got {self.tokens} (drafting=None turns it off)")
 
 
 @dataclass(frozen=True)
@@ -44,9 +72,10 @@ class GenerationParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
-    cad_alpha: float = 0.0  # context-aware decoding strength; 0 = off (see decode.cad)
-    draft_tokens: int = 0  # longest drafted continuation verified per step; 0 = off (drafting.retrieval)
-    parallel: ParallelContexts | None = None  # passages encoded apart and cached; None: one sequential prompt
+    cad: ContextAwareDecoding | None = None  # context-aware decoding (decode.cad); None = off
+    drafting: Drafting | None = None  # speculative decoding with drafts; None = one forward per token
+    # passages encoded apart and cached, read with APE's attention or blended; None: one sequential prompt
+    parallel: ParallelContexts | BlendedContexts | None = None
     # answer from the k passages under which the question is most likely, each read apart first (superposition
     # prompting's path pruning, rag.generation.contexts.passage_pruning): the passages are then encoded apart
     # whether or not ``parallel`` is set; with k = 1 the answer is the sequential prompt's of the chosen
@@ -80,10 +109,6 @@ class GenerationParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
-        if self.cad_alpha < 0:
-            raise ConfigError(f"cad_alpha must be >= 0, got {self.cad_alpha}")
-        if self.draft_tokens < 0:
-            raise ConfigError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
         if self.keep_passages < 0:
             raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
         for token, bias in self.logit_bias:
@@ -101,7 +126,7 @@ class DecodeStats:
     passages_encoded: int = 0  # parallel contexts: passage blocks computed (cold)
     passages_from_memory: int = 0  # loaded from the store's memory tier
     passages_from_disk: int = 0  # loaded from the store's directory
-    blended_tokens: int = 0  # passage tokens recomputed across passages (blend_ratio > 0)
+    blended_tokens: int = 0  # passage tokens recomputed across passages (BlendedContexts)
     passages_pruned: int = 0  # passages left out of the answer's cache (keep_passages > 0)
 
 

@@ -22,12 +22,12 @@ import torch
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.answer_stream import AnswerPieces, AnswerStream
 from rag.generation.attribution import attribute
-from rag.generation.base import DecodeStats, GenerationParams, Generator, ParallelContexts
+from rag.generation.base import BlendedContexts, DecodeStats, GenerationParams, Generator, ParallelContexts
 from rag.generation.citation_constraint import CitationConstraint
 from rag.generation.contexts.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.contexts.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.contexts.passage_kv_store import PassageKVStore
-from rag.generation.decode.cad import ContextAwareDecoding, context_free_messages
+from rag.generation.decode.cad import context_free_messages
 from rag.generation.decode.kv_batch import KVBatch
 from rag.generation.decode.sampling import logit_bias, next_token
 from rag.generation.decode.speculative import DraftProposer, speculative_decode
@@ -65,7 +65,7 @@ class CausalLMConfig:
     # a small LLM with the target's tokenizer drafting with retrieval (RASD, rag.generation.drafting.fused):
     # a bundled name or a folder, loaded on the first drafted request; None = retrieval drafts only
     draft_model: str | None = None
-    # the draft model's share of each step's draft: one draft-model forward per token; None = draft_tokens
+    # the draft model's share of each step's draft: one draft-model forward per token; None = drafting.tokens
     draft_model_tokens: int | None = None
     draft_model_below: int | None = 3  # the draft model drafts only after retrieval matches shorter than this
     passage_cache_mb: int = 512  # in-memory LRU of passage KV blocks; 0 = no memory tier
@@ -126,7 +126,7 @@ class CausalLMGenerator(Generator):
 
     Pass ``model`` and ``tokenizer`` to share an already-loaded model; otherwise ``config.model`` is loaded.
     ``processors`` are applied in order to the next-token scores before a token is picked. ``drafter``
-    proposes the drafts when ``params.draft_tokens > 0`` (default: ``config.drafter()``). ``passage_store``
+    proposes the drafts when ``params.drafting`` is set (default: ``config.drafter()``). ``passage_store``
     keeps the passage KV blocks of parallel-context requests (default: ``config.passage_store()``); the first
     such request switches the model to the APE attention wrapper (:mod:`rag.lm.ape_attention`),
     which computes exactly as before for every other forward.
@@ -212,12 +212,12 @@ class CausalLMGenerator(Generator):
         top_logprobs: int | None = None,
     ) -> AnswerStream:
         """The model's reply to ``messages`` under its chat template: plain decoding, or drafting from the
-        messages' own text when ``params.draft_tokens > 0``; no passages, so nothing to cite. A last
+        messages' own text when ``params.drafting`` is set; no passages, so nothing to cite. A last
         ``assistant`` message is continued (its text follows the template's reply header)."""
         params = params or self.default_params()
-        if params.cad_alpha > 0 or params.parallel is not None or params.require_citation:
+        if params.cad is not None or params.parallel is not None or params.require_citation:
             raise ConfigError("a chat reply has no passages: CAD, parallel contexts and citations need them")
-        if top_logprobs is not None and (top_logprobs < 0 or params.draft_tokens > 0):
+        if top_logprobs is not None and (top_logprobs < 0 or params.drafting is not None):
             raise ConfigError("logprobs: top_logprobs must be >= 0, and drafting does not give them")
         if not any(str(m.get("content", "")).strip() for m in messages):
             raise EmptyQueryError("the messages hold no text")
@@ -335,7 +335,7 @@ class CausalLMGenerator(Generator):
 
     def _encode_context_free(self, question: str, params: GenerationParams) -> torch.Tensor | None:
         """The prompt without passages ``# [1, len]`` when CAD is on, else None."""
-        if params.cad_alpha == 0:
+        if params.cad is None:
             return None
         messages = context_free_messages(question, self.config.system_prompt, self.config.reminder)
         return self._apply_template(messages)
@@ -365,9 +365,9 @@ class CausalLMGenerator(Generator):
         """Yield new token ids for the prompt ``input_ids``, the final eos included.
 
         One forward for the prompt(s), then one per token. Given ``context_free_ids`` (``answer`` and
-        ``stream`` pass them when ``params.cad_alpha > 0``), that prompt is a second row of the same batch and
+        ``stream`` pass them when ``params.cad`` is set), that prompt is a second row of the same batch and
         the two rows' logits are combined by context-aware decoding before the logits processors. With
-        ``params.draft_tokens > 0`` the speculative loop takes over
+        ``params.drafting`` the speculative loop takes over
         (:mod:`rag.generation.decode.speculative`).
         Given ``parallel``, the passages come from the passage KV store
         (:mod:`rag.generation.contexts.parallel_prefill`) and ``input_ids`` is replaced by its pieces,
@@ -377,13 +377,10 @@ class CausalLMGenerator(Generator):
         rng = None
         if params.seed is not None and params.temperature > 0:
             rng = torch.Generator(device=self.model.device).manual_seed(params.seed)
-        if params.cad_alpha > 0 and context_free_ids is None:
-            raise ConfigError("context-aware decoding needs the prompt without passages")
-        prompts = [input_ids[0]]
-        cad = None
-        if context_free_ids is not None:
-            cad = ContextAwareDecoding(params.cad_alpha)
-            prompts.append(context_free_ids[0])
+        if (params.cad is None) != (context_free_ids is None):
+            raise ValueError("context-aware decoding runs with the prompt without passages, and only it")
+        cad = params.cad
+        prompts = [input_ids[0]] if context_free_ids is None else [input_ids[0], context_free_ids[0]]
         if parallel is None:
             batch = KVBatch(self.model, prompts)
         else:
@@ -402,12 +399,14 @@ class CausalLMGenerator(Generator):
                 scores = scores.index_fill(0, eos_ids, float("-inf"))
             return scores if citations is None else citations(generated, scores)
 
-        if params.draft_tokens > 0:
+        if params.drafting is not None:
             if observe is not None:
                 raise ConfigError("drafting verifies several tokens per step: it gives no per-step scores")
             prompt = input_ids[0].tolist()
             eos = self.eos_token_ids
-            yield from speculative_decode(batch, score, self.drafter, prompt, params, eos, rng, stats)
+            yield from speculative_decode(
+                batch, score, self.drafter, prompt, params, params.drafting, eos, rng, stats
+            )
             return
         generated: list[int] = []
         logits = batch.prefill()  # [rows, vocab]: the whole prompt in one forward
@@ -428,7 +427,8 @@ class CausalLMGenerator(Generator):
             self._model_id = model_identity(self.model, self.tokenizer)
         store, model_id = self.passage_store, self._model_id
         # keep_passages alone reads the passages apart with the default APE attention, as parallel contexts do
-        parallel = params.parallel or ParallelContexts()
+        parallel = params.parallel if isinstance(params.parallel, ParallelContexts) else ParallelContexts()
+        blended = params.parallel.ratio if isinstance(params.parallel, BlendedContexts) else 0.0
         return ParallelPrefill(
             self.model,
             store,
@@ -436,7 +436,7 @@ class CausalLMGenerator(Generator):
             parallel.ape_temperature,
             parallel.ape_scale,
             self.config.passage_cache_int8,
-            parallel.blend_ratio,
+            blended,
             params.keep_passages,
         )
 

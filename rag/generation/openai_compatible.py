@@ -218,8 +218,8 @@ def _token_logprob(entry: Any) -> TokenLogprob:
 def _check_remote(params: GenerationParams, passages: int) -> None:
     """Refuse what needs the model's logits or KV cache: a remote server gives neither."""
     needs = {
-        "context-aware decoding (cad_alpha > 0)": params.cad_alpha > 0,
-        "drafting (draft_tokens > 0)": params.draft_tokens > 0,
+        "context-aware decoding (cad)": params.cad is not None,
+        "drafting": params.drafting is not None,
         "parallel contexts": params.parallel is not None,
         f"passage pruning (keep_passages={params.keep_passages} of {passages}; pass 0)": params.prunes(
             passages

@@ -14,9 +14,9 @@ The question and every answer token then attend over all columns with APE attent
 With context-aware decoding, the context-free prompt is a second row whose cached columns are all masked:
 its passage segment is empty, so its attention is the ordinary one over its own tokens.
 
-With ``blend_ratio > 0`` the passages are moved to the sequential prompt's positions and a share of their
-tokens is recomputed across passages (:mod:`~rag.generation.contexts.kv_blend`); the question then attends
-with plain attention, and APE's temperature and scale are not used.
+With ``blend_ratio > 0`` (:class:`~rag.generation.base.BlendedContexts`) the passages are moved to the
+sequential prompt's positions and a share of their tokens is recomputed across passages
+(:mod:`~rag.generation.contexts.kv_blend`); the question then attends with plain attention.
 
 With ``keep_passages = k`` the question first reads each passage apart, and only the ``k`` passages under
 which it is most likely stay in the cache (:mod:`~rag.generation.contexts.passage_pruning`). With ``k = 1``

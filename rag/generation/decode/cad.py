@@ -26,13 +26,13 @@ from rag.kernels import cad_combine
 
 @dataclass(frozen=True)
 class ContextAwareDecoding:
-    """Combine next-token logits with and without the passages; ``alpha = 0`` keeps the first's ranking."""
+    """Combine next-token logits with and without the passages, by ``alpha`` > 0 (0.5 in the bench)."""
 
-    alpha: float
+    alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.alpha >= 0:
-            raise ConfigError(f"CAD needs alpha >= 0, got {self.alpha}")
+        if not self.alpha > 0:
+            raise ConfigError(f"CAD needs alpha > 0, got {self.alpha} (cad=None turns it off)")
 
     def __call__(
         self,

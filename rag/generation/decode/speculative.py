@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from rag.generation.base import DecodeStats, GenerationParams
+from rag.generation.base import DecodeStats, Drafting, GenerationParams
 from rag.generation.decode.kv_batch import KVBatch
 from rag.generation.decode.sampling import target_probs
 from rag.generation.decode.token_tree import TokenTree
@@ -65,6 +65,7 @@ def speculative_decode(
     proposer: DraftProposer,
     prompt: list[int],
     params: GenerationParams,
+    drafting: Drafting,
     eos_token_ids: Collection[int],
     rng: torch.Generator | None = None,
     stats: DecodeStats | None = None,
@@ -84,7 +85,7 @@ def speculative_decode(
         yield token
         if token in eos_token_ids or len(generated) >= params.max_new_tokens:
             return
-        room = min(params.draft_tokens, params.max_new_tokens - len(generated))
+        room = min(drafting.tokens, params.max_new_tokens - len(generated))
         tree = TokenTree.build(token, proposer.propose(prompt + generated, room))
         logits = batch.extend(tree.tokens, tree.parents)  # [rows, nodes, vocab]
         stats.decode_steps += 1
