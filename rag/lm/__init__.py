@@ -2,13 +2,15 @@
 
 Loading (:func:`load_causal_lm`), the precision of the weights (:class:`RuntimePolicy`: int4/int8 as stored
 in the GGUF file on a CPU, bf16 on CUDA, float32 on request), the linear layers that multiply them
-(:mod:`rag.lm.quantized_linear`) and the attention functions (:mod:`rag.lm.grouped_attention`,
-:mod:`rag.lm.attention`) live here. The decoding loop, the drafters, CAD, parallel contexts and the rerankers
-see a transformers model and import nothing from this package but :func:`load_causal_lm` and
-:func:`~rag.lm.attention.attention_implementation`.
+(:mod:`rag.lm.quantized_linear`), the attention functions (:mod:`rag.lm.grouped_attention`,
+:mod:`rag.lm.attention`, APE's :mod:`rag.lm.ape_attention`), the KV cache (:mod:`rag.lm.kv_cache`) and the
+fused logits operations (:func:`cad_combine`, a Triton kernel on CUDA) live here. The decoding loop, the
+drafters, CAD, parallel contexts and the rerankers see a transformers model and reach kernels only through
+this package.
 """
 
+from rag.kernels import cad_combine
 from rag.lm.load import load_causal_lm, load_tokenizer
 from rag.lm.policy import PRECISIONS, Precision, RuntimePolicy
 
-__all__ = ["PRECISIONS", "Precision", "RuntimePolicy", "load_causal_lm", "load_tokenizer"]
+__all__ = ["PRECISIONS", "Precision", "RuntimePolicy", "cad_combine", "load_causal_lm", "load_tokenizer"]

@@ -21,7 +21,7 @@ import torch
 
 from rag.errors import ConfigError
 from rag.generation.prompt import question_turn
-from rag.kernels import cad_combine
+from rag.lm import cad_combine
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ContextAwareDecoding:
         """``(1 + α)·log_softmax(with) − α·log_softmax(without)``, same shape."""
         if with_context.shape != without_context.shape:
             raise ValueError(f"shapes differ: {tuple(with_context.shape)} vs {tuple(without_context.shape)}")
-        return cad_combine(with_context, without_context, self.alpha)  # Triton on CUDA, else torch
+        return cad_combine(with_context, without_context, self.alpha)  # rag.lm: Triton on CUDA, else torch
 
 
 def context_free_messages(question: str, system_prompt: str, reminder: str = "") -> list[dict[str, str]]:
