@@ -76,7 +76,9 @@ def test_the_command_line_has_the_servers_length_limit(
     def no_loading(*args: object) -> None:
         raise AssertionError("the index (and its models) loaded before the length was checked")
 
-    monkeypatch.setattr(f"rag.cli.{command}.load_index", no_loading)
+    monkeypatch.setattr(f"rag.cli.{command}.Collection", no_loading)  # how both commands open the index
+    if command == "search":
+        monkeypatch.setattr("rag.cli.search.load_index", no_loading)  # an index saved without a docstore
     text = "why? " * 22_400  # 112,000 characters: minutes of prefill before this limit
     argv = ["ask", text, "--index", str(index_dir)] if command == "ask" else ["search", str(index_dir), text]
     assert main(argv) == 2  # refused before any model loads
