@@ -14,6 +14,7 @@ from rag.cli.generation_options import add_generation_options, generator_config
 from rag.errors import ConfigError
 from rag.generation import CausalLMConfig, CausalLMGenerator, Drafting, GenerationParams
 from rag.generation.base import DecodeStats
+from rag.generation.causal_lm import build_drafter
 from rag.generation.drafting.draft_model import DraftModelProposer, check_vocabulary
 from rag.generation.drafting.fused import FusedDrafter, keep_retrieval_draft
 from rag.generation.drafting.retrieval import RetrievalDrafter
@@ -111,7 +112,7 @@ def test_a_vocabulary_mismatch_raises_config_error(smollm2) -> None:
     with pytest.raises(ConfigError, match="differs from the target's"):
         check_vocabulary(tokenizer, FakeTokenizer({**vocab, "<extra>": len(vocab)}))
     # Through the config: constructing it loads nothing; the first proposal loads and checks.
-    drafter = CausalLMConfig(draft_model="smollm2-135m-instruct").drafter(FakeTokenizer(shifted))
+    drafter = build_drafter(CausalLMConfig(draft_model="smollm2-135m-instruct"), FakeTokenizer(shifted))
     assert isinstance(drafter, FusedDrafter)
     context = tokenizer("The Eiffel Tower is in")["input_ids"]
     with pytest.raises(ConfigError, match="draft model 'smollm2-135m-instruct'"):
@@ -122,12 +123,12 @@ def test_the_config_loads_the_draft_model_lazily() -> None:
     config = CausalLMConfig(
         draft_model="no-such-model-anywhere", defaults=GenerationParams(drafting=Drafting(4))
     )  # would fail to load
-    drafter = config.drafter()
+    drafter = build_drafter(config)
     assert isinstance(drafter, FusedDrafter) and isinstance(drafter.draft, DraftModelProposer)
     assert drafter.draft.max_tokens_cap is None  # as long as the request's drafting.tokens
-    capped = CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=1).drafter()
+    capped = build_drafter(CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=1))
     assert isinstance(capped, FusedDrafter) and capped.draft.max_tokens_cap == 1
-    assert isinstance(CausalLMConfig().drafter(), RetrievalDrafter)
+    assert isinstance(build_drafter(CausalLMConfig()), RetrievalDrafter)
     with pytest.raises(ConfigError):
         CausalLMConfig(draft_model=" ")
     with pytest.raises(ConfigError, match="draft_model_tokens"):
@@ -137,7 +138,7 @@ def test_the_config_loads_the_draft_model_lazily() -> None:
 def test_the_config_drafts_with_an_already_loaded_draft_model(smollm2) -> None:
     model, tokenizer = smollm2
     config = CausalLMConfig(draft_model="no-such-model-anywhere", draft_model_tokens=2)  # never loaded
-    drafter = config.drafter(tokenizer, draft_lm=model)
+    drafter = build_drafter(config, tokenizer, draft_lm=model)
     assert isinstance(drafter, FusedDrafter) and drafter.draft.model is model
     context = tokenizer("The Eiffel Tower is in")["input_ids"]
     assert [len(d) for d in drafter.draft.propose(context, 6)] == [2]

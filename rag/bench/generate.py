@@ -38,6 +38,7 @@ from rag.docstore import Docstore
 from rag.eval.qa import QA_REMINDER, QA_SYSTEM_PROMPT
 from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 from rag.generation.base import BlendedContexts, DecodeStats, Drafting, ParallelContexts
+from rag.generation.causal_lm import build_drafter
 from rag.generation.contexts.passage_kv_store import PassageKVStore
 from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
@@ -261,7 +262,7 @@ class _ModelBench:
             )
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
             # the draft-model mode drafts with the assistant loaded once for every generator
-            drafter = config.drafter(self.tokenizer, draft_lm=self.assistant) if draft_model else None
+            drafter = build_drafter(config, self.tokenizer, draft_lm=self.assistant) if draft_model else None
             self.gens[key] = CausalLMGenerator(
                 config,
                 model=self.lm,

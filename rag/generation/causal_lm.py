@@ -79,45 +79,52 @@ class CausalLMConfig:
     def __post_init__(self) -> None:
         if self.draft_model_tokens is not None and self.draft_model_tokens < 1:
             raise ConfigError(f"draft_model_tokens must be at least 1 or None, got {self.draft_model_tokens}")
-        self.drafter()  # and the drafter's
+        RetrievalDrafter(  # refuses bad n-gram options; a drafter is built by build_drafter, per generator
+            self.draft_max_ngram, self.draft_min_ngram, self.draft_branches, self.draft_match_scaled
+        )
+        if self.draft_model is not None and not self.draft_model.strip():
+            raise ConfigError("draft_model is empty; pass a model name or folder, or None")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.passage_cache_mb < 0 or self.passage_cache_disk_mb < 0:
             raise ConfigError("passage_cache_mb and passage_cache_disk_mb must be >= 0")
 
-    def passage_store(self) -> PassageKVStore:
-        return PassageKVStore(
-            self.passage_cache_mb << 20, self.passage_cache_dir, self.passage_cache_disk_mb << 20
-        )
 
-    def drafter(self, target_tokenizer: Any = None, draft_lm: Any = None) -> RetrievalDrafter | FusedDrafter:
-        """The retrieval drafter, fused with ``draft_model`` when one is set.
+def build_passage_store(config: CausalLMConfig) -> PassageKVStore:
+    """The passage KV store ``config`` sizes: an LRU in memory, and on disk with ``passage_cache_dir``."""
+    return PassageKVStore(
+        config.passage_cache_mb << 20, config.passage_cache_dir, config.passage_cache_disk_mb << 20
+    )
 
-        The draft model is not loaded here but on its first proposal; given ``target_tokenizer``, its
-        vocabulary is then checked against the target's (ConfigError on a mismatch). ``draft_lm`` is
-        ``draft_model`` already loaded (e.g. shared with other generators): used as is, nothing is loaded."""
-        retrieval = RetrievalDrafter(
-            self.draft_max_ngram, self.draft_min_ngram, self.draft_branches, self.draft_match_scaled
-        )
-        if self.draft_model is None:
-            return retrieval
-        name, device, precision = self.draft_model, self.device, self.precision
-        if not name.strip():
-            raise ConfigError("draft_model is empty; pass a model name or folder, or None")
 
-        def load() -> tuple[Any, Any]:
-            from rag.lm import load_causal_lm
+def build_drafter(
+    config: CausalLMConfig, target_tokenizer: Any = None, draft_lm: Any = None
+) -> RetrievalDrafter | FusedDrafter:
+    """The retrieval drafter ``config`` describes, fused with its ``draft_model`` when one is set.
 
-            return load_causal_lm(name, device=device, precision=precision)
+    The draft model is not loaded here but on its first proposal; given ``target_tokenizer``, its
+    vocabulary is then checked against the target's (ConfigError on a mismatch). ``draft_lm`` is
+    ``draft_model`` already loaded (e.g. shared with other generators): used as is, nothing is loaded."""
+    retrieval = RetrievalDrafter(
+        config.draft_max_ngram, config.draft_min_ngram, config.draft_branches, config.draft_match_scaled
+    )
+    if config.draft_model is None:
+        return retrieval
+    name, device, precision = config.draft_model, config.device, config.precision
 
-        proposer = DraftModelProposer(
-            draft_lm,
-            loader=None if draft_lm is not None else load,
-            target_tokenizer=target_tokenizer,
-            max_tokens_cap=self.draft_model_tokens,
-            name=f"draft model {name!r}",
-        )
-        return FusedDrafter(retrieval, proposer, model_below=self.draft_model_below)
+    def load() -> tuple[Any, Any]:
+        from rag.lm import load_causal_lm
+
+        return load_causal_lm(name, device=device, precision=precision)
+
+    proposer = DraftModelProposer(
+        draft_lm,
+        loader=None if draft_lm is not None else load,
+        target_tokenizer=target_tokenizer,
+        max_tokens_cap=config.draft_model_tokens,
+        name=f"draft model {name!r}",
+    )
+    return FusedDrafter(retrieval, proposer, model_below=config.draft_model_below)
 
 
 @register("generator", "causal-lm", CausalLMConfig)
@@ -126,10 +133,10 @@ class CausalLMGenerator(Generator):
 
     Pass ``model`` and ``tokenizer`` to share an already-loaded model; otherwise ``config.model`` is loaded.
     ``processors`` are applied in order to the next-token scores before a token is picked. ``drafter``
-    proposes the drafts when ``params.drafting`` is set (default: ``config.drafter()``). ``passage_store``
-    keeps the passage KV blocks of parallel-context requests (default: ``config.passage_store()``); the first
-    such request switches the model to the APE attention wrapper (:mod:`rag.lm.ape_attention`),
-    which computes exactly as before for every other forward.
+    proposes the drafts when ``params.drafting`` is set (default: ``build_drafter(config)``).
+    ``passage_store`` keeps the passage KV blocks of parallel-context requests (default:
+    ``build_passage_store(config)``); the first such request switches the model to the APE attention wrapper
+    (:mod:`rag.lm.ape_attention`), which computes exactly as before for every other forward.
     """
 
     def __init__(
@@ -156,9 +163,9 @@ class CausalLMGenerator(Generator):
         self.model = model
         self.tokenizer = tokenizer
         self.processors = tuple(processors)
-        self.drafter = drafter or self.config.drafter(tokenizer)
+        self.drafter = drafter or build_drafter(self.config, tokenizer)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
-        self.passage_store = passage_store or self.config.passage_store()
+        self.passage_store = passage_store or build_passage_store(self.config)
         self._model_id: str | None = None  # model_identity(), computed on the first parallel request
 
     # -- public API ---------------------------------------------------------------------------------
