@@ -1,4 +1,8 @@
-"""Benchmark results as Markdown: one section per suite in docs/benchmarks.md, replaced on each run."""
+"""Benchmark results as Markdown: one short section per suite in docs/benchmarks.md, replaced on each run.
+
+The section holds the suite's measures table; the run's notes and its wider tables go into a dated file of the
+design notebook beside it (``docs/design/DATE-bench-SUITE.md``), which the section links to.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,23 @@ class SuiteResult:
     appendix: str = ""  # more Markdown after the notes, e.g. a table with other columns
 
     def markdown(self) -> str:
+        """The whole result: the measures table, the notes and the appendix."""
+        lines = self._table()
+        lines += [""] + [f"- {note}" for note in self.notes]
+        if self.appendix:
+            lines += ["", self.appendix.rstrip()]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def summary(self, details: str) -> str:
+        """The measures table and a link to ``details``, where :meth:`markdown` is kept."""
+        lines = [
+            *self._table(),
+            "",
+            f"How it was measured, notes and every figure of the run: [{details}]({details}).",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _table(self) -> list[str]:
         lines = [
             f"## {self.title}",
             "",
@@ -46,10 +67,7 @@ class SuiteResult:
                 f"| {r.measure} | {r.ragloom:,.1f} {r.unit} | {r.baseline:,.1f} {r.unit} "
                 f"| {r.ratio:.3f}× | {r.target} |"
             )
-        lines += [""] + [f"- {note}" for note in self.notes]
-        if self.appendix:
-            lines += ["", self.appendix.rstrip()]
-        return "\n".join(lines).rstrip() + "\n"
+        return lines
 
 
 def _cpu_count() -> int:
@@ -65,11 +83,15 @@ _HEADER = (
 
 
 def write_section(path: str | Path, result: SuiteResult) -> None:
-    """Insert or replace the suite's section, marked by HTML comments, keeping the other suites' sections."""
+    """Insert or replace the suite's section, marked by HTML comments, keeping the other suites' sections; the
+    whole result goes to the dated design file the section links to."""
     path = Path(path)
+    details = Path("design") / f"{time.strftime('%Y-%m-%d')}-bench-{result.suite}.md"
+    (path.parent / details).parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / details).write_text(result.markdown())
     text = path.read_text() if path.exists() else _HEADER
     begin, end = f"<!-- bench:{result.suite}:begin -->", f"<!-- bench:{result.suite}:end -->"
-    section = f"{begin}\n{result.markdown()}{end}"
+    section = f"{begin}\n{result.summary(details.as_posix())}{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     text = (
         pattern.sub(lambda _: section, text)
