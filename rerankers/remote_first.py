@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.errors import ConfigError
-from rag.generation.base import GenerationParams
+from rag.generation.base import ChatParams, TokenLogprobs
 from rag.registry import register
 from rag.rerankers.base import DocumentSource
 from rag.rerankers.listwise_base import LISTWISE_SYSTEM, ranking_prompt
@@ -75,8 +75,8 @@ class RemoteFirstReranker(RemoteWindowReranker):
         ]
         self.requests += 1
         bias = tuple((token, LETTER_BIAS) for token in self.letter_ids[: len(letters)])
-        one_token = GenerationParams(max_new_tokens=1, keep_passages=0, logit_bias=bias)
-        answer = self.server.chat(messages, one_token, top_logprobs=MAX_TOP_LOGPROBS).read_to_end()
+        one_token = ChatParams(max_new_tokens=1, logit_bias=bias, steps=TokenLogprobs(MAX_TOP_LOGPROBS))
+        answer = self.server.chat(messages, one_token).read_to_end()
         logprobs = answer.logprobs or []
         return rank_letters(logprobs[0].top if logprobs else [], letters)
 

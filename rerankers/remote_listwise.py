@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rag.generation.base import GenerationParams
+from rag.generation.base import ChatParams
 from rag.registry import register
 from rag.rerankers.listwise_base import LISTWISE_SYSTEM, ranking_prompt
 from rag.rerankers.permutation import parse_permutation
@@ -35,7 +35,7 @@ class RemoteListwiseReranker(RemoteWindowReranker):
         user = ranking_prompt(query, passages, [str(i) for i in range(1, n + 1)])
         messages = [{"role": "system", "content": LISTWISE_SYSTEM}, {"role": "user", "content": user}]
         # "[12] > " is at most 5 tokens for common tokenizers; two more for the end
-        params = GenerationParams(max_new_tokens=5 * n + 2, keep_passages=0)
+        params = ChatParams(max_new_tokens=5 * n + 2)
         self.requests += 1
         stream = self.server.chat(messages, params)
         return parse_permutation("".join(stream), n)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from rag.errors import ConfigError
 from rag.generation.answer_stream import AnswerStream
 from rag.generation.attribution import attribute
-from rag.generation.base import GenerationParams, Generator
+from rag.generation.base import ChatParams, GenerationParams, Generator
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.pipeline import Retrieval
 from rag.serving.state import ServedCollection, ServerState
@@ -46,7 +46,7 @@ class Generation:
 
     collection: ServedCollection | None  # None: a plain chat with the served model, no retrieval
     question: str
-    params: GenerationParams
+    params: GenerationParams | ChatParams  # a chat's when ``messages`` is set
     deadline: float  # time.monotonic() value
     hits: list[Hit] = field(default_factory=list)
     passages: list[Document] = field(default_factory=list)
@@ -57,7 +57,6 @@ class Generation:
     prompt_tokens: int = 0  # the chat prompt (instruction, passages, question), as the model reads it
     completion_tokens: int = 0  # tokens generated (a piece of text may hold several)
     messages: list[dict[str, str]] | None = None  # a plain chat's conversation, sent to the model as is
-    top_logprobs: int | None = None  # a plain chat's logprobs request (None: none asked)
     logprobs: list[TokenLogprob] | None = None  # filled in when the generation ends, if asked
     retrieval: Retrieval | None = None  # what the collection's pipeline retrieved (None: a plain chat)
 
@@ -122,13 +121,12 @@ async def prepare(
 async def prepare_chat(
     state: ServerState,
     messages: list[dict[str, str]],
-    params: GenerationParams,
-    top_logprobs: int | None = None,
+    params: ChatParams,
 ) -> Generation:
     """A plain chat with the served model: no retrieval; the deadline starts now."""
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     deadline = time.monotonic() + state.settings.request_timeout_s
-    generation = Generation(None, question, params, deadline, messages=messages, top_logprobs=top_logprobs)
+    generation = Generation(None, question, params, deadline, messages=messages)
     generation.prompt_tokens = await anyio.to_thread.run_sync(chat_tokens, state.generator, messages)
     return generation
 
@@ -195,8 +193,9 @@ async def run_to_end(state: ServerState, generation: Generation, request: Reques
 
 
 def _start(generator: Generator, generation: Generation) -> Iterator[str]:
-    if generation.messages is not None:
-        return generator.chat(generation.messages, generation.params, top_logprobs=generation.top_logprobs)
+    if isinstance(generation.params, ChatParams):
+        assert generation.messages is not None  # prepare_chat() sets both
+        return generator.chat(generation.messages, generation.params)
     assert generation.collection is not None and generation.retrieval is not None  # prepare() retrieved
     pipeline = generation.collection.pipeline
     assert pipeline is not None  # prepare() refuses a collection without one

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 
-from rag.generation.base import GenerationParams
+from rag.generation.base import ChatParams, GenerationParams, TokenLogprobs
 from rag.serving.deps import ReadAuth, StateDep, find_collection
 from rag.serving.errors import FieldError, openai_error
 from rag.serving.gate import QueueFullError
@@ -71,11 +71,11 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     max_tokens = body.max_completion_tokens or body.max_tokens
     if _is_chat_model(state, body.model):
-        top_logprobs = _top_logprobs(body)
+        logprobs = _logprobs_asked(body)
         max_tokens = check_model_request(state, state.settings, max_tokens)  # the model checks its context
         messages = [{"role": _chat_role(m.role), "content": m.text()} for m in body.messages]
-        params = dataclasses.replace(_params(state, body, max_tokens), logit_bias=_logit_bias(body))
-        generation = await prepare_chat(state, messages, params, top_logprobs)
+        sampling = dataclasses.replace(_params(state, body, max_tokens), logit_bias=_logit_bias(body))
+        generation = await prepare_chat(state, messages, ChatParams.like(sampling, logprobs))
     else:
         collection = find_collection(state, body.model)
         question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
@@ -114,11 +114,11 @@ async def chat_completions(
     }
 
 
-def _top_logprobs(body: ChatCompletionRequest) -> int | None:
-    """How many alternatives each token's logprobs list (None: no logprobs asked)."""
+def _logprobs_asked(body: ChatCompletionRequest) -> TokenLogprobs | None:
+    """The logprobs asked, with how many alternatives each token lists (None: no logprobs asked)."""
     if body.top_logprobs is not None and not body.logprobs:
         raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
-    return (body.top_logprobs or 0) if body.logprobs else None
+    return TokenLogprobs(body.top_logprobs or 0) if body.logprobs else None
 
 
 def _logit_bias(body: ChatCompletionRequest) -> tuple[tuple[int, float], ...]:

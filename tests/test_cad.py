@@ -159,7 +159,7 @@ def test_cad_scores_combine_the_two_rows_logits(generator: CausalLMGenerator) ->
 
     capturing = CausalLMGenerator(model=generator.model, tokenizer=generator.tokenizer, processors=[capture])
     params = GenerationParams(max_new_tokens=2, cad=ContextAwareDecoding(0.7))
-    first, _ = list(capturing._decode(prompt, params, context_free))
+    first, _ = list(capturing._answer_tokens(prompt, params, context_free))
     with torch.inference_mode():
         with_context = generator.model(prompt).logits[0, -1]  # [vocab]
         without_context = generator.model(context_free).logits[0, -1]
@@ -221,4 +221,4 @@ def test_cad_alpha_from_the_config(generator: CausalLMGenerator) -> None:
 def test_decode_without_the_context_free_prompt_is_refused(generator: CausalLMGenerator) -> None:
     prompt, _ = _prompts(generator)
     with pytest.raises(ValueError, match="without passages"):
-        next(generator._decode(prompt, GenerationParams(cad=ContextAwareDecoding(1.0))))
+        next(generator._answer_tokens(prompt, GenerationParams(cad=ContextAwareDecoding(1.0))))

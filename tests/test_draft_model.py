@@ -211,9 +211,10 @@ def test_fused_greedy_equals_plain_greedy_and_self_drafts_are_accepted(smollm2) 
     for kind, questions in [("copy", COPYING[:3]), ("free", NOT_COPYING[:3])]:
         for question in questions:
             ids = fused._encode_prompt(question, PASSAGES, plain_params)
-            plain = list(fused._decode(ids, plain_params))
-            assert list(fused._decode(ids, draft_params, None, fused_stats[kind])) == plain, question
-            assert list(retrieval._decode(ids, draft_params, None, retrieval_stats[kind])) == plain, question
+            plain = list(fused._answer_tokens(ids, plain_params))
+            assert list(fused._answer_tokens(ids, draft_params, None, fused_stats[kind])) == plain, question
+            drafted = retrieval._answer_tokens(ids, draft_params, None, retrieval_stats[kind])
+            assert list(drafted) == plain, question
     assert fused.drafter.draft._model is not None and fused.drafter.draft._model is not model
 
     def rate(stats: DecodeStats) -> float:
@@ -239,7 +240,8 @@ def test_the_default_gated_bf16_draft_model_keeps_greedy_output(smollm2) -> None
     stats = DecodeStats()
     for question in COPYING[:2] + NOT_COPYING[:2]:
         ids = fused._encode_prompt(question, PASSAGES, plain_params)
-        assert list(fused._decode(ids, draft_params, None, stats)) == list(fused._decode(ids, plain_params))
+        plain = list(fused._answer_tokens(ids, plain_params))
+        assert list(fused._answer_tokens(ids, draft_params, None, stats)) == plain
     assert stats.accepted_tokens > 0
     draft_lm = fused.drafter.draft.model
     assert next(draft_lm.parameters()).dtype == next(model.parameters()).dtype  # loaded as the target is

@@ -319,9 +319,9 @@ def test_greedy_drafting_equals_plain_greedy_on_smollm2(generator: CausalLMGener
     steps = tokens = 0
     for question in COPYING + NOT_COPYING:
         ids = generator._encode_prompt(question, PASSAGES, plain_params)
-        plain = list(generator._decode(ids, plain_params))
+        plain = list(generator._answer_tokens(ids, plain_params))
         stats = DecodeStats()
-        assert list(generator._decode(ids, draft_params, None, stats)) == plain, question
+        assert list(generator._answer_tokens(ids, draft_params, None, stats)) == plain, question
         steps += stats.decode_steps
         tokens += len(plain) - 1
     assert tokens / steps > 1.5  # mean tokens per verification step over the 20 prompts
@@ -332,14 +332,14 @@ def test_min_new_tokens_holds_back_the_end_in_every_mode(generator: CausalLMGene
     """A short answer is made to go on past its end; drafting still gives the plain greedy tokens."""
     question = "Into which sea does the Nile flow?"  # SmolLM2 answers it in 33 tokens
     ids = generator._encode_prompt(question, PASSAGES, GenerationParams())
-    free = list(generator._decode(ids, GenerationParams(max_new_tokens=60)))
+    free = list(generator._answer_tokens(ids, GenerationParams(max_new_tokens=60)))
     assert free[-1] in generator.eos_token_ids and len(free) < 50  # it ends early by itself
     least = len(free) + 10
     held = GenerationParams(max_new_tokens=80, min_new_tokens=least)
-    plain = list(generator._decode(ids, held))
+    plain = list(generator._answer_tokens(ids, held))
     assert len(plain) >= least and plain[: len(free) - 1] == free[:-1]
     assert not set(plain[: least - 1]) & generator.eos_token_ids
-    assert list(generator._decode(ids, replace(held, drafting=Drafting(6)))) == plain
+    assert list(generator._answer_tokens(ids, replace(held, drafting=Drafting(6)))) == plain
     with pytest.raises(ConfigError, match="min_new_tokens"):
         GenerationParams(max_new_tokens=8, min_new_tokens=9)
 
@@ -351,8 +351,8 @@ def test_drafting_composes_with_cad(generator: CausalLMGenerator) -> None:
         both = GenerationParams(max_new_tokens=16, cad=ContextAwareDecoding(0.5), drafting=Drafting(6))
         ids = generator._encode_prompt(question, PASSAGES, cad)
         context_free = generator._encode_context_free(question, cad)
-        expected = list(generator._decode(ids, cad, context_free))
-        assert list(generator._decode(ids, both, context_free)) == expected, question
+        expected = list(generator._answer_tokens(ids, cad, context_free))
+        assert list(generator._answer_tokens(ids, both, context_free)) == expected, question
 
 
 @pytest.mark.slow
@@ -389,6 +389,6 @@ def test_greedy_drafting_equals_plain_greedy_on_qwen_0_5b() -> None:
     stats = DecodeStats()
     for question in COPYING[::3] + NOT_COPYING[::4]:
         ids = generator._encode_prompt(question, PASSAGES, plain_params)
-        plain = list(generator._decode(ids, plain_params))
-        assert list(generator._decode(ids, draft_params, None, stats)) == plain, question
+        plain = list(generator._answer_tokens(ids, plain_params))
+        assert list(generator._answer_tokens(ids, draft_params, None, stats)) == plain, question
     assert stats.accepted_tokens > 0

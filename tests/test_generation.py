@@ -9,8 +9,11 @@ from rag.errors import ConfigError, EmptyQueryError
 from rag.generation import (
     CausalLMConfig,
     CausalLMGenerator,
+    ChatParams,
+    Drafting,
     GenerationParams,
     ParallelContexts,
+    TokenLogprobs,
     build_messages,
     parse_citations,
 )
@@ -214,7 +217,7 @@ def test_greedy_loop_equals_transformers_generate(smollm2_exact, question: str) 
     )
     params = GenerationParams(max_new_tokens=20)
     input_ids = generator._encode_prompt(question, DOCS, params)  # [1, prompt_len]
-    ours = list(generator._decode(input_ids, params))
+    ours = list(generator._answer_tokens(input_ids, params))
     with torch.inference_mode():
         reference = generator.model.generate(
             input_ids,
@@ -260,7 +263,7 @@ def test_stream_holds_back_partial_characters(generator: CausalLMGenerator, monk
 def test_seeded_sampling_is_reproducible_end_to_end(generator: CausalLMGenerator) -> None:
     def sample(seed: int) -> list[int]:
         params = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=seed)
-        return list(generator._decode(generator._encode_prompt(QUESTIONS[2], DOCS, params), params))
+        return list(generator._answer_tokens(generator._encode_prompt(QUESTIONS[2], DOCS, params), params))
 
     first = sample(11)
     assert first == sample(11)
@@ -292,7 +295,7 @@ def test_logits_processors_see_the_sequence_and_steer_the_pick(smollm2) -> None:
     generator = CausalLMGenerator(model=model, tokenizer=tokenizer, processors=[force])
     params = GenerationParams(max_new_tokens=3)
     input_ids = generator._encode_prompt(QUESTIONS[0], DOCS, params)  # [1, prompt_len]
-    assert list(generator._decode(input_ids, params)) == [forced] * 3
+    assert list(generator._answer_tokens(input_ids, params)) == [forced] * 3
     n = input_ids.shape[1]
     assert seen == [(1, n), (1, n + 1), (1, n + 2)]
 
@@ -309,3 +312,23 @@ def test_prompt_longer_than_the_context_is_refused(generator: CausalLMGenerator)
     huge = [Document("big", "word " * limit)]
     with pytest.raises(ConfigError, match="context"):
         generator.answer("What is this?", huge)
+
+
+def test_chat_params_take_the_sampling_and_one_kind_of_step() -> None:
+    defaults = GenerationParams(max_new_tokens=9, temperature=0.5, drafting=Drafting(4), keep_passages=3)
+    assert ChatParams.like(defaults) == ChatParams(max_new_tokens=9, temperature=0.5, steps=Drafting(4))
+    asked = ChatParams.like(defaults, TokenLogprobs(2))  # logprobs need one forward per token
+    assert asked.logprobs == TokenLogprobs(2) and asked.drafting is None and asked.temperature == 0.5
+    with pytest.raises(ConfigError, match="top logprobs"):
+        TokenLogprobs(-1)
+
+
+def test_chat_reply_is_the_same_drafted_or_with_logprobs(generator: CausalLMGenerator) -> None:
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    plain = generator.chat(messages, ChatParams(max_new_tokens=12)).read_to_end()
+    drafted = generator.chat(messages, ChatParams(max_new_tokens=12, steps=Drafting())).read_to_end()
+    scored = generator.chat(messages, ChatParams(max_new_tokens=12, steps=TokenLogprobs(3))).read_to_end()
+    assert plain.text and drafted.text == plain.text == scored.text  # greedy, token for token
+    assert plain.logprobs is None and scored.logprobs is not None
+    assert len(scored.logprobs) == scored.timings.new_tokens
+    assert all(len(t.top) == 3 and t.logprob <= 0 for t in scored.logprobs)

@@ -36,17 +36,15 @@ def test_params_and_cli_take_the_blend_ratio() -> None:
             GenerationParams(keep_passages=0, parallel=BlendedContexts(bad))
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
-    params = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2"]))
+    params = generation_params(parser.parse_args(["--contexts", "blend:0.2"]))
     assert params.parallel == BlendedContexts(0.2)
     assert generation_params(parser.parse_args([])).parallel is None
-    with pytest.raises(ConfigError, match="--blend-ratio: options of parallel contexts"):
-        generation_params(parser.parse_args(["--blend-ratio", "0.2"]))  # a blend needs parallel contexts
-    with pytest.raises(ConfigError, match="do not apply with --blend-ratio"):  # APE's knobs, plain attention
-        generation_params(
-            parser.parse_args(["--parallel-contexts", "--blend-ratio", "0.2", "--ape-scale", "0.9"])
-        )
-    ape = generation_params(parser.parse_args(["--parallel-contexts", "--blend-ratio", "0"]))
-    assert ape.parallel == ParallelContexts()  # 0: no blending
+    for bad in ("blend", "blend:0", "blend:x", "blend:0.2,0.9", "sequential:1", "serial"):
+        with pytest.raises(SystemExit):  # argparse reports the MODE and exits
+            parser.parse_args(["--contexts", bad])
+    parallel_default = GenerationParams(parallel=ParallelContexts(0.5, 0.5))
+    back = generation_params(parser.parse_args(["--contexts", "sequential"]), parallel_default)
+    assert back.parallel is None  # a config's parallel default turned off on the command line
     loaded = make_config(CausalLMConfig, {"defaults": {"parallel": {"ratio": 0.3}}})  # a pipeline config
     assert loaded.defaults.parallel == BlendedContexts(0.3)
     assert make_config(CausalLMConfig, {"defaults": {"parallel": {}}}).defaults.parallel == ParallelContexts()
@@ -68,7 +66,7 @@ def decode(gen: CausalLMGenerator, params: GenerationParams, stats: DecodeStats 
     ids = gen._encode_prompt(QUESTION, PASSAGES, params)
     context_free = gen._encode_context_free(QUESTION, params)
     parallel = gen._split_prompt(QUESTION, PASSAGES, params)
-    return list(gen._decode(ids, params, context_free, stats, parallel))
+    return list(gen._answer_tokens(ids, params, context_free, stats, parallel))
 
 
 def keys_at(model, ids: torch.Tensor, first_position: int) -> tuple[torch.Tensor, ...]:
@@ -101,7 +99,7 @@ def test_recomputing_every_passage_token_equals_sequential_prefill(generator) ->
         cached = generator._parallel_prefill(blended).batch(prompt).prefill()
     torch.testing.assert_close(cached, plain, atol=2e-4, rtol=0)
     stats = DecodeStats()
-    assert decode(generator, blended, stats) == list(generator._decode(ids, sequential))
+    assert decode(generator, blended, stats) == list(generator._answer_tokens(ids, sequential))
     assert stats.blended_tokens == sum(len(p) for p in prompt.passage_ids)
 
 

@@ -74,7 +74,7 @@ def test_pipeline_answers_through_llama_cpp_with_citations(llama_server: str, tm
 
 
 def test_llama_cpp_lists_the_model_and_takes_logit_bias(llama_server: str) -> None:
-    from rag.generation.base import GenerationParams
+    from rag.generation.base import ChatParams
     from rag.lm import load_tokenizer
 
     generator = llama(llama_server)
@@ -85,6 +85,6 @@ def test_llama_cpp_lists_the_model_and_takes_logit_bias(llama_server: str) -> No
         == MODEL
     )  # the server's first (only) model
     forced = load_tokenizer(MODEL).encode(" zebra", add_special_tokens=False)[0]
-    params = GenerationParams(max_new_tokens=1, keep_passages=0, logit_bias=((forced, 100.0),))
+    params = ChatParams(max_new_tokens=1, logit_bias=((forced, 100.0),))
     reply = generator.chat([{"role": "user", "content": "Name a colour."}], params).read_to_end()
     assert reply.text == "zebra"

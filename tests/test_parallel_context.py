@@ -71,9 +71,10 @@ def test_params_validate_ape_fields() -> None:
 def test_cli_options_reach_the_params_and_the_config() -> None:
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
-    args = parser.parse_args(["--parallel-contexts", "--ape-temperature", "0.5", "--passage-cache-dir", "kv"])
+    args = parser.parse_args(["--contexts", "parallel:0.5,0.8", "--passage-cache-dir", "kv"])
     params = generation_params(args)
     assert params.parallel == ParallelContexts(ape_temperature=0.5, ape_scale=0.8)
+    assert generation_params(parser.parse_args(["--contexts", "parallel"])).parallel == ParallelContexts()
     assert generator_config(args)["passage_cache_dir"] == "kv"
     assert generation_params(parser.parse_args([])).parallel is None
 
@@ -111,7 +112,7 @@ def decode(gen: CausalLMGenerator, passages, params: GenerationParams, stats: De
     ids = gen._encode_prompt(QUESTION, passages, params)
     context_free = gen._encode_context_free(QUESTION, params)
     parallel = gen._split_prompt(QUESTION, passages, params)
-    return list(gen._decode(ids, params, context_free, stats, parallel))
+    return list(gen._answer_tokens(ids, params, context_free, stats, parallel))
 
 
 @pytest.mark.slow
@@ -167,7 +168,7 @@ def test_single_passage_with_temperature_and_scale_one_scores_as_sequential_on_t
     agreeing = steps = 0
     for doc in PASSAGES:
         ids = gen._encode_prompt(QUESTION, [doc], sequential)
-        expected = list(gen._decode(ids, sequential))
+        expected = list(gen._answer_tokens(ids, sequential))
         plain = KVBatch(gen.model, [ids[0]])
         cached = gen._parallel_prefill(parallel).batch(gen._split_prompt(QUESTION, [doc], parallel))
         with torch.inference_mode():
@@ -191,7 +192,7 @@ def test_single_passage_with_temperature_and_scale_one_equals_sequential(model_a
     )
     for doc in PASSAGES:
         ids = gen._encode_prompt(QUESTION, [doc], sequential)
-        expected = list(gen._decode(ids, sequential))
+        expected = list(gen._answer_tokens(ids, sequential))
         assert decode(gen, [doc], parallel) == expected, doc.id
         # the logits of the prefill and of every answer step agree to float32 tolerance
         plain = KVBatch(gen.model, [ids[0]])

@@ -45,7 +45,7 @@ def test_params_and_cli_take_keep_passages() -> None:
     assert GenerationParams(keep_passages=1).prunes(5) and not GenerationParams(keep_passages=1).prunes(1)
     parser = argparse.ArgumentParser()
     add_generation_options(parser)
-    params = generation_params(parser.parse_args(["--parallel-contexts", "--keep-passages", "2"]))
+    params = generation_params(parser.parse_args(["--contexts", "parallel", "--keep-passages", "2"]))
     assert (params.parallel, params.keep_passages) == (ParallelContexts(), 2)
     assert generation_params(parser.parse_args([])).keep_passages == 1  # the default
     config = CausalLMConfig(defaults=GenerationParams(keep_passages=1, parallel=ParallelContexts()))
@@ -117,17 +117,17 @@ def test_keeping_one_passage_answers_as_the_sequential_prompt_of_that_passage(ge
     assert stats.passages_pruned == 2
     assert batch.forward_calls == (0 if rome == 0 else 1)  # the first passage's copy read the whole question
     parallel = generator._split_prompt(QUESTION, passages, params)
-    assert list(generator._decode(prompt.input_ids, params, None, None, parallel)) == list(
-        generator._decode(alone[None], GenerationParams(max_new_tokens=12))
+    assert list(generator._answer_tokens(prompt.input_ids, params, None, None, parallel)) == list(
+        generator._answer_tokens(alone[None], GenerationParams(max_new_tokens=12))
     )
     cad = replace(params, cad=ContextAwareDecoding(0.5))
     context_free = generator._encode_context_free(QUESTION, cad)
-    answer = list(generator._decode(prompt.input_ids, cad, context_free, None, parallel))
+    answer = list(generator._answer_tokens(prompt.input_ids, cad, context_free, None, parallel))
     assert answer == list(
-        generator._decode(alone[None], replace(cad, parallel=None, keep_passages=0), context_free)
+        generator._answer_tokens(alone[None], replace(cad, parallel=None, keep_passages=0), context_free)
     )
     drafted = replace(cad, drafting=Drafting(4))
-    assert list(generator._decode(prompt.input_ids, drafted, context_free, None, parallel)) == answer
+    assert list(generator._answer_tokens(prompt.input_ids, drafted, context_free, None, parallel)) == answer
 
 
 def test_keep_passages_reads_the_passages_apart_without_asking_for_parallel_contexts(generator) -> None:
@@ -148,7 +148,7 @@ def test_keeping_all_passages_prunes_nothing_and_composes_with_cad_and_drafting(
     def decode(params: GenerationParams, stats: DecodeStats | None = None) -> list[int]:
         parallel = generator._split_prompt(QUESTION, PASSAGES, params)
         context_free = generator._encode_context_free(QUESTION, params)
-        return list(generator._decode(parallel.input_ids, params, context_free, stats, parallel))
+        return list(generator._answer_tokens(parallel.input_ids, params, context_free, stats, parallel))
 
     base = {"max_new_tokens": 12, "parallel": ParallelContexts()}
     everything = GenerationParams(**base, keep_passages=0)

@@ -98,7 +98,7 @@ def _answer(job: dict[str, Any]) -> int:
 
         generator = CausalLMGenerator(CausalLMConfig(model=job["model"]))
         params = GenerationParams(max_new_tokens=most, min_new_tokens=least)
-        return len(list(generator._decode(prompt, params)))
+        return len(list(generator._answer_tokens(prompt, params)))
     from rag.lm import load_causal_lm
 
     model, _ = load_causal_lm(job["model"], precision="exact")

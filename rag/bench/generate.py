@@ -204,7 +204,7 @@ def run_ragloom(
     stats = DecodeStats()
     tokens: list[int] = []
     first = start
-    for token in gen._decode(input_ids, params, context_free, stats, parallel):
+    for token in gen._answer_tokens(input_ids, params, context_free, stats, parallel):
         if not tokens:
             first = time.perf_counter()
         tokens.append(token)

@@ -15,6 +15,7 @@ from rag.lm.policy import PRECISIONS
 from rag.models import DEFAULT_GENERATOR
 from rag.registry import build
 
+SEQUENTIAL = "sequential"  # --contexts: all passages in one prompt (GenerationParams.parallel = None)
 # options of the local generator that a remote server cannot honour
 _LOCAL_ONLY = ("device", "precision", "draft_model", "draft_model_tokens", "passage_cache_dir")
 
@@ -78,18 +79,13 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
         "as retrieval: docs/generation.md)",
     )
     parser.add_argument(
-        "--parallel-contexts",
-        action="store_true",
-        default=None,
-        help="encode passages apart and reuse their cached KV (APE); see docs/generation.md",
-    )
-    parser.add_argument("--ape-temperature", type=float, help="APE temperature on the passages (default 0.8)")
-    parser.add_argument("--ape-scale", type=float, help="APE scaling factor of the passages (default 0.8)")
-    parser.add_argument(
-        "--blend-ratio",
-        type=float,
-        help="with --parallel-contexts: share of passage tokens recomputed across passages (CacheBlend), "
-        "trading time to first token for quality; 0 = off; see docs/generation.md",
+        "--contexts",
+        type=contexts_option,
+        metavar="MODE",
+        help="how the passages are read: sequential (one prompt, the default); parallel (each encoded apart, "
+        "its KV cached and reused, read with APE's attention; parallel:T,S sets APE's temperature and scale, "
+        "default 0.8,0.8); blend:R (cached as parallel, then the share R of passage tokens recomputed across "
+        "passages: CacheBlend); see docs/generation.md",
     )
     parser.add_argument(
         "--keep-passages",
@@ -146,19 +142,31 @@ def generation_params(args: argparse.Namespace, defaults: GenerationParams | Non
         given["cad"] = ContextAwareDecoding(args.cad_alpha) if args.cad_alpha else None
     if args.draft_tokens is not None:
         given["drafting"] = Drafting(args.draft_tokens) if args.draft_tokens else None
-    ape_given = _given(args, ParallelContexts)
-    options = [f"--{name.replace('_', '-')}" for name in ape_given]
-    options += ["--blend-ratio"] if args.blend_ratio is not None else []
-    if options and not (args.parallel_contexts or defaults.parallel is not None):
-        raise ConfigError(f"{', '.join(options)}: options of parallel contexts; add --parallel-contexts")
-    if args.blend_ratio:  # CacheBlend: the question reads the passages with plain attention, not APE's
-        if ape_given:
-            raise ConfigError("--ape-temperature and --ape-scale do not apply with --blend-ratio")
-        given["parallel"] = BlendedContexts(args.blend_ratio)
-    elif args.parallel_contexts or ape_given:
-        ape = defaults.parallel if isinstance(defaults.parallel, ParallelContexts) else ParallelContexts()
-        given["parallel"] = dataclasses.replace(ape, **ape_given)
+    if args.contexts is not None:
+        given["parallel"] = None if args.contexts == SEQUENTIAL else args.contexts
     return dataclasses.replace(defaults, **given)
+
+
+def contexts_option(text: str) -> ParallelContexts | BlendedContexts | str:
+    """``--contexts MODE``: :data:`SEQUENTIAL`, or the typed part ``GenerationParams.parallel`` takes.
+
+    >>> contexts_option("parallel:0.5,0.9"), contexts_option("blend:0.2")
+    (ParallelContexts(ape_temperature=0.5, ape_scale=0.9), BlendedContexts(ratio=0.2))
+    """
+    mode, _, values = text.partition(":")
+    try:
+        numbers = [float(v) for v in values.split(",")] if values else []
+        if mode == SEQUENTIAL and not numbers:
+            return SEQUENTIAL
+        if mode == "parallel" and len(numbers) in (0, 2):
+            return ParallelContexts(*numbers)
+        if mode == "blend" and len(numbers) == 1:
+            return BlendedContexts(numbers[0])
+    except (ValueError, ConfigError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from error
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected sequential, parallel, parallel:TEMPERATURE,SCALE or blend:RATIO"
+    )
 
 
 def _given(args: argparse.Namespace, config: type) -> dict[str, Any]:

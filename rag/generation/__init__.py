@@ -3,7 +3,16 @@ server."""
 
 from __future__ import annotations
 
-from rag.generation.base import BlendedContexts, Drafting, GenerationParams, Generator, ParallelContexts
+from rag.generation.base import (
+    BlendedContexts,
+    ChatParams,
+    Drafting,
+    GenerationParams,
+    Generator,
+    ParallelContexts,
+    SamplingParams,
+    TokenLogprobs,
+)
 from rag.generation.causal_lm import CausalLMConfig, CausalLMGenerator
 from rag.generation.contexts.passage_kv_store import PassageKVStore
 from rag.generation.decode.cad import ContextAwareDecoding
@@ -14,6 +23,7 @@ __all__ = [
     "BlendedContexts",
     "CausalLMConfig",
     "CausalLMGenerator",
+    "ChatParams",
     "ContextAwareDecoding",
     "Drafting",
     "GenerationParams",
@@ -22,6 +32,8 @@ __all__ = [
     "OpenAICompatibleGenerator",
     "ParallelContexts",
     "PassageKVStore",
+    "SamplingParams",
+    "TokenLogprobs",
     "build_messages",
     "parse_citations",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from rag.errors import ConfigError
 from rag.generation.answer_stream import AnswerStream
@@ -64,34 +64,18 @@ class Drafting:
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """How to decode one answer. ``temperature == 0`` means greedy."""
+class SamplingParams:
+    """How tokens are chosen, for answers and chat replies alike. ``temperature == 0`` means greedy."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
-    cad: ContextAwareDecoding | None = None  # context-aware decoding (decode.cad); None = off
-    drafting: Drafting | None = None  # speculative decoding with drafts; None = one forward per token
-    # passages encoded apart and cached, read with APE's attention or blended; None: one sequential prompt
-    parallel: ParallelContexts | BlendedContexts | None = None
-    # answer from the k passages under which the question is most likely, each read apart first (superposition
-    # prompting's path pruning, rag.generation.contexts.passage_pruning): the passages are then encoded apart
-    # whether or not ``parallel`` is set; with k = 1 the answer is the sequential prompt's of the chosen
-    # passage. 0, or at least as many as the passages: all passages. Default 1: on XQuAD it answers as well as
-    # the gold paragraph alone and far better than all five passages in one prompt (docs/answers.md)
-    keep_passages: int = 1
-    # an answer may not end before it cites a passage (rag.generation.citation_constraint)
-    require_citation: bool = False
     min_new_tokens: int = 0  # end-of-sequence is blocked before this many new tokens (as in transformers)
     # (token id, bias) pairs added to the final logits of every step, OpenAI's ``logit_bias``: -100 bans a
     # token, +100 all but forces it; a bias shared by several tokens keeps their order (remote FIRST)
     logit_bias: tuple[tuple[int, float], ...] = ()
-
-    def prunes(self, passages: int) -> bool:
-        """Whether an answer over ``passages`` passages keeps only some of them."""
-        return 0 < self.keep_passages < passages
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -109,11 +93,72 @@ class GenerationParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
-        if self.keep_passages < 0:
-            raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
         for token, bias in self.logit_bias:
             if token < 0 or not -100 <= bias <= 100:
                 raise ConfigError(f"logit_bias: ids >= 0 and biases in [-100, 100], got {token}: {bias}")
+
+
+@dataclass(frozen=True)
+class GenerationParams(SamplingParams):
+    """How to decode one answer from passages: the sampling, and the techniques that read the passages."""
+
+    cad: ContextAwareDecoding | None = None  # context-aware decoding (decode.cad); None = off
+    drafting: Drafting | None = None  # speculative decoding with drafts; None = one forward per token
+    # passages encoded apart and cached, read with APE's attention or blended; None: one sequential prompt
+    parallel: ParallelContexts | BlendedContexts | None = None
+    # answer from the k passages under which the question is most likely, each read apart first (superposition
+    # prompting's path pruning, rag.generation.contexts.passage_pruning): the passages are then encoded apart
+    # whether or not ``parallel`` is set; with k = 1 the answer is the sequential prompt's of the chosen
+    # passage. 0, or at least as many as the passages: all passages. Default 1: on XQuAD it answers as well as
+    # the gold paragraph alone and far better than all five passages in one prompt (docs/answers.md)
+    keep_passages: int = 1
+    # an answer may not end before it cites a passage (rag.generation.citation_constraint)
+    require_citation: bool = False
+
+    def prunes(self, passages: int) -> bool:
+        """Whether an answer over ``passages`` passages keeps only some of them."""
+        return 0 < self.keep_passages < passages
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.keep_passages < 0:
+            raise ConfigError(f"keep_passages must be >= 0, got {self.keep_passages}")
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Report each generated token's log-probability and the ``top`` most likely tokens at its place (OpenAI's
+    ``logprobs``): one forward per token, whose scores are the ones reported."""
+
+    top: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top < 0:
+            raise ConfigError(f"top logprobs must be >= 0, got {self.top}")
+
+
+@dataclass(frozen=True)
+class ChatParams(SamplingParams):
+    """How to decode a chat reply: no passages, so nothing to cite, contrast or cache; each step either
+    drafts (several tokens verified per forward) or reports the tokens' logprobs, never both."""
+
+    steps: Drafting | TokenLogprobs | None = None  # None: one forward per token, nothing reported
+
+    @classmethod
+    def like(cls, params: SamplingParams, logprobs: TokenLogprobs | None = None) -> ChatParams:
+        """The sampling of ``params`` (e.g. a generator's defaults) for a chat; it drafts when ``params``
+        drafts, unless ``logprobs`` are asked (greedy replies are the same token for token)."""
+        sampling = {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
+        drafting = params.drafting if isinstance(params, GenerationParams) else None
+        return cls(**sampling, steps=logprobs or drafting)
+
+    @property
+    def drafting(self) -> Drafting | None:
+        return self.steps if isinstance(self.steps, Drafting) else None
+
+    @property
+    def logprobs(self) -> TokenLogprobs | None:
+        return self.steps if isinstance(self.steps, TokenLogprobs) else None
 
 
 @dataclass
@@ -148,14 +193,9 @@ class Generator(ABC):
         """The answer's text piece by piece as tokens are accepted; then, as ``answer``, the whole Answer."""
 
     @abstractmethod
-    def chat(
-        self,
-        messages: Sequence[dict[str, str]],
-        params: GenerationParams | None = None,
-        *,
-        top_logprobs: int | None = None,
-    ) -> AnswerStream:
+    def chat(self, messages: Sequence[dict[str, str]], params: ChatParams | None = None) -> AnswerStream:
         """The model's reply to chat ``messages`` (``role`` and ``content``), with no passages and no
         citations; as ``stream``, piece by piece, then the whole Answer. A last ``assistant`` message is
-        continued rather than answered. With ``top_logprobs`` (0 or more), the Answer's ``logprobs`` give each
-        token's log-probability and the ``top_logprobs`` most likely tokens at its place."""
+        continued rather than answered. With ``params.steps`` a :class:`TokenLogprobs`, the Answer's
+        ``logprobs`` give each token's log-probability and the most likely tokens at its place. Default
+        params: ``ChatParams.like(self.default_params())``."""

@@ -22,12 +22,21 @@ import torch
 from rag.errors import ConfigError, EmptyQueryError
 from rag.generation.answer_stream import AnswerPieces, AnswerStream
 from rag.generation.attribution import attribute
-from rag.generation.base import BlendedContexts, DecodeStats, GenerationParams, Generator, ParallelContexts
+from rag.generation.base import (
+    BlendedContexts,
+    ChatParams,
+    DecodeStats,
+    Drafting,
+    GenerationParams,
+    Generator,
+    ParallelContexts,
+    SamplingParams,
+)
 from rag.generation.citation_constraint import CitationConstraint
 from rag.generation.contexts.parallel_prefill import ParallelPrefill, model_identity
 from rag.generation.contexts.parallel_prompt import ParallelPrompt, split_prompt
 from rag.generation.contexts.passage_kv_store import PassageKVStore
-from rag.generation.decode.cad import context_free_messages
+from rag.generation.decode.cad import ContextAwareDecoding, context_free_messages
 from rag.generation.decode.kv_batch import KVBatch
 from rag.generation.decode.sampling import logit_bias, next_token
 from rag.generation.decode.speculative import DraftProposer, speculative_decode
@@ -43,8 +52,19 @@ from rag.types import Answer, Document, Timings, TokenLogprob
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # (scores [vocab], token): what the plain loop chose from (logprobs for a chat)
 Observer = Callable[[torch.Tensor, int], None]
+# the prompt cut into passages read apart, and the prefill that reads them from the passage KV store
+ParallelRead = tuple[ParallelPrompt, ParallelPrefill]
 
 _REPLACEMENT_CHAR = "\ufffd"  # what a partial UTF-8 sequence decodes to
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Context-aware decoding's second row: the prompt without passages ``# [1, len]``, and how the two
+    rows' logits combine."""
+
+    cad: ContextAwareDecoding
+    context_free_ids: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -185,7 +205,7 @@ class CausalLMGenerator(Generator):
         ids: list[int] = []
         first_token_at = start
         stats = DecodeStats()
-        for token in self._decode(input_ids, params, context_free_ids, stats, parallel, citations):
+        for token in self._answer_tokens(input_ids, params, context_free_ids, stats, parallel, citations):
             if not ids:
                 first_token_at = time.perf_counter()
             ids.append(token)
@@ -206,26 +226,16 @@ class CausalLMGenerator(Generator):
         parallel = self._split_prompt(question, passages, params)
         context_free_ids = self._encode_context_free(question, params)
         citations = self._citation_constraint(passages, params)
-        pieces = self._stream_text(
-            question, passages, start, input_ids, params, context_free_ids, parallel, citations
-        )
-        return AnswerStream(pieces)
+        stats = DecodeStats()
+        decoded = self._answer_tokens(input_ids, params, context_free_ids, stats, parallel, citations)
+        return AnswerStream(self._stream_text(question, passages, start, decoded, stats))
 
-    def chat(
-        self,
-        messages: Sequence[dict[str, str]],
-        params: GenerationParams | None = None,
-        *,
-        top_logprobs: int | None = None,
-    ) -> AnswerStream:
-        """The model's reply to ``messages`` under its chat template: plain decoding, or drafting from the
-        messages' own text when ``params.drafting`` is set; no passages, so nothing to cite. A last
-        ``assistant`` message is continued (its text follows the template's reply header)."""
-        params = params or self.default_params()
-        if params.cad is not None or params.parallel is not None or params.require_citation:
-            raise ConfigError("a chat reply has no passages: CAD, parallel contexts and citations need them")
-        if top_logprobs is not None and (top_logprobs < 0 or params.drafting is not None):
-            raise ConfigError("logprobs: top_logprobs must be >= 0, and drafting does not give them")
+    def chat(self, messages: Sequence[dict[str, str]], params: ChatParams | None = None) -> AnswerStream:
+        """The model's reply to ``messages`` under its chat template: plain decoding, drafting from the
+        messages' own text (``params.steps`` a :class:`Drafting`), or plain decoding reporting each token's
+        logprobs (a :class:`TokenLogprobs`). A last ``assistant`` message is continued (its text follows the
+        template's reply header)."""
+        params = params or ChatParams.like(self.default_params())
         if not any(str(m.get("content", "")).strip() for m in messages):
             raise EmptyQueryError("the messages hold no text")
         start = time.perf_counter()
@@ -234,17 +244,22 @@ class CausalLMGenerator(Generator):
         input_ids = self._apply_template(messages, reply_start)
         self._check_context(input_ids, params)
         logit_bias(params, self.model.config.vocab_size)  # refuses unknown token ids before streaming
-        if top_logprobs is None:
-            return AnswerStream(self._stream_text("", [], start, input_ids, params))
+        if params.logprobs is None:
+            stats = DecodeStats()
+            decoded = self._decode(input_ids, params, params.drafting, stats)
+            return AnswerStream(self._stream_text("", [], start, decoded, stats))
+        top = params.logprobs.top
         entries: list[TokenLogprob] = []
 
         def observe(scores: torch.Tensor, token: int) -> None:  # scores [vocab], as the token was chosen
             logprobs = torch.log_softmax(scores.float(), dim=-1)
-            top = torch.topk(logprobs, top_logprobs)
-            alternatives = [(self._detokenize([int(i)]), float(v)) for v, i in zip(*top, strict=True)]
+            best = torch.topk(logprobs, top)
+            alternatives = [(self._detokenize([int(i)]), float(v)) for v, i in zip(*best, strict=True)]
             entries.append(TokenLogprob(self._detokenize([token]), float(logprobs[token]), alternatives))
 
-        pieces = self._stream_text("", [], start, input_ids, params, observe=observe)
+        stats = DecodeStats()
+        decoded = self._decode(input_ids, params, None, stats, observe=observe)
+        pieces = self._stream_text("", [], start, decoded, stats)
         return AnswerStream(pieces).then(lambda answer: dataclasses.replace(answer, logprobs=entries))
 
     # -- internals ----------------------------------------------------------------------------------
@@ -275,19 +290,14 @@ class CausalLMGenerator(Generator):
         question: str,
         passages: Sequence[Document],
         start: float,  # time.perf_counter() when the request began
-        input_ids: torch.Tensor,
-        params: GenerationParams,
-        context_free_ids: torch.Tensor | None = None,
-        parallel: ParallelPrompt | None = None,
-        citations: CitationConstraint | None = None,
-        observe: Observer | None = None,
+        decoded: Iterator[int],
+        stats: DecodeStats,  # filled in by the decoding run of ``decoded``
     ) -> AnswerPieces:
+        """The text of the ``decoded`` tokens piece by piece, then their Answer."""
         ids: list[int] = []
         emitted = 0  # characters of the (left-stripped) text already yielded
         text = ""
         first_token_at = start
-        stats = DecodeStats()
-        decoded = self._decode(input_ids, params, context_free_ids, stats, parallel, citations, observe)
         for token in decoded:
             if not ids:
                 first_token_at = time.perf_counter()
@@ -358,47 +368,63 @@ class CausalLMGenerator(Generator):
         )
         return encoded["input_ids"].to(self.model.device)  # [1, len]
 
+    def _answer_tokens(
+        self,
+        input_ids: torch.Tensor,  # [1, prompt_len]
+        params: GenerationParams,
+        context_free_ids: torch.Tensor | None = None,  # [1, len] the prompt without passages, when params.cad
+        stats: DecodeStats | None = None,
+        parallel: ParallelPrompt | None = None,  # the prompt cut for parallel prefill, or None: sequential
+        citations: CitationConstraint | None = None,  # applied to the final scores when given
+    ) -> Iterator[int]:
+        """The answer's new token ids: :meth:`_decode` with the parts ``params`` turns on."""
+        contrast = None
+        if params.cad is not None:
+            if context_free_ids is None:
+                raise ValueError("context-aware decoding needs the prompt without passages")
+            contrast = Contrast(params.cad, context_free_ids)
+        read = None if parallel is None else (parallel, self._parallel_prefill(params))
+        stats = stats if stats is not None else DecodeStats()
+        return self._decode(input_ids, params, params.drafting, stats, contrast, read, citations)
+
     @torch.inference_mode()
     def _decode(
         self,
         input_ids: torch.Tensor,  # [1, prompt_len]
-        params: GenerationParams,
-        context_free_ids: torch.Tensor | None = None,  # [1, len], the prompt without passages (CAD)
-        stats: DecodeStats | None = None,
-        parallel: ParallelPrompt | None = None,  # the prompt cut for parallel prefill, or None: sequential
+        params: SamplingParams,
+        drafting: Drafting | None,  # the speculative loop's drafts, or None: one forward per token
+        stats: DecodeStats,
+        contrast: Contrast | None = None,  # CAD: a second row, the prompt without passages
+        parallel: ParallelRead | None = None,  # the prompt cut for parallel prefill, or None: sequential
         citations: CitationConstraint | None = None,  # applied to the final scores when given
         observe: Observer | None = None,  # shown each plain step's final scores and the token chosen
     ) -> Iterator[int]:
         """Yield new token ids for the prompt ``input_ids``, the final eos included.
 
-        One forward for the prompt(s), then one per token. Given ``context_free_ids`` (``answer`` and
-        ``stream`` pass them when ``params.cad`` is set), that prompt is a second row of the same batch and
-        the two rows' logits are combined by context-aware decoding before the logits processors. With
-        ``params.drafting`` the speculative loop takes over
-        (:mod:`rag.generation.decode.speculative`).
+        One forward for the prompt(s), then one per token. Given ``contrast``, its prompt is a second row of
+        the same batch and the two rows' logits are combined by context-aware decoding before the logits
+        processors. With ``drafting`` the speculative loop takes over
+        (:mod:`rag.generation.decode.speculative`); ``observe`` is for plain decoding (chat logprobs).
         Given ``parallel``, the passages come from the passage KV store
         (:mod:`rag.generation.contexts.parallel_prefill`) and ``input_ids`` is replaced by its pieces,
         concatenated.
         """
-        stats = stats if stats is not None else DecodeStats()
         rng = None
         if params.seed is not None and params.temperature > 0:
             rng = torch.Generator(device=self.model.device).manual_seed(params.seed)
-        if (params.cad is None) != (context_free_ids is None):
-            raise ValueError("context-aware decoding runs with the prompt without passages, and only it")
-        cad = params.cad
-        prompts = [input_ids[0]] if context_free_ids is None else [input_ids[0], context_free_ids[0]]
+        prompts = [input_ids[0]] if contrast is None else [input_ids[0], contrast.context_free_ids[0]]
         if parallel is None:
             batch = KVBatch(self.model, prompts)
         else:
-            input_ids = parallel.input_ids
-            batch = self._parallel_prefill(params).batch(parallel, prompts[1:], stats)
+            cut, prefill = parallel
+            input_ids = cut.input_ids
+            batch = prefill.batch(cut, prompts[1:], stats)
 
         eos_ids = torch.tensor(sorted(self.eos_token_ids), device=self.model.device)
         bias = logit_bias(params, self.model.config.vocab_size, self.model.device)
 
         def score(generated: list[int], logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [vocab]
-            combined = logits[0] if cad is None else cad(logits[0], logits[1])
+            combined = logits[0] if contrast is None else contrast.cad(logits[0], logits[1])
             scores = self._process_logits(input_ids, generated, combined)
             if bias is not None:  # a function of the tokens only: drafting agrees
                 scores = scores.index_add(0, bias[0], bias[1].to(scores.dtype))
@@ -406,13 +432,10 @@ class CausalLMGenerator(Generator):
                 scores = scores.index_fill(0, eos_ids, float("-inf"))
             return scores if citations is None else citations(generated, scores)
 
-        if params.drafting is not None:
-            if observe is not None:
-                raise ConfigError("drafting verifies several tokens per step: it gives no per-step scores")
-            prompt = input_ids[0].tolist()
-            eos = self.eos_token_ids
+        if drafting is not None:
+            prompt, eos = input_ids[0].tolist(), self.eos_token_ids
             yield from speculative_decode(
-                batch, score, self.drafter, prompt, params, params.drafting, eos, rng, stats
+                batch, score, self.drafter, prompt, params, drafting, eos, rng, stats
             )
             return
         generated: list[int] = []

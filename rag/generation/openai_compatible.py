@@ -28,7 +28,7 @@ from typing import Any
 from rag.errors import ConfigError, EmptyQueryError, RemoteError
 from rag.generation.answer_stream import AnswerPieces, AnswerStream
 from rag.generation.attribution import attribute
-from rag.generation.base import GenerationParams, Generator
+from rag.generation.base import ChatParams, GenerationParams, Generator, SamplingParams
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.registry import register
 from rag.types import Answer, Document, Timings, TokenLogprob
@@ -109,24 +109,19 @@ class OpenAICompatibleGenerator(Generator):
         messages = build_messages(question, passages, self.config.system_prompt, self.config.reminder)
         return AnswerStream(self._pieces(messages, params, question, passages))
 
-    def chat(
-        self,
-        messages: Sequence[dict[str, str]],
-        params: GenerationParams | None = None,
-        *,
-        top_logprobs: int | None = None,
-    ) -> AnswerStream:
+    def chat(self, messages: Sequence[dict[str, str]], params: ChatParams | None = None) -> AnswerStream:
         """The server's reply to ``messages``; a last ``assistant`` message is sent for the server to
         continue (vLLM's ``continue_final_message``; llama.cpp's server and ``rag serve`` continue it as
-        is). ``top_logprobs`` asks the server for logprobs (OpenAI allows at most 20)."""
-        params = params or self.default_params()
+        is). ``TokenLogprobs`` steps ask the server for logprobs (OpenAI allows at most 20)."""
+        params = params or ChatParams.like(self.default_params())
         _check_remote(params, 0)
-        return AnswerStream(self._pieces(list(messages), params, "", [], top_logprobs))
+        top = params.logprobs.top if params.logprobs is not None else None
+        return AnswerStream(self._pieces(list(messages), params, "", [], top))
 
     def _pieces(
         self,
         messages: list[dict[str, str]],
-        params: GenerationParams,
+        params: SamplingParams,
         question: str,
         passages: Sequence[Document],
         top_logprobs: int | None = None,
@@ -167,7 +162,7 @@ class OpenAICompatibleGenerator(Generator):
         return Answer(text, citations=cited, passages=list(passages), timings=timings, logprobs=asked)
 
     def _request(
-        self, messages: list[dict[str, str]], params: GenerationParams, top_logprobs: int | None = None
+        self, messages: list[dict[str, str]], params: SamplingParams, top_logprobs: int | None = None
     ) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
@@ -215,18 +210,18 @@ def _token_logprob(entry: Any) -> TokenLogprob:
     return TokenLogprob(entry.token, float(entry.logprob), top)
 
 
-def _check_remote(params: GenerationParams, passages: int) -> None:
+def _check_remote(params: GenerationParams | ChatParams, passages: int) -> None:
     """Refuse what needs the model's logits or KV cache: a remote server gives neither."""
-    needs = {
-        "context-aware decoding (cad)": params.cad is not None,
-        "drafting": params.drafting is not None,
-        "parallel contexts": params.parallel is not None,
-        f"passage pruning (keep_passages={params.keep_passages} of {passages}; pass 0)": params.prunes(
-            passages
-        ),
-        "the citation constraint (require_citation)": params.require_citation,
-        "min_new_tokens > 0": params.min_new_tokens > 0,
-    }
+    needs = {"drafting": params.drafting is not None, "min_new_tokens > 0": params.min_new_tokens > 0}
+    if isinstance(params, GenerationParams):
+        needs |= {
+            "context-aware decoding (cad)": params.cad is not None,
+            "parallel contexts": params.parallel is not None,
+            f"passage pruning (keep_passages={params.keep_passages} of {passages}; pass 0)": params.prunes(
+                passages
+            ),
+            "the citation constraint (require_citation)": params.require_citation,
+        }
     refused = [name for name, asked in needs.items() if asked]
     if refused:
         raise ConfigError(

@@ -1,13 +1,13 @@
 """Pick the next token from one row of logits: greedy, or temperature → top-k → top-p → multinomial.
 
-Safe for every value ``GenerationParams`` accepts, however extreme: the logits are shifted so that their
+Safe for every value ``SamplingParams`` accepts, however extreme: the logits are shifted so that their
 maximum is 0 before dividing by the temperature (a temperature of 1e-300 then gives -inf for every token but
 the best ones, never inf - inf = nan), NaN logits count as -inf, and a row left without any finite probability
 falls back to the argmax.
 
 >>> import torch
->>> from rag.generation.base import GenerationParams
->>> next_token(torch.tensor([0.1, 3.0, -1.0]), GenerationParams())
+>>> from rag.generation.base import SamplingParams
+>>> next_token(torch.tensor([0.1, 3.0, -1.0]), SamplingParams())
 1
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from rag.errors import ConfigError
-from rag.generation.base import GenerationParams
+from rag.generation.base import SamplingParams
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -58,7 +58,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def target_probs(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The distribution a sampled token is drawn from: temperature → top-k → top-p → softmax ``# [vocab]``."""
     logits = sanitize(logits.float())
     scaled = apply_temperature(logits, params.temperature)
@@ -73,7 +73,7 @@ def target_probs(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor
 
 def next_token(
     logits: torch.Tensor,  # [vocab]
-    params: GenerationParams,
+    params: SamplingParams,
     generator: torch.Generator | None = None,
 ) -> int:
     """The id of the next token; ``generator`` seeds the draw so that sampling is reproducible."""
@@ -86,7 +86,7 @@ def next_token(
 
 
 def logit_bias(
-    params: GenerationParams, vocab_size: int, device: torch.device | str = "cpu"
+    params: SamplingParams, vocab_size: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``params.logit_bias`` as token ids ``# [n]`` and biases ``# [n]`` to add to each step's logits; None
     when there is none. A token id outside the vocabulary is a ConfigError."""

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from rag.generation.base import DecodeStats, Drafting, GenerationParams
+from rag.generation.base import DecodeStats, Drafting, SamplingParams
 from rag.generation.decode.kv_batch import KVBatch
 from rag.generation.decode.sampling import target_probs
 from rag.generation.decode.token_tree import TokenTree
@@ -30,7 +30,7 @@ class DraftProposer(Protocol):
 def choose(
     scores: torch.Tensor,  # [vocab]
     drafts: Sequence[int],  # distinct drafted tokens at this tree node, tried in order
-    params: GenerationParams,
+    params: SamplingParams,
     rng: torch.Generator | None = None,
 ) -> tuple[int, int | None]:
     """The next token and the index of the draft it accepts; None when the token is not a draft.
@@ -64,7 +64,7 @@ def speculative_decode(
     score: Scorer,
     proposer: DraftProposer,
     prompt: list[int],
-    params: GenerationParams,
+    params: SamplingParams,
     drafting: Drafting,
     eos_token_ids: Collection[int],
     rng: torch.Generator | None = None,
