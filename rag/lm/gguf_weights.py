@@ -6,9 +6,9 @@ transformers names the parameters and knows how llama.cpp's converter reordered 
 stay 4-bit:
 
 - Q4_K, Q4_0 and Q4_1 weights of linear layers repack exactly into int4 groups (rag.lm.quantized_weight);
-- other weights of linear layers (Q5_0, Q6_K, Q8_0, ...) become int8 rows, or int4 groups with
-  ``low_bits="int4"`` (Q5_0 then loses its fifth bit, Q6_K two);
-- the output layer becomes int4 groups (it read 37.0 EM on XQuAD either way, docs/runtime.md);
+- other weights of linear layers and the output layer (Q5_0, Q6_K, Q8_0, ...) become int8 rows, or int4
+  groups with ``low_bits="int4"`` (Q5_0 then loses its fifth bit, Q6_K two; an int4 output layer alone cost
+  the 0.5B 3 EM points on XQuAD, docs/design/2026-12-07-output-layer-precision.md);
 - the token embeddings are int8 rows (they are looked up a row at a time);
 - one-dimensional tensors (norms, biases) are float32.
 """
@@ -102,8 +102,7 @@ def read_gguf(
             weight = exact(raw, rows, cols)
         else:
             dense = dequantize(raw, tensor.tensor_type).astype(np.float32).reshape(rows, cols)
-            rounded = hf_name in output_names or (hf_name in linear_names and low_bits == "int4")
-            as_int4 = rounded and _int4_fits(rows, cols)
+            as_int4 = low_bits == "int4" and hf_name not in embedding_names and _int4_fits(rows, cols)
             weight = int4_from_float(dense) if as_int4 else int8_from_float(dense)
         weights[hf_name] = weight if order is None else weight.take_rows(order)
     missing = (linear_names | embedding_names | output_names) - set(weights)

@@ -3,8 +3,8 @@
 =============  ======================================================================================
 precision      weights (activations are bf16 except with ``exact``)
 =============  ======================================================================================
-``mixed``      4-bit tensors of the GGUF file kept as they are, the output layer in int4 groups, the others
-               (5-, 6-, 8-bit) as int8 rows: the CPU default, as accurate as float32 on XQuAD
+``mixed``      4-bit tensors of the GGUF file kept as they are, the others (5-, 6-, 8-bit, the output layer
+               included) as int8 rows: the CPU default, within a point of float32 on XQuAD
 ``int4``       every linear weight in int4 groups: the fastest, but 5- and 6-bit tensors lose a bit or two
 ``bf16``       dequantized to bf16 (the default on CUDA)
 ``exact``      dequantized to float32: the reference the others are measured against

@@ -1,6 +1,8 @@
 """The on-disk form of a quantized model: its int4/int8 tensors as kept in memory, loaded in a second.
 
-One folder per bundled model and weight scheme, ``<cache>/models/<name>-<sha256 prefix>-<scheme>/``, holding
+One folder per bundled model, weight scheme and layout,
+``<cache>/models/<name>-<sha256 prefix>-<scheme>-v<layout>/`` (a folder of an older layout is removed when
+the new one is written), holding
 the config, the tokenizer and ``weights.safetensors``: for a weight ``W``, ``W:q4``/``W:scale``/``W:zero``
 (:class:`~rag.lm.quantized_weight.Int4Weight`) or ``W:q8``/``W:scale`` (int8 rows), and norms and biases by
 their own names. It is written atomically (temp folder, then rename) under a file lock, as the float cache.
@@ -29,12 +31,13 @@ from rag.settings import cache_dir
 logger = logging.getLogger(__name__)
 
 FORMAT = "ragloom-quantized/1"
+LAYOUT = 2  # which tensors take which form; 2: the output layer as int8 rows in "mixed" (it was int4)
 _WEIGHTS = "weights.safetensors"
 _MARKER = "ragloom-source.json"
 
 
 def quantized_dir(model: BundledModel, scheme: str) -> Path:
-    return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}-{scheme}"
+    return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}-{scheme}-v{LAYOUT}"
 
 
 def ensure_quantized(model: BundledModel, scheme: str, low_bits: LowBits) -> Path:
@@ -77,6 +80,9 @@ def _write(model: BundledModel, low_bits: LowBits, target: Path) -> None:
         if target.exists():  # a stale, unmarked folder from an interrupted run
             shutil.rmtree(target)
         out.rename(target)
+        for older in target.parent.glob(target.name.removesuffix(f"-v{LAYOUT}") + "*"):
+            if older != target and older.is_dir():  # an older layout of the same scheme
+                shutil.rmtree(older, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -91,9 +91,9 @@ def _recompute_rotary_tables(model: Any) -> None:
 
 
 def quantize_float_model(model: Any, low_bits: str = "int8") -> Any:
-    """``model`` (float weights, e.g. loaded from a folder) with its linear layers rounded to int8 rows (int4
-    groups with ``low_bits="int4"``), its output layer to int4 groups and its embeddings to int8 rows; the
-    rest becomes bf16."""
+    """``model`` (float weights, e.g. loaded from a folder) with its linear layers and output layer rounded
+    to int8 rows (int4 groups with ``low_bits="int4"``) and its embeddings to int8 rows; the rest becomes
+    bf16."""
     from rag.lm.quantized_linear import int4_supported
     from rag.lm.quantized_weight import int4_from_float, int8_from_float
 
@@ -102,8 +102,7 @@ def quantize_float_model(model: Any, low_bits: str = "int8") -> Any:
     for name, tensor in model.state_dict().items():
         if name in linear | embedding | head and name not in weights:
             dense = tensor.detach().float().cpu().numpy()
-            rounded = name in head or (name in linear and low_bits == "int4")
-            int4 = rounded and int4_supported(*dense.shape, 32)
+            int4 = name in linear | head and low_bits == "int4" and int4_supported(*dense.shape, 32)
             weights[name] = int4_from_float(dense) if int4 else int8_from_float(dense)
     floats = {
         name: tensor.detach().float().cpu().numpy()

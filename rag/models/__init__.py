@@ -148,12 +148,13 @@ class ModelStatus:
 
 def cached_precisions(model: BundledModel) -> list[str]:
     """The precisions a GGUF model is cached in: ``exact`` (the float32 folder) and those of rag.lm's packed
-    folders (``<float folder>-<precision>``)."""
+    folders (``<float folder>-<precision>-v<layout>``)."""
     base = converted_dir(model)
     found = ["exact"] if is_converted(model) else []
     for folder in sorted(base.parent.glob(f"{base.name}-*")):
-        if (folder / "ragloom-source.json").is_file():
-            found.append(folder.name.removeprefix(f"{base.name}-"))
+        precision = folder.name.removeprefix(f"{base.name}-").split("-v")[0]
+        if (folder / "ragloom-source.json").is_file() and precision not in found:
+            found.append(precision)
     return found
 
 
