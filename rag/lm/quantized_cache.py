@@ -6,7 +6,7 @@ the new one is written), holding
 the config, the tokenizer and ``weights.safetensors``: for a weight ``W``, ``W:q4``/``W:scale``/``W:zero``
 (:class:`~rag.lm.quantized_weight.Int4Weight`) or ``W:q8``/``W:scale`` (int8 rows), and norms and biases by
 their own names. It is written atomically (temp folder, then rename) under a file lock, as the float cache.
-The 0.5B's mixed folder is 0.57 GB (float32: 2.4 GB), the 1.5B's 1.4 GB (float32: 6.7 GB).
+The 0.5B's mixed folder is 0.6 GB (float32: 2.4 GB), the 1.5B's 1.5 GB (float32: 6.7 GB).
 """
 
 from __future__ import annotations
