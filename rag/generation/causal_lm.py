@@ -244,23 +244,23 @@ class CausalLMGenerator(Generator):
         input_ids = self._apply_template(messages, reply_start)
         self._check_context(input_ids, params)
         logit_bias(params, self.model.config.vocab_size)  # refuses unknown token ids before streaming
-        if params.logprobs is None:
-            stats = DecodeStats()
-            decoded = self._decode(input_ids, params, params.drafting, stats)
-            return AnswerStream(self._stream_text("", [], start, decoded, stats))
-        top = params.logprobs.top
         entries: list[TokenLogprob] = []
+        observe: Observer | None = None
+        if params.logprobs is not None:
+            top = params.logprobs.top
 
-        def observe(scores: torch.Tensor, token: int) -> None:  # scores [vocab], as the token was chosen
-            logprobs = torch.log_softmax(scores.float(), dim=-1)
-            best = torch.topk(logprobs, top)
-            alternatives = [(self._detokenize([int(i)]), float(v)) for v, i in zip(*best, strict=True)]
-            entries.append(TokenLogprob(self._detokenize([token]), float(logprobs[token]), alternatives))
+            def observe(scores: torch.Tensor, token: int) -> None:  # scores [vocab], as the token was chosen
+                logprobs = torch.log_softmax(scores.float(), dim=-1)
+                best = torch.topk(logprobs, top)
+                alternatives = [(self._detokenize([int(i)]), float(v)) for v, i in zip(*best, strict=True)]
+                entries.append(TokenLogprob(self._detokenize([token]), float(logprobs[token]), alternatives))
 
         stats = DecodeStats()
-        decoded = self._decode(input_ids, params, None, stats, observe=observe)
-        pieces = self._stream_text("", [], start, decoded, stats)
-        return AnswerStream(pieces).then(lambda answer: dataclasses.replace(answer, logprobs=entries))
+        decoded = self._decode(input_ids, params, params.drafting, stats, observe=observe)
+        stream = AnswerStream(self._stream_text("", [], start, decoded, stats))
+        if params.logprobs is None:
+            return stream
+        return stream.then(lambda answer: dataclasses.replace(answer, logprobs=entries))
 
     # -- internals ----------------------------------------------------------------------------------
 
