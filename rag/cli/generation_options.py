@@ -11,13 +11,13 @@ from rag.generation.base import BlendedContexts, Drafting, GenerationParams, Gen
 from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
 from rag.generation.openai_compatible import REMOTE_GENERATOR as REMOTE
-from rag.lm.policy import PRECISIONS
+from rag.lm.policy import DECODERS, PRECISIONS
 from rag.models import DEFAULT_GENERATOR
 from rag.registry import build
 
 SEQUENTIAL = "sequential"  # --contexts: all passages in one prompt (GenerationParams.parallel = None)
 # options of the local generator that a remote server cannot honour
-_LOCAL_ONLY = ("device", "precision", "draft_model", "draft_model_tokens", "passage_cache_dir")
+_LOCAL_ONLY = ("device", "precision", "decoder", "draft_model", "draft_model_tokens", "passage_cache_dir")
 
 
 def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
@@ -48,9 +48,16 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="weights: mixed (the CPU default: the GGUF file's 4-bit tensors and the output layer in int4, "
-        "the rest int8) or int4 (all), or dequantized: bf16 (the CUDA default) or exact (float32); see "
-        "docs/runtime.md",
+        help="weights: mixed (the CPU default: the GGUF file's 4-bit tensors in int4, the rest and the "
+        "output layer in int8) or int4 (all), or dequantized: bf16 (the CUDA default) or exact (float32); "
+        "see docs/runtime.md",
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        help="engine of the answer's tokens: torch (the default) or llama.cpp (the prompt still runs in "
+        "torch, then llama.cpp decodes on the same GGUF file; a bundled model on the CPU, llama-cpp-python "
+        "installed; parallel and blended --contexts decode in torch only); see docs/runtime.md",
     )
     parser.add_argument(
         "--cad-alpha",
@@ -126,6 +133,7 @@ def generator_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         "draft_model": args.draft_model,
         "draft_model_tokens": args.draft_model_tokens,
         "precision": args.precision,
+        **({"decoder": args.decoder} if args.decoder else {}),
         **extra,
     }
 

@@ -44,7 +44,8 @@ from rag.generation.drafting.draft_model import DraftModelProposer
 from rag.generation.drafting.fused import FusedDrafter
 from rag.generation.drafting.retrieval import RetrievalDrafter
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
-from rag.lm.policy import Precision
+from rag.lm import token_decoder
+from rag.lm.policy import Decoder, Precision
 from rag.registry import register
 from rag.types import Answer, Document, Timings, TokenLogprob
 
@@ -77,6 +78,8 @@ class CausalLMConfig:
     # int4/int8 weights from the GGUF file ("mixed", the CPU default, or "int4") or dequantized ("bf16", the
     # CUDA default; "exact": float32); see rag.lm.policy
     precision: Precision | None = None
+    # the engine of the answer's tokens: "torch", or "llama.cpp" (the prompt runs in torch); rag.lm.policy
+    decoder: Decoder = "torch"
     defaults: GenerationParams = field(default_factory=GenerationParams)
     draft_max_ngram: int = 3  # the drafter matches the answer's last 3, 2, then 1 tokens
     draft_min_ngram: int = 1
@@ -178,7 +181,10 @@ class CausalLMGenerator(Generator):
             from rag.lm import load_causal_lm
 
             model, tokenizer = load_causal_lm(
-                self.config.model, device=self.config.device, precision=self.config.precision
+                self.config.model,
+                device=self.config.device,
+                precision=self.config.precision,
+                decoder=self.config.decoder,
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -383,6 +389,13 @@ class CausalLMGenerator(Generator):
             if context_free_ids is None:
                 raise ValueError("context-aware decoding needs the prompt without passages")
             contrast = Contrast(params.cad, context_free_ids)
+        if parallel is not None and token_decoder(self.model) is not None:
+            one = params.keep_passages == 1 and len(parallel.passage_ids) > 1  # read as one passage's prompt
+            if not one:
+                raise ConfigError(
+                    "parallel and blended contexts (and keeping more than one passage) decode in torch only: "
+                    "this generator decodes in llama.cpp (decoder='llama.cpp')"
+                )
         read = None if parallel is None else (parallel, self._parallel_prefill(params))
         stats = stats if stats is not None else DecodeStats()
         return self._decode(input_ids, params, params.drafting, stats, contrast, read, citations)
@@ -439,7 +452,7 @@ class CausalLMGenerator(Generator):
             )
             return
         generated: list[int] = []
-        logits = batch.prefill()  # [rows, vocab]: the whole prompt in one forward
+        logits = batch.prefill(params.max_new_tokens)  # [rows, vocab]: the whole prompt in one forward
         while True:
             scores = score(generated, logits)  # [vocab]
             token = next_token(scores, params, rng)

@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
+import copy as _copy
 import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.errors import ModelError
-from rag.lm.policy import Precision, RuntimePolicy
+from rag.errors import ConfigError, ModelError
+from rag.lm.policy import Decoder, Precision, RuntimePolicy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rag.lm.llama_cpp_decoder import LlamaCppDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ def load_causal_lm(
     device: str | None = None,
     precision: Precision | None = None,
     attn_implementation: str = "sdpa",
+    decoder: Decoder | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM in eval mode and its tokenizer: ``name`` is a bundled model, a local folder or a hub id.
 
@@ -35,14 +39,15 @@ def load_causal_lm(
     hub model's float weights are rounded the same way); ``bf16`` and ``exact`` dequantize to bf16 and
     float32.
     ``attn_implementation``: "sdpa" runs as :data:`~rag.lm.grouped_attention.GROUPED_SDPA`; "eager" returns
-    attention weights.
+    attention weights. ``decoder="llama.cpp"`` (a bundled GGUF model) also loads the file in llama.cpp, which
+    then runs the answer's tokens (:func:`token_decoder`).
     """
     import torch
 
     from rag.lm.grouped_attention import register_grouped_sdpa
     from rag.models import resolve_model
 
-    policy = RuntimePolicy.for_device(device, precision)
+    policy = RuntimePolicy.for_device(device, precision, decoder)
     try:
         if policy.quantized:
             model, tokenizer = _load_quantized(name, policy, attn_implementation)
@@ -63,7 +68,35 @@ def load_causal_lm(
         ) from error
     if attn_implementation == "sdpa":
         model.set_attn_implementation(register_grouped_sdpa())  # SDPA, with decode-sized GQA unrepeated
+    if policy.decoder == "llama.cpp":
+        model._ragloom_decoder = _llama_cpp_decoder(name, model)
     return model, tokenizer
+
+
+def with_decoder(model: Any, name: str, decoder: Decoder) -> Any:
+    """``model`` (loaded from bundled ``name``) with its answer tokens run by ``decoder``: a shallow copy
+    sharing the weights, for a process that runs both decoders (the benchmark)."""
+    copy = _copy.copy(model)
+    copy.__dict__.pop("_ragloom_decoder", None)
+    if decoder == "llama.cpp":
+        copy._ragloom_decoder = _llama_cpp_decoder(name, model)
+    return copy
+
+
+def token_decoder(model: Any) -> LlamaCppDecoder | None:
+    """The llama.cpp engine that runs ``model``'s answer tokens, or None: torch runs them."""
+    return getattr(model, "_ragloom_decoder", None)
+
+
+def _llama_cpp_decoder(name: str, model: Any) -> LlamaCppDecoder:
+    from rag.lm.llama_cpp_decoder import LlamaCppDecoder
+    from rag.lm.quantized_cache import ensure_gguf
+    from rag.models import bundled_model
+
+    bundled = bundled_model(name)
+    if bundled is None or bundled.fmt != "gguf":
+        raise ConfigError(f"decoder 'llama.cpp' runs the bundled GGUF models; {name!r} is not one")
+    return LlamaCppDecoder(ensure_gguf(bundled), model.config.model_type)
 
 
 def _load_quantized(name: str, policy: RuntimePolicy, attn_implementation: str) -> tuple[Any, Any]:

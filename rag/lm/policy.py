@@ -12,6 +12,10 @@ precision      weights (activations are bf16 except with ``exact``)
 
 The CPU default is :data:`CPU_DEFAULT`; docs/runtime.md has the measured speed and answer quality of each.
 
+``decoder``: ``torch`` runs every forward in torch; ``llama.cpp`` runs the prompt in torch and the answer's
+tokens in llama.cpp's engine on the same GGUF file (:mod:`rag.lm.llama_cpp_decoder`; needs llama-cpp-python,
+the ``bench`` extra).
+
 The policy is applied once, when the model is loaded (:func:`rag.lm.load_causal_lm`); the decoding loop, the
 drafters, CAD, parallel contexts and the rerankers see a transformers model either way.
 """
@@ -27,18 +31,26 @@ from rag.lm.gguf_weights import LowBits
 Precision = Literal["mixed", "int4", "bf16", "exact"]
 PRECISIONS: tuple[Precision, ...] = ("mixed", "int4", "bf16", "exact")
 CPU_DEFAULT: Precision = "mixed"
+Decoder = Literal["torch", "llama.cpp"]
+DECODERS: tuple[Decoder, ...] = ("torch", "llama.cpp")
 
 
 @dataclass(frozen=True)
 class RuntimePolicy:
-    """``device`` ("cpu", "cuda", "cuda:1", ...) and the ``precision`` of the weights (see the module doc)."""
+    """``device`` ("cpu", "cuda", "cuda:1", ...), the ``precision`` of the weights and the engine that
+    ``decoder`` s the answer's tokens (see the module doc)."""
 
     device: str = "cpu"
     precision: Precision = CPU_DEFAULT
+    decoder: Decoder = "torch"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "llama.cpp" and not self.device.startswith("cpu"):
+            raise ConfigError(f"decoder 'llama.cpp' runs on the CPU; on {self.device} use 'torch'")
         if self.quantized and not self.device.startswith("cpu"):
             raise ConfigError(
                 f"precision {self.precision!r} runs torch's CPU int4/int8 kernels; "
@@ -55,10 +67,12 @@ class RuntimePolicy:
         return "int4" if self.precision == "int4" else "int8"
 
     @classmethod
-    def for_device(cls, device: str | None = None, precision: Precision | None = None) -> RuntimePolicy:
+    def for_device(
+        cls, device: str | None = None, precision: Precision | None = None, decoder: Decoder | None = None
+    ) -> RuntimePolicy:
         """The default policy of ``device`` (default: CUDA when present, else the CPU), with overrides."""
         import torch
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         chosen = precision or (CPU_DEFAULT if device.startswith("cpu") else "bf16")
-        return cls(device=device, precision=chosen)
+        return cls(device=device, precision=chosen, decoder=decoder or "torch")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,6 +39,23 @@ _MARKER = "ragloom-source.json"
 
 def quantized_dir(model: BundledModel, scheme: str) -> Path:
     return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}-{scheme}-v{LAYOUT}"
+
+
+def ensure_gguf(model: BundledModel) -> Path:
+    """Bundled ``model``'s GGUF file on disk: in place when it ships whole, else assembled (and verified)
+    once into the model cache."""
+    if len(model.files) == 1:
+        return gguf_file(model, cache_dir())
+    target = cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        os.replace(gguf_file(model, work), target)  # verified as it was assembled
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
 
 
 def ensure_quantized(model: BundledModel, scheme: str, low_bits: LowBits) -> Path:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from rag.errors import ConfigError
 from rag.generation.base import DecodeStats
 from rag.generation.contexts.kv_blend import deviating_columns, recompute, shift_block
 from rag.generation.contexts.parallel_prompt import ParallelPrompt
@@ -82,16 +83,23 @@ class ParallelKVBatch(KVBatch):
         prompts: Sequence[torch.Tensor],  # each [tail_len_r]
         segments: ApeSegments | None,  # None: plain attention (blended passages)
         ready: torch.Tensor | None = None,  # [vocab] row 0's next-token logits when its tail is empty
+        sequential: bool = False,  # every row's cached columns are its prompt's first tokens, in order
     ) -> None:
         super().__init__(model, prompts)
         self.cache = cache
         self.segments = segments
+        self.sequential = sequential
         self._cached_valid = cached_valid
         self._start = start
         self._ready = ready
         self._prefilled = False
 
-    def prefill(self) -> torch.Tensor:
+    def _prompt_kv(self) -> list[torch.Tensor]:
+        if not self.sequential:  # APE's attention or blended positions: llama.cpp's attention has neither
+            raise ConfigError("parallel and blended contexts decode in torch only (--decoder torch)")
+        return super()._prompt_kv()
+
+    def _prefill(self) -> torch.Tensor:
         """Run the tails over the cached blocks; next-token logits ``# [rows, vocab]``."""
         if self._prefilled:
             raise RuntimeError("prefill() runs once")
@@ -173,7 +181,8 @@ class ParallelPrefill:
                 valid = torch.ones(cache.get_seq_length(), dtype=torch.bool, device=question.device)
                 ready = reading.first_logits if kept[0] == reading.answered else None
                 tail = question[len(question) if ready is not None else reading.read :]
-                return self._rows(cache, valid, len(valid), tail, prompt.prefix_ids, extra_rows, None, ready)
+                prefix_ids = prompt.prefix_ids
+                return self._rows(cache, valid, len(valid), tail, prefix_ids, extra_rows, None, ready, True)
             prompt, passages = prompt.keeping(kept), [passages[i] for i in kept]
         lengths = [b.tokens for b in passages]
         if self.blend_ratio > 0:  # the sequential prompt's positions (rag.generation.contexts.kv_blend)
@@ -201,6 +210,7 @@ class ParallelPrefill:
         extra_rows: Sequence[torch.Tensor],
         segments: ApeSegments | None,
         ready: torch.Tensor | None = None,  # [vocab] the question row's logits when its tail is empty
+        sequential: bool = False,  # the cache is the sequential prompt's first tokens (keeping one passage)
     ) -> ParallelKVBatch:
         """The batch of the question row over ``cache`` and the context-free rows (CAD), which see only the
         cached prefix tokens they begin with (the system prompt): their own tails are the rest."""
@@ -218,7 +228,7 @@ class ParallelPrefill:
             cached_valid[row, :shared] = True
             starts[row] = shared
             tails.append(ids[shared:])
-        return ParallelKVBatch(self.model, cache, cached_valid, starts, tails, segments, ready)
+        return ParallelKVBatch(self.model, cache, cached_valid, starts, tails, segments, ready, sequential)
 
     @torch.inference_mode()
     def _blend(

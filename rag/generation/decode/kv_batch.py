@@ -18,12 +18,16 @@ Flash-attention kernels take no 4-D mask: load models with eager or SDPA attenti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rag.errors import ConfigError
+from rag.lm import token_decoder
 from rag.lm.kv_cache import new_cache
+
+if TYPE_CHECKING:
+    from rag.lm.llama_cpp_decoder import DecoderSession
 
 
 def tree_mask(parents: Sequence[int]) -> torch.Tensor:
@@ -77,6 +81,9 @@ class KVBatch:
     returns each node's next-token logits; ``keep(nodes)`` then keeps the KV of those nodes only (a path from
     the root), so that the cache again holds plain sequences. Each call is exactly one forward of the model;
     several prompts are prefilled packed into one sequence, then laid out as left-padded rows.
+
+    When the model decodes in llama.cpp (``RuntimePolicy(decoder="llama.cpp")``, :mod:`rag.lm`), the prompt
+    still runs here and its KV cache then moves into a llama.cpp session, which runs every later forward.
     """
 
     def __init__(self, model: Any, prompts: Sequence[torch.Tensor]) -> None:  # each [prompt_len_r]
@@ -94,13 +101,42 @@ class KVBatch:
         self.cache = new_cache(model)
         self._pending = 0  # nodes of the last extend() not yet settled by keep()
         self.forward_calls = 0
+        self._session: DecoderSession | None = None  # the llama.cpp session after prefill, if any
+
+    def __del__(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
     @property
     def rows(self) -> int:
         return self._ids.shape[0]
 
-    def prefill(self) -> torch.Tensor:
-        """Run the prompts; next-token logits after each prompt ``# [rows, vocab]``."""
+    def prefill(self, room: int = 0) -> torch.Tensor:
+        """Run the prompts; next-token logits after each prompt ``# [rows, vocab]``. ``room``: tokens that
+        may follow (the size of a llama.cpp decoder's context)."""
+        logits = self._prefill()
+        decoder = token_decoder(self.model)
+        if decoder is not None:
+            rows = self._prompt_kv()
+            self._session = decoder.session(max(kv.shape[2] for kv in rows) + room + 1)
+            self._session.load(rows, self.cache.layers[0].keys.shape[-1])
+            self.cache = new_cache(self.model)  # the prompt's KV lives in llama.cpp now
+        return logits
+
+    def _prompt_kv(self) -> list[torch.Tensor]:
+        """Each row's cached prompt, real tokens in order ``# [layers, 2, tokens, kv_heads * head_dim]``."""
+        rows = []
+        for row in range(self.rows):
+            columns = self._valid[row].nonzero()[:, 0]  # [tokens]
+            layers = [
+                torch.stack([layer.keys[row][:, columns], layer.values[row][:, columns]])
+                for layer in self.cache.layers
+            ]  # each [2, kv_heads, tokens, head_dim]
+            kv = torch.stack(layers).transpose(2, 3)  # [layers, 2, tokens, kv_heads, head_dim]
+            rows.append(kv.flatten(3))
+        return rows
+
+    def _prefill(self) -> torch.Tensor:
         if self.cache.get_seq_length() > 0:
             raise RuntimeError("prefill() runs once")
         if self.rows > 1:
@@ -150,12 +186,19 @@ class KVBatch:
         parents = list(range(-1, n - 1)) if chain else list(parents)
         if len(parents) != n or n == 0:
             raise ValueError(f"got {n} tokens and {len(parents)} parents")
+        depths = tree_depths(parents)
+        if self._session is not None:
+            logits = self._session.extend(tokens, parents, depths)  # [rows, n, vocab]
+            self.forward_calls += 1
+            self._pending = n
+            if chain:
+                self.keep(range(n))
+            return logits
         tree = tree_mask(parents).to(self.device)  # [n, n]
         past = self._valid[:, None, None, :].expand(-1, 1, n, -1)  # [rows, 1, n, cached]
         nodes = tree[None, None].expand(self.rows, 1, n, n)  # [rows, 1, n, n]
         allowed = torch.cat([past, nodes], dim=-1)  # [rows, 1, n, cached + n]
-        depths = torch.tensor(tree_depths(parents), device=self.device)  # [n]
-        positions = self.lengths[:, None] + depths[None, :]  # [rows, n]
+        positions = self.lengths[:, None] + torch.tensor(depths, device=self.device)[None, :]  # [rows, n]
         ids = torch.tensor([list(tokens)] * self.rows, dtype=torch.long, device=self.device)  # [rows, n]
         logits = self._run(ids, allowed, positions, logits_to_keep=0)  # [rows, n, vocab]
         self._pending = n
@@ -169,6 +212,11 @@ class KVBatch:
         nodes = list(nodes)
         if any(not 0 <= i < n for i in nodes):
             raise ValueError(f"nodes {nodes} are not among the {n} nodes of the last extend()")
+        if self._session is not None:
+            self._session.keep(nodes)
+            self.lengths = self.lengths + len(nodes)
+            self._pending = 0
+            return
         cached = self.cache.get_seq_length() - n
         if nodes != list(range(n)):
             prefix = nodes == list(range(len(nodes)))  # the first nodes (a chain's accepted part)

@@ -79,7 +79,8 @@ def speculative_decode(
     """
     stats = stats if stats is not None else DecodeStats()
     generated: list[int] = []
-    token, _ = choose(score(generated, batch.prefill()), (), params, rng)
+    logits = batch.prefill(params.max_new_tokens + drafting.tokens)  # [rows, vocab]
+    token, _ = choose(score(generated, logits), (), params, rng)
     while True:
         generated.append(token)
         yield token
