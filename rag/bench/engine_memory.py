@@ -5,7 +5,7 @@ ids greedily and prints its peak resident set (``ru_maxrss``) in GB. Nothing hea
 imported: the llama.cpp job does not import torch, so its figure is llama.cpp's own.
 
 >>> ENGINES
-('ragloom', 'llama.cpp', 'generate()')
+('ragloom', 'ragloom, llama.cpp decoder', 'llama.cpp', 'generate()')
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("ragloom", "llama.cpp", "generate()")
+RAGLOOM_ON_LLAMA_CPP = "ragloom, llama.cpp decoder"  # the prompt in torch, the answer's tokens in llama.cpp
+ENGINES = ("ragloom", RAGLOOM_ON_LLAMA_CPP, "llama.cpp", "generate()")
 
 
 def peak_rss(
@@ -93,10 +94,11 @@ def _answer(job: dict[str, Any]) -> int:
 
     torch.set_num_threads(job["threads"])
     prompt = torch.tensor([ids])
-    if job["engine"] == "ragloom":  # ragloom's own loop on the model as it loads on this device
+    if job["engine"] in ("ragloom", RAGLOOM_ON_LLAMA_CPP):  # ragloom's own loop, the model as it loads here
         from rag.generation import CausalLMConfig, CausalLMGenerator, GenerationParams
 
-        generator = CausalLMGenerator(CausalLMConfig(model=job["model"]))
+        decoder = "llama.cpp" if job["engine"] == RAGLOOM_ON_LLAMA_CPP else "torch"
+        generator = CausalLMGenerator(CausalLMConfig(model=job["model"], decoder=decoder))
         params = GenerationParams(max_new_tokens=most, min_new_tokens=least)
         return len(list(generator._answer_tokens(prompt, params)))
     from rag.lm import load_causal_lm

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from rag.bench.draft_length import CANDIDATES, measured_draft_tokens
-from rag.bench.engine_memory import ENGINES, peak_rss
+from rag.bench.engine_memory import ENGINES, RAGLOOM_ON_LLAMA_CPP, peak_rss
 from rag.bench.generate_baselines import Measurement, TransformersGenerate
 from rag.bench.llama_cpp_baseline import INSTALL_HINT, LlamaCppGenerate, llama_cpp_available
 from rag.collection import build_index
@@ -42,7 +42,7 @@ from rag.generation.causal_lm import build_drafter
 from rag.generation.contexts.passage_kv_store import PassageKVStore
 from rag.generation.decode.cad import ContextAwareDecoding
 from rag.generation.drafting.retrieval import MATCH_SCALED_DRAFT_TOKENS
-from rag.lm import load_causal_lm
+from rag.lm import Decoder, load_causal_lm, with_decoder
 from rag.models import bundled_model, install_hint
 from rag.models.bundled import gguf_file
 from rag.settings import data_dir
@@ -60,6 +60,7 @@ ASSISTANTS: dict[str, str] = {"qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-0.5b
 LLAMA_CPP = "llama.cpp"  # the mode every ratio is taken against, when llama-cpp-python is installed
 LLAMA_CPP_LOOKUP = "llama.cpp prompt lookup"
 TRANSFORMERS = "generate()"  # the baseline when it is not
+ON_LLAMA_CPP = "· llama.cpp decoder"  # the modes whose answer tokens run in llama.cpp (RuntimePolicy.decoder)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class RagloomMode:
     ``keep`` prunes to that many passages by the question's likelihood (``GenerationParams.keep_passages``;
     0 = all). ``draft_model`` fuses the retrieval drafts with the model's smaller same-tokenizer assistant
     (:data:`ASSISTANTS`; RASD, as ``CausalLMConfig.draft_model`` does); models without one skip the mode.
+    ``decoder`` is the engine of the answer's tokens (``RuntimePolicy.decoder``): the ``llama.cpp`` modes run
+    only when llama-cpp-python is installed.
     """
 
     name: str
@@ -84,6 +87,7 @@ class RagloomMode:
     blend: float = 0.0
     keep: int = 0
     draft_model: bool = False
+    decoder: Decoder = "torch"
 
 
 # The ragloom modes, in the order each prompt runs them (after the transformers baselines). Parallel-cached
@@ -102,6 +106,13 @@ MODES: tuple[RagloomMode, ...] = (
     RagloomMode("ragloom parallel, warm memory, blend 0.5", store="memory", blend=0.5),
     RagloomMode("ragloom parallel, warm memory, keep 1", store="memory", keep=1),
     RagloomMode("ragloom all combined", cad=True, draft=True, store="memory"),
+    RagloomMode(f"ragloom plain {ON_LLAMA_CPP}", decoder="llama.cpp"),
+    RagloomMode(f"ragloom drafting {ON_LLAMA_CPP}", draft=True, decoder="llama.cpp"),
+    RagloomMode(f"ragloom CAD {ON_LLAMA_CPP}", cad=True, decoder="llama.cpp"),
+    RagloomMode(f"ragloom CAD + drafting {ON_LLAMA_CPP}", cad=True, draft=True, decoder="llama.cpp"),
+    RagloomMode(
+        f"ragloom parallel, warm memory, keep 1 {ON_LLAMA_CPP}", store="memory", keep=1, decoder="llama.cpp"
+    ),
 )
 
 # (mode, the mode it must match token for token): drafting and caches change speed, never greedy output.
@@ -113,8 +124,13 @@ IDENTICAL: tuple[tuple[str, str], ...] = (
     ("ragloom parallel, warm disk", "ragloom parallel, cold"),
 )
 # (mode, the mode it is compared with) where differences are expected and counted: int8 blocks change answers,
-# and the engines compute in other precisions (int4 and bf16, llama.cpp's own kernels, float32).
+# the engines compute in other precisions (int4 and bf16, llama.cpp's own kernels, float32), and llama.cpp
+# adds up a forward of several tokens differently from one-token forwards for some of the file's block types
+# (rag.lm.llama_cpp_decoder), so its drafting matches its plain decoding up to that rounding.
 COMPARED: tuple[tuple[str, str], ...] = (
+    (f"ragloom drafting {ON_LLAMA_CPP}", f"ragloom plain {ON_LLAMA_CPP}"),
+    (f"ragloom CAD + drafting {ON_LLAMA_CPP}", f"ragloom CAD {ON_LLAMA_CPP}"),
+    (f"ragloom plain {ON_LLAMA_CPP}", LLAMA_CPP),
     ("ragloom parallel, warm memory, int8", "ragloom parallel, warm memory"),
     ("ragloom plain", LLAMA_CPP),
     ("ragloom plain", TRANSFORMERS),
@@ -231,9 +247,17 @@ class _ModelBench:
         self.name, self.lm, self.tokenizer = name, lm, tokenizer
         self.workdir = workdir
         self.settings = settings
-        self.gens: dict[tuple[str, str | None, bool, bool], CausalLMGenerator] = {}
+        self.gens: dict[tuple[str, str | None, bool, bool, str], CausalLMGenerator] = {}
+        self.stores: dict[tuple[str, str | None, bool], PassageKVStore | None] = {}  # shared by the decoders
         self.assistant = assistant  # the smaller same-tokenizer model: ragloom's draft model (None: none)
-        self.modes = [mode for mode in MODES if assistant is not None or not mode.draft_model]
+        # the model whose answer tokens run in llama.cpp, sharing lm's weights (None: llama.cpp not installed)
+        self.on_llama_cpp = with_decoder(lm, name, "llama.cpp") if gguf is not None else None
+        self.modes = [
+            mode
+            for mode in MODES
+            if (assistant is not None or not mode.draft_model)
+            and (mode.decoder == "torch" or self.on_llama_cpp is not None)
+        ]
         eos = self.generator("short", None).eos_token_ids
         self.baselines: list[LlamaCppGenerate | TransformersGenerate] = []
         if gguf is not None:  # llama.cpp on the same file, plain and with prompt lookup
@@ -246,10 +270,16 @@ class _ModelBench:
             self.baselines.append(TransformersGenerate(TRANSFORMERS, reference, eos))
 
     def generator(
-        self, shape: str, store: str | None, int8: bool = False, draft_model: bool = False
+        self,
+        shape: str,
+        store: str | None,
+        int8: bool = False,
+        draft_model: bool = False,
+        decoder: Decoder = "torch",
     ) -> CausalLMGenerator:
-        """The generator of a prompt shape (its system prompt), store and drafter, made on first use."""
-        key = (shape, store, int8, draft_model)
+        """The generator of a prompt shape (its system prompt), store, drafter and decoder, made on first
+        use; the decoders share each store."""
+        key = (shape, store, int8, draft_model, decoder)
         if key not in self.gens:
             system_prompt = QA_SYSTEM_PROMPT if shape == "short" else LONG_SYSTEM_PROMPT
             config = CausalLMConfig(
@@ -261,14 +291,16 @@ class _ModelBench:
                 draft_model_tokens=self.settings.get("draft_model_tokens"),
             )
             directory = self.workdir / f"kv-{self.name.replace('/', '_')}-{shape}-{int8}"
+            if (shape, store, int8) not in self.stores:
+                self.stores[shape, store, int8] = _passage_store(store, directory)
             # the draft-model mode drafts with the assistant loaded once for every generator
             drafter = build_drafter(config, self.tokenizer, draft_lm=self.assistant) if draft_model else None
             self.gens[key] = CausalLMGenerator(
                 config,
-                model=self.lm,
+                model=self.lm if decoder == "torch" else self.on_llama_cpp,
                 tokenizer=self.tokenizer,
                 drafter=drafter,
-                passage_store=_passage_store(store, directory),
+                passage_store=self.stores[shape, store, int8],
             )
         return self.gens[key]
 
@@ -306,7 +338,7 @@ class _ModelBench:
             m = baseline.run(input_ids, max_new_tokens, min_new_tokens)
             out[baseline.name] = (m, decode(m.tokens).strip())
         for mode in self.modes:
-            gen = self.generator(prompt.shape, mode.store, mode.int8, mode.draft_model)
+            gen = self.generator(prompt.shape, mode.store, mode.int8, mode.draft_model, mode.decoder)
             params = self.params(gen, mode, max_new_tokens, min_new_tokens)
             m = run_ragloom(gen, prompt, input_ids, params)
             out[mode.name] = (m, decode(m.tokens).strip())
@@ -428,7 +460,7 @@ def _measure_model(
     eos = bench.generator("long", None).eos_token_ids
     del bench, lm, reference, assistant
     tokens = {"max_new_tokens": settings["long_tokens"], "min_new_tokens": settings["long_min_tokens"]}
-    for engine in (e for e in ENGINES if e != LLAMA_CPP or gguf is not None):
+    for engine in (e for e in ENGINES if gguf is not None or e not in (LLAMA_CPP, RAGLOOM_ON_LLAMA_CPP)):
         run.peak_rss_gb[engine] = peak_rss(engine, name, ids, eos, **tokens)  # a process of its own
     return run
 
@@ -442,9 +474,12 @@ def _precision(model: Any) -> str:
 
 def _warm_up(bench: _ModelBench) -> None:
     """One tiny untimed answer per mode: first-call costs (allocations, the model fingerprint) go here."""
-    doc = Document("warm-up", "Paris is the capital and largest city of France.", title="France")
+    docs = [  # two: keeping one passage on the llama.cpp decoder needs a choice (one is read with APE)
+        Document("warm-up", "Paris is the capital and largest city of France.", title="France"),
+        Document("warm-up-2", "Berlin is the capital and largest city of Germany.", title="Germany"),
+    ]
     for shape in ("short", "long"):
-        bench.answer(Prompt(shape, "What is the capital of France?", [doc], ["Paris"]), 2)
+        bench.answer(Prompt(shape, "What is the capital of France?", docs, ["Paris"]), 2)
     for gen in bench.gens.values():
         if gen.passage_store.memory_bytes:
             gen.passage_store.clear_memory()
