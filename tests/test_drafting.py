@@ -23,6 +23,7 @@ from rag.generation.decode.sampling import target_probs
 from rag.generation.decode.speculative import choose, speculative_decode
 from rag.generation.decode.token_tree import TokenTree
 from rag.generation.drafting.retrieval import RetrievalDrafter
+from rag.lm.llama_cpp_decoder import llama_cpp_available
 from rag.types import Document
 
 
@@ -299,13 +300,24 @@ NOT_COPYING = [
 ]
 
 
-@pytest.fixture(scope="module")
-def generator():
+# the decoders the SmolLM2 tests run on: llama.cpp's (rag.lm.llama_cpp_decoder) where llama-cpp-python is
+# installed (the bench extra); SmolLM2's file is one it scores a draft tree for bit for bit as one-token steps
+DECODERS = [
+    "torch",
+    pytest.param(
+        "llama.cpp",
+        marks=pytest.mark.skipif(not llama_cpp_available(), reason="needs the bench extra (make bench)"),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def generator(request):
     from rag.lm import load_causal_lm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model, tokenizer = load_causal_lm("smollm2-135m-instruct", device="cpu")
+    model, tokenizer = load_causal_lm("smollm2-135m-instruct", device="cpu", decoder=request.param)
     yield CausalLMGenerator(
         CausalLMConfig(defaults=GenerationParams(max_new_tokens=24)), model=model, tokenizer=tokenizer
     )

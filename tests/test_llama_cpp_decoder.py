@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_drafting import COPYING, NOT_COPYING, PASSAGES
+from test_drafting import COPYING, PASSAGES
 
 import rag.lm.llama_cpp_decoder
 from rag.errors import ConfigError
-from rag.generation import CausalLMConfig, CausalLMGenerator, ContextAwareDecoding, Drafting, GenerationParams
+from rag.generation import CausalLMConfig, CausalLMGenerator, ContextAwareDecoding, GenerationParams
 from rag.generation.base import DecodeStats, ParallelContexts
 from rag.generation.contexts.passage_kv_store import PassageKVStore
 from rag.generation.decode.kv_batch import KVBatch
@@ -78,30 +78,6 @@ def test_a_draft_tree_scores_each_node_as_plain_decoding_does(generator: CausalL
     other = KVBatch(generator.model, [ids])
     other.prefill(16)
     assert torch.equal(logits[1], other.extend([root, a])[0, -1])
-
-
-def test_greedy_drafting_equals_plain_greedy(generator: CausalLMGenerator) -> None:
-    plain_params = GenerationParams(max_new_tokens=24)
-    draft_params = GenerationParams(max_new_tokens=24, drafting=Drafting(6))
-    steps = tokens = 0
-    for question in COPYING + NOT_COPYING:
-        ids = generator._encode_prompt(question, PASSAGES, plain_params)
-        plain = list(generator._answer_tokens(ids, plain_params))
-        stats = DecodeStats()
-        assert list(generator._answer_tokens(ids, draft_params, None, stats)) == plain, question
-        steps += stats.decode_steps
-        tokens += len(plain) - 1
-    assert tokens / steps > 1.5  # mean tokens per verification step
-
-
-def test_cad_and_drafting_equal_cad(generator: CausalLMGenerator) -> None:
-    cad = GenerationParams(max_new_tokens=16, cad=ContextAwareDecoding(0.5))
-    for question in COPYING[:3] + NOT_COPYING[:2]:
-        ids = generator._encode_prompt(question, PASSAGES, cad)
-        context_free = generator._encode_context_free(question, cad)
-        expected = list(generator._answer_tokens(ids, cad, context_free))
-        drafted = replace(cad, drafting=Drafting(6))
-        assert list(generator._answer_tokens(ids, drafted, context_free)) == expected, question
 
 
 def test_keeping_one_passage_goes_on_from_that_passages_prompt_cold_and_warm() -> None:

@@ -23,14 +23,9 @@ import numpy as np
 import torch
 
 from rag.bench.generate_baselines import Measurement
+from rag.lm.llama_cpp_decoder import INSTALL_HINT, llama_cpp_available
 
-INSTALL_HINT = "pip install 'ragloom[bench]' (llama-cpp-python, built from source; see docs/benchmarks.md)"
-
-
-def llama_cpp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
+__all__ = ["INSTALL_HINT", "LlamaCppGenerate", "llama_cpp_available"]
 
 
 @dataclass

@@ -116,6 +116,8 @@ class LlamaCppDecoder:
         params.kv_unified = True  # sequences share cells: a draft tree's branches share the prompt
         params.n_threads = params.n_threads_batch = self.threads
         params.no_perf = True
+        # flash attention stays at llama.cpp's default (on, on this CPU): with it off, a draft tree's nodes no
+        # longer scored as one-token steps (SmolLM2, tests/test_llama_cpp_decoder.py)
         ctx = lib.llama_init_from_model(self._model, params)
         if not ctx:
             raise ModelError(f"llama.cpp could not create a context of {size} tokens")
