@@ -109,6 +109,21 @@ def test_a_row_gets_the_same_bits_alone_or_among_up_to_64_rows(form: str) -> Non
     assert torch.equal(layer(sliced), layer(sliced.contiguous()))
 
 
+@pytest.mark.parametrize("form", ["int4", "int8"])
+def test_layers_of_one_shape_share_the_expanded_weights_buffer_without_mixing_them(form: str) -> None:
+    quantize = int4_from_float if form == "int4" else int8_from_float
+    weights = [quantize(random_weight(128, 256) * scale) for scale in (1.0, -3.0)]
+    layers = [QuantizedLinear(weight) for weight in weights]
+    x = torch.randn(KERNEL_MAX_ROWS + 1, 256, generator=torch.Generator().manual_seed(2)).bfloat16()
+    for _ in range(2):  # each layer after the other has written the shared buffer
+        for layer, weight in zip(layers, weights, strict=True):
+            expanded = torch.from_numpy(weight.dense())  # float32, the stored values
+            step = float(np.abs(weight.scale).max())  # one quantization step: the other layer is ~10 away
+            torch.testing.assert_close(layer.dense().float(), expanded, atol=step / 8, rtol=2**-7)  # bf16
+            reference = x.float() @ expanded.T
+            torch.testing.assert_close(layer(x).float(), reference, atol=0.05, rtol=0.02)
+
+
 def test_an_int8_weight_at_an_unaligned_address_multiplies_several_rows() -> None:
     """A memory-mapped weight lies where the cache file puts it; torch's int8 kernel crashed on 2-64 rows of a
     weight 8 bytes off a 16-byte boundary (the 0.5B's int8 layers were 40 bytes off 64)."""

@@ -389,14 +389,16 @@ class CausalLMGenerator(Generator):
             if context_free_ids is None:
                 raise ValueError("context-aware decoding needs the prompt without passages")
             contrast = Contrast(params.cad, context_free_ids)
-        if parallel is not None and token_decoder(self.model) is not None:
-            one = params.keep_passages == 1 and len(parallel.passage_ids) > 1  # read as one passage's prompt
-            if not one:
+        read = None
+        if parallel is not None:
+            prefill = self._parallel_prefill(params)
+            one = prefill.reads_one_passage(len(parallel.passage_ids))
+            if not one and token_decoder(self.model) is not None:
                 raise ConfigError(
                     "parallel and blended contexts (and keeping more than one passage) decode in torch only: "
                     "this generator decodes in llama.cpp (decoder='llama.cpp')"
                 )
-        read = None if parallel is None else (parallel, self._parallel_prefill(params))
+            read = (parallel, prefill)
         stats = stats if stats is not None else DecodeStats()
         return self._decode(input_ids, params, params.drafting, stats, contrast, read, citations)
 

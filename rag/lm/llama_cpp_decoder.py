@@ -214,6 +214,7 @@ class DecoderSession:
         self._next: list[int] = []  # per row: the position of its next token
         self._pending: list[list[int]] = []  # the last extend's branch of each node (first = primary)
         self._depths: list[int] = []  # the last extend's depth of each node
+        self._used = 1  # the last extend's number of branches
 
     def load(self, rows: Sequence[torch.Tensor], head_dim: int) -> None:
         """The prompt's KV of each row, transformers' layout ``# [layers, 2, tokens, kv_heads * head_dim]``
@@ -243,10 +244,11 @@ class DecoderSession:
         """Run the tree of ``tokens`` on every row; logits after each node ``# [rows, n, vocab]``."""
         n = len(tokens)
         branches = _branches(parents)  # per node: the leaves' branch numbers through it
-        if len(set().union(*branches)) > self._branches:
+        used = 1 + max(b[-1] for b in branches)  # branches are numbered 0..used-1
+        if used > self._branches:
             raise ConfigError(f"a draft tree of more than {self._branches} branches")
         for row in range(self._rows):
-            for branch in range(1, len(set().union(*branches))):
+            for branch in range(1, used):
                 self._lib.llama_memory_seq_cp(self._memory, self._seq(row, 0), self._seq(row, branch), -1, -1)
         size = self._context.size if self._context else 0
         if max(self._next) + n > size:
@@ -268,17 +270,20 @@ class DecoderSession:
             raise ModelError(f"llama.cpp failed to decode a batch (status {status})")
         vocab = self._decoder.vocab
         logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx), shape=(self._rows * n, vocab))
-        self._pending, self._depths = branches, list(depths)
+        self._pending, self._depths, self._used = branches, list(depths), used
         return torch.from_numpy(logits.copy()).view(self._rows, n, vocab)
 
     def keep(self, nodes: Sequence[int]) -> None:
         """Keep the cells of ``nodes`` (a root-to-node path of the last extend) in each row's sequence."""
-        kept = len(nodes)
-        n = len(self._pending)
-        used = len(set().union(*self._pending))
+        kept, n, used = len(nodes), len(self._pending), self._used
+        if kept == n and used == 1:  # a chain kept whole (every plain step): nothing to move or free
+            self._next = [start + kept for start in self._next]
+            self._pending = []
+            return
         branch = self._pending[nodes[-1]][0] if nodes else 0  # a branch through the whole path
         last = (self._rows - 1) * n + (nodes[-1] if nodes else -1)  # the batch index of the last kept cell
-        rejected = [i for i in range(n) if i not in set(nodes)]
+        on_path = set(nodes)
+        rejected = [i for i in range(n) if i not in on_path]
         for row in range(self._rows):
             start = self._next[row]
             for node in rejected:  # park the rejected cells that lie before a kept one

@@ -153,6 +153,11 @@ class ParallelPrefill:
     def __post_init__(self) -> None:
         enable_ape_attention(self.model)
 
+    def reads_one_passage(self, passages: int) -> bool:
+        """Whether the batch of ``passages`` passages goes on from one passage's sequential prompt (keeping 1
+        of several): its cache is then a plain prompt's, with no APE attention or blended positions."""
+        return self.keep_passages == 1 and passages > 1
+
     def batch(
         self,
         prompt: ParallelPrompt,
@@ -164,7 +169,7 @@ class ParallelPrefill:
         if 0 < self.keep_passages < len(passages):
             # keeping one, the rest of the question part is read after the first passage's copy too: when
             # the retriever's first passage is the one kept, the answer's first token is then ready
-            one = self.keep_passages == 1
+            one = self.reads_one_passage(len(passages))
             question = prompt.question_ids
             reading = read_question(
                 self.model,
