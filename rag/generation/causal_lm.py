@@ -46,6 +46,7 @@ from rag.generation.drafting.retrieval import RetrievalDrafter
 from rag.generation.prompt import ANSWER_REMINDER, SYSTEM_PROMPT, build_messages
 from rag.lm import token_decoder
 from rag.lm.policy import Decoder, Precision
+from rag.models import DEFAULT_GENERATOR
 from rag.registry import register
 from rag.types import Answer, Document, Timings, TokenLogprob
 
@@ -73,7 +74,7 @@ class CausalLMConfig:
     """Which model to load, how it drafts and caches passages, and ``defaults``: how a request that passes
     no parameters is decoded."""
 
-    model: str = "qwen2.5-coder-0.5b-instruct"  # a bundled model name, a local folder or a hub id
+    model: str = DEFAULT_GENERATOR  # a bundled model name, a local folder or a hub id
     device: str | None = None  # None: the loader's choice
     # int4/int8 weights from the GGUF file ("mixed", the CPU default, or "int4") or dequantized ("bf16", the
     # CUDA default; "exact": float32); see rag.lm.policy
