@@ -7,8 +7,8 @@ row's result does not depend on how many rows share the call (a drafted token ve
 logits it would get alone, and greedy drafting stays token-identical to greedy decoding). A prompt of more
 rows is compute-bound instead: the weight is expanded to bf16 for that call and multiplied by oneDNN (AMX
 tiles where the CPU has them), several times faster than the int4 kernel on hundreds of rows. The expansion
-goes into a buffer of the calling thread, reused by every layer of that shape: a fresh tensor each time cost
-more in page faults than the expansion itself (an 8960 x 1536 int8 weight: 23 ms fresh, 3.3 ms reused).
+goes into a buffer that every layer of that shape reuses: a fresh tensor each time cost more in page faults
+than the expansion itself (an 8960 x 1536 int8 weight: 23 ms fresh, 3.3 ms reused).
 
 Activations are bf16 in and out; the scales and zero points are bf16 too (torch's kernels take them so).
 
@@ -22,6 +22,8 @@ Activations are bf16 in and out; the scales and zero points are bf16 too (torch'
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -70,7 +72,8 @@ class QuantizedLinear(torch.nn.Module):
         rows = x.numel() // self.in_features
         flat = x.reshape(rows, self.in_features).to(torch.bfloat16).contiguous()  # the kernels want it packed
         if rows > KERNEL_MAX_ROWS:
-            out = F.linear(flat, self.dense(_scratch(self.out_features, self.in_features)))
+            with _borrowed(self.out_features, self.in_features, torch.bfloat16) as weight:
+                out = F.linear(flat, self.dense(weight))
         elif self.bits == 4:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat, self.packed, self.group_size, self.scale_zero
@@ -92,19 +95,20 @@ class QuantizedLinear(torch.nn.Module):
             scale, zero = self.scale_zero.transpose(0, 1).float().unbind(-1)  # [rows, groups] each
             return out.copy_(((values - 8) * scale[..., None] + zero[..., None]).view(rows, cols))
         # in float32 a block of rows at a time, rounded to bf16 once: the value the int4 kernel multiplies by
-        chunk = max(1, _CHUNK_FLOATS // (cols * _BLOCK_ROWS)) * _BLOCK_ROWS
+        chunk = min(rows, max(1, _CHUNK_FLOATS // (cols * _BLOCK_ROWS)) * _BLOCK_ROWS)
         packed = self.packed.view(rows // _BLOCK_ROWS, cols, _BLOCK_ROWS // 2)  # see unpack_int4's layout
-        for start in range(0, rows, chunk):
-            stop = min(rows, start + chunk)
-            values = _scratch(stop - start, cols, torch.float32)
-            halves = values.view(-1, 2, _BLOCK_ROWS // 2, cols)
-            block = packed[start // _BLOCK_ROWS : stop // _BLOCK_ROWS]
-            halves[:, 0].copy_((block & 0x0F).transpose(1, 2))  # rows 64 b + j: the low nibbles
-            halves[:, 1].copy_((block >> 4).transpose(1, 2))  # rows 64 b + 32 + j: the high ones
-            scale, zero = self.scale_zero[:, start:stop].transpose(0, 1).float().unbind(-1)  # [chunk, groups]
-            grouped = values.view(stop - start, -1, self.group_size)
-            grouped.mul_(scale[..., None]).add_((zero - 8 * scale)[..., None])
-            out[start:stop].copy_(values)
+        with _borrowed(chunk, cols, torch.float32) as buffer:
+            for start in range(0, rows, chunk):
+                stop = min(rows, start + chunk)
+                values = buffer[: stop - start]
+                halves = values.view(-1, 2, _BLOCK_ROWS // 2, cols)
+                block = packed[start // _BLOCK_ROWS : stop // _BLOCK_ROWS]
+                halves[:, 0].copy_((block & 0x0F).transpose(1, 2))  # rows 64 b + j: the low nibbles
+                halves[:, 1].copy_((block >> 4).transpose(1, 2))  # rows 64 b + 32 + j: the high ones
+                scale, zero = self.scale_zero[:, start:stop].transpose(0, 1).float().unbind(-1)  # [n, groups]
+                grouped = values.view(stop - start, -1, self.group_size)
+                grouped.mul_(scale[..., None]).add_((zero - 8 * scale)[..., None])
+                out[start:stop].copy_(values)
         return out
 
     def extra_repr(self) -> str:
@@ -124,16 +128,25 @@ class QuantizedEmbedding(torch.nn.Module):
         return self.q[ids].to(torch.bfloat16) * self.scale[ids, None]
 
 
-_SCRATCH = threading.local()  # per thread: (rows, cols, dtype) -> a buffer for expanding weights
+_FREE: dict[tuple[int, int, torch.dtype], list[torch.Tensor]] = {}  # buffers not in use, by shape
+_FREE_LOCK = threading.Lock()
 
 
-def _scratch(rows: int, cols: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """This thread's ``# [rows, cols]`` buffer of ``dtype``, one per shape: an expanded weight lives only for
-    its own multiplication, so every layer of a shape reuses it."""
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    if (rows, cols, dtype) not in buffers:
-        buffers[rows, cols, dtype] = torch.empty(rows, cols, dtype=dtype)
-    return buffers[rows, cols, dtype]
+@contextmanager
+def _borrowed(rows: int, cols: int, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """A ``# [rows, cols]`` buffer of ``dtype`` for one expansion, returned for the next: every layer of a
+    shape reuses the same memory, and a shape has as many buffers as expansions ever ran at once."""
+    key = (rows, cols, dtype)
+    with _FREE_LOCK:
+        free = _FREE.setdefault(key, [])
+        buffer = free.pop() if free else None
+    if buffer is None:
+        buffer = torch.empty(rows, cols, dtype=dtype)
+    try:
+        yield buffer
+    finally:
+        with _FREE_LOCK:
+            _FREE[key].append(buffer)
 
 
 def _aligned(q: torch.Tensor) -> torch.Tensor:
