@@ -199,16 +199,17 @@ def test_serve_answers_through_a_remote_generator(server: RagServer, index_dir: 
         with front.client() as client:
             request = {"collection": "tiny", "question": QUESTION, "k": 2, "max_tokens": 24}
             body = client.post("/v1/answer", json=request)
+            messages = [{"role": "user", "content": QUESTION}]
             chat = client.post(
-                "/v1/chat/completions",
-                json={"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 24},
+                "/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 24, "k": 2}
             )
     finally:
         front.stop()
     assert body.status_code == 200, body.text
     assert "Paris" in body.json()["answer"] and body.json()["citations"][0] == "paris"
     assert chat.status_code == 200, chat.text
-    assert chat.json()["choices"][0]["message"]["content"] == body.json()["answer"]  # same question, greedy
+    # the same question over the same k passages, greedy: the same prompt, the same answer
+    assert chat.json()["choices"][0]["message"]["content"] == body.json()["answer"]
 
 
 def ask_args(*flags: str) -> argparse.Namespace:
