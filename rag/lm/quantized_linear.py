@@ -90,21 +90,13 @@ class QuantizedLinear(torch.nn.Module):
         out = torch.empty(rows, cols, dtype=torch.bfloat16) if out is None else out
         if self.bits == 8:
             return out.copy_(self.q).mul_(self.scale[:, None])
-        if not _layout_known():
-            values = unpack_int4(self.packed, rows, cols).float().view(rows, cols // self.group_size, -1)
-            scale, zero = self.scale_zero.transpose(0, 1).float().unbind(-1)  # [rows, groups] each
-            return out.copy_(((values - 8) * scale[..., None] + zero[..., None]).view(rows, cols))
         # in float32 a block of rows at a time, rounded to bf16 once: the value the int4 kernel multiplies by
         chunk = min(rows, max(1, _CHUNK_FLOATS // (cols * _BLOCK_ROWS)) * _BLOCK_ROWS)
-        packed = self.packed.view(rows // _BLOCK_ROWS, cols, _BLOCK_ROWS // 2)  # see unpack_int4's layout
         with _borrowed(chunk, cols, torch.float32) as buffer:
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                values = buffer[: stop - start]
-                halves = values.view(-1, 2, _BLOCK_ROWS // 2, cols)
-                block = packed[start // _BLOCK_ROWS : stop // _BLOCK_ROWS]
-                halves[:, 0].copy_((block & 0x0F).transpose(1, 2))  # rows 64 b + j: the low nibbles
-                halves[:, 1].copy_((block >> 4).transpose(1, 2))  # rows 64 b + 32 + j: the high ones
+                nibbles = unpack_int4(self.packed[start:stop], stop - start, cols)  # blocks of 64 rows each
+                values = buffer[: stop - start].copy_(nibbles)
                 scale, zero = self.scale_zero[:, start:stop].transpose(0, 1).float().unbind(-1)  # [n, groups]
                 grouped = values.view(stop - start, -1, self.group_size)
                 grouped.mul_(scale[..., None]).add_((zero - 8 * scale)[..., None])
