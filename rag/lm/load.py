@@ -1,7 +1,7 @@
 """Load a causal LM and its tokenizer under a :class:`~rag.lm.policy.RuntimePolicy`.
 
 >>> model, tokenizer = load_causal_lm("qwen2.5-coder-0.5b-instruct")  # doctest: +SKIP
->>> model.dtype, type(model.lm_head).__name__  # doctest: +SKIP
+>>> model.dtype, type(model.lm_head).__name__  # doctest: +SKIP  (float32 on a CPU without bf16 units)
 (torch.bfloat16, 'QuantizedLinear')
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import ConfigError, ModelError
-from rag.lm.policy import Decoder, Precision, RuntimePolicy
+from rag.lm.policy import Activations, Decoder, Precision, RuntimePolicy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,23 +31,23 @@ def load_causal_lm(
     precision: Precision | None = None,
     attn_implementation: str = "sdpa",
     decoder: Decoder | None = None,
+    activations: Activations | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM in eval mode and its tokenizer: ``name`` is a bundled model, a local folder or a hub id.
 
     ``precision`` (default: the device's, see :class:`RuntimePolicy`): ``mixed`` and ``int4`` keep a bundled
     GGUF model's 4-bit weights as they are and round the others to int8 rows or int4 groups (a folder's or
     hub model's float weights are rounded the same way); ``bf16`` and ``exact`` dequantize to bf16 and
-    float32.
+    float32. ``activations``: the quantized precisions' compute dtype (default ``auto``: bf16 where the CPU
+    has bf16 units, else float32).
     ``attn_implementation``: "sdpa" runs as :data:`~rag.lm.grouped_attention.GROUPED_SDPA`; "eager" returns
     attention weights. ``decoder="llama.cpp"`` (a bundled GGUF model) also loads the file in llama.cpp, which
     then runs the answer's tokens (:func:`token_decoder`).
     """
-    import torch
-
     from rag.lm.grouped_attention import register_grouped_sdpa
     from rag.models import resolve_model
 
-    policy = RuntimePolicy.for_device(device, precision, decoder)
+    policy = RuntimePolicy.for_device(device, precision, decoder, activations)
     try:
         if policy.quantized:
             model, tokenizer = _load_quantized(name, policy, attn_implementation)
@@ -55,7 +55,7 @@ def load_causal_lm(
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             source = resolve_model(name)
-            dtype = torch.float32 if policy.precision == "exact" else torch.bfloat16
+            dtype = policy.activation_dtype
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=dtype, attn_implementation=attn_implementation
@@ -109,14 +109,15 @@ def _load_quantized(name: str, policy: RuntimePolicy, attn_implementation: str) 
     bundled = bundled_model(name)
     if bundled is not None and bundled.fmt == "gguf":
         folder = ensure_quantized(bundled, policy.precision, policy.low_bits)
-        model = skeleton(AutoConfig.from_pretrained(folder), attn_implementation)
+        model = skeleton(AutoConfig.from_pretrained(folder), attn_implementation, policy.activation_dtype)
         materialize(model, *load_weights(folder))
         return model, AutoTokenizer.from_pretrained(folder)
     source: Path | str = resolve_model(name)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype="float32", attn_implementation=attn_implementation
     )
-    return quantize_float_model(model, policy.low_bits), AutoTokenizer.from_pretrained(source)
+    quantized = quantize_float_model(model, policy.low_bits, policy.activation_dtype)
+    return quantized, AutoTokenizer.from_pretrained(source)
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -10,7 +10,12 @@ tiles where the CPU has them), several times faster than the int4 kernel on hund
 goes into a buffer that every layer of that shape reuses: a fresh tensor each time cost more in page faults
 than the expansion itself (an 8960 x 1536 int8 weight: 23 ms fresh, 3.3 ms reused).
 
-Activations are bf16 in and out; the scales and zero points are bf16 too (torch's kernels take them so).
+Activations are bf16 in and out, or float32 on a CPU without bf16 units (``dtype``,
+:attr:`rag.lm.policy.RuntimePolicy.activation_dtype`). The kernels always take bf16 rows and bf16 scales and
+zero points: with float32 activations they run scalar code on an AVX2 CPU (0.5 ms against 4-6 ms a row for a
+4864 x 896 weight), so a few rows are rounded to bf16 for the kernel and its result widened again. A prompt's
+weight is expanded to the activations' dtype: on an AVX2 CPU a float32 product of 200 rows took 20 ms where
+bf16, emulated, took 106.
 
 >>> import numpy as np, torch
 >>> from rag.lm.quantized_weight import int8_from_float
@@ -49,12 +54,19 @@ def int4_supported(rows: int, cols: int, group_size: int) -> bool:
 
 
 class QuantizedLinear(torch.nn.Module):
-    """``y = x @ w.T + b`` with ``w`` held as an :class:`Int4Weight` or :class:`Int8Weight`."""
+    """``y = x @ w.T + b`` with ``w`` held as an :class:`Int4Weight` or :class:`Int8Weight`, activations in
+    ``dtype`` (bf16 or float32)."""
 
-    def __init__(self, weight: QuantizedWeight, bias: np.ndarray | torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        bias: np.ndarray | torch.Tensor | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.bits = 4 if isinstance(weight, Int4Weight) else 8
+        self.dtype = dtype
         if isinstance(weight, Int4Weight):
             if not int4_supported(self.out_features, self.in_features, weight.group_size):
                 raise ValueError(f"torch's CPU int4 kernel does not take a {weight.shape} weight")
@@ -65,59 +77,72 @@ class QuantizedLinear(torch.nn.Module):
         else:
             self.register_buffer("q", _aligned(torch.from_numpy(np.ascontiguousarray(weight.q))))
             self.register_buffer("scale", torch.from_numpy(weight.scale).to(torch.bfloat16))
-        bias_tensor = None if bias is None else torch.as_tensor(bias).to(torch.bfloat16)
+        bias_tensor = None if bias is None else torch.as_tensor(bias).to(dtype)
         self.register_buffer("bias", bias_tensor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out] bf16
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out] in self.dtype
         rows = x.numel() // self.in_features
-        flat = x.reshape(rows, self.in_features).to(torch.bfloat16).contiguous()  # the kernels want it packed
+        flat = x.reshape(rows, self.in_features)
         if rows > KERNEL_MAX_ROWS:
-            with _borrowed(self.out_features, self.in_features, torch.bfloat16) as weight:
-                out = F.linear(flat, self.dense(weight))
-        elif self.bits == 4:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                flat, self.packed, self.group_size, self.scale_zero
-            )
+            with _borrowed(self.out_features, self.in_features, self.dtype) as weight:
+                out = F.linear(flat.to(self.dtype), self.dense(weight))
         else:
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
+            flat = flat.to(torch.bfloat16).contiguous()  # the kernels want it packed
+            if self.bits == 4:
+                out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    flat, self.packed, self.group_size, self.scale_zero
+                )
+            else:
+                out = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
+            out = out.to(self.dtype)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
 
     def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The weight expanded to bf16 ``# [out, in]``, into ``out`` when given."""
+        """The weight expanded to ``self.dtype`` ``# [out, in]``, into ``out`` when given."""
         rows, cols = self.out_features, self.in_features
-        out = torch.empty(rows, cols, dtype=torch.bfloat16) if out is None else out
+        out = torch.empty(rows, cols, dtype=self.dtype) if out is None else out
         if self.bits == 8:
             return out.copy_(self.q).mul_(self.scale[:, None])
-        # in float32 a block of rows at a time, rounded to bf16 once: the value the int4 kernel multiplies by
+        # a block of rows at a time (4 MB of float32: stays in cache); for bf16, expanded in float32 and
+        # rounded once: the value the int4 kernel multiplies by
         chunk = min(rows, max(1, _CHUNK_FLOATS // (cols * _BLOCK_ROWS)) * _BLOCK_ROWS)
+        if self.dtype == torch.float32:
+            for start in range(0, rows, chunk):
+                self._expand_int4(out[start : start + chunk], start, min(rows, start + chunk))
+            return out
         with _borrowed(chunk, cols, torch.float32) as buffer:
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                nibbles = unpack_int4(self.packed[start:stop], stop - start, cols)  # blocks of 64 rows each
-                values = buffer[: stop - start].copy_(nibbles)
-                scale, zero = self.scale_zero[:, start:stop].transpose(0, 1).float().unbind(-1)  # [n, groups]
-                grouped = values.view(stop - start, -1, self.group_size)
-                grouped.mul_(scale[..., None]).add_((zero - 8 * scale)[..., None])
-                out[start:stop].copy_(values)
+                out[start:stop].copy_(self._expand_int4(buffer[: stop - start], start, stop))
         return out
+
+    def _expand_int4(self, values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the int4 weight in float32, written into ``values``
+        ``# [stop - start, in]``."""
+        nibbles = unpack_int4(self.packed[start:stop], stop - start, self.in_features)
+        values.copy_(nibbles)
+        scale, zero = self.scale_zero[:, start:stop].transpose(0, 1).float().unbind(-1)  # [n, groups]
+        grouped = values.view(stop - start, -1, self.group_size)
+        grouped.mul_(scale[..., None]).add_((zero - 8 * scale)[..., None])
+        return values
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
 
 
 class QuantizedEmbedding(torch.nn.Module):
-    """Token embeddings held as int8 rows; a lookup expands only the rows it reads, to bf16."""
+    """Token embeddings held as int8 rows; a lookup expands only the rows it reads, to ``dtype``."""
 
-    def __init__(self, weight: Int8Weight) -> None:
+    def __init__(self, weight: Int8Weight, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.shape
         self.register_buffer("q", torch.from_numpy(np.ascontiguousarray(weight.q)))
-        self.register_buffer("scale", torch.from_numpy(weight.scale).to(torch.bfloat16))
+        self.register_buffer("scale", torch.from_numpy(weight.scale).to(dtype))
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., dim] bf16
-        return self.q[ids].to(torch.bfloat16) * self.scale[ids, None]
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., dim] in the scale's dtype
+        return self.q[ids].to(self.scale.dtype) * self.scale[ids, None]
 
 
 _FREE: dict[tuple[int, int, torch.dtype], list[torch.Tensor]] = {}  # buffers not in use, by shape
@@ -162,29 +187,35 @@ def _pack_int4(weight: Int4Weight, chunk_rows: int = 64 * _BLOCK_ROWS) -> torch.
 def unpack_int4(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """The values ``# [rows, cols]`` uint8 of ``aten._convert_weight_to_int4pack_for_cpu``'s layout.
 
-    That layout (torch 2.6-2.13) stores rows in blocks of 64: byte ``[block, col, j]`` holds row
-    ``64 * block + j`` in its low nibble and row ``64 * block + 32 + j`` in its high one. The layout is
-    torch's own, so it is checked once against the packing op; where it differs, the values are read back
-    through the kernel itself (slower, same result).
+    That layout (torch 2.6-2.13) stores rows in blocks of ``b`` = 4 float vectors (64 rows with AVX-512, 32
+    with AVX2): byte ``[block, col, j]`` holds row ``b * block + j`` in its low nibble and row
+    ``b * block + b / 2 + j`` in its high one. The layout is torch's own, so it is checked once against the
+    packing op; where it is neither, the values are read back through the kernel itself (slower, same result).
     """
-    if not _layout_known():
+    block = _packed_block_rows()
+    if block is None:
         eye = torch.eye(cols, dtype=torch.bfloat16)
         ones = torch.zeros(cols // 32, rows, 2, dtype=torch.bfloat16)
         ones[..., 0] = 1  # scale 1, zero 0: the kernel returns q - 8
         values = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, 32, ones)  # [cols, rows]
         return (values.t() + 8).to(torch.uint8)
-    blocks = packed.view(rows // _BLOCK_ROWS, cols, _BLOCK_ROWS // 2)
-    halves = torch.stack([blocks & 0x0F, blocks >> 4], dim=1)  # [blocks, 2, cols, 32]
+    blocks = packed.view(rows // block, cols, block // 2)
+    halves = torch.stack([blocks & 0x0F, blocks >> 4], dim=1)  # [blocks, 2, cols, block / 2]
     return halves.transpose(2, 3).reshape(rows, cols)
 
 
 @lru_cache(maxsize=1)
-def _layout_known() -> bool:
+def _packed_block_rows() -> int | None:
+    """The rows of a block of torch's CPU int4 layout on this CPU (see :func:`unpack_int4`), or None."""
+    rows = 2 * _BLOCK_ROWS
     generator = torch.Generator().manual_seed(0)
-    values = torch.randint(0, 16, (2 * _BLOCK_ROWS, 64), dtype=torch.int32, generator=generator)
+    values = torch.randint(0, 16, (rows, 64), dtype=torch.int32, generator=generator)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1)
-    if packed.shape != (2 * _BLOCK_ROWS, 32) or packed.dtype != torch.uint8:
-        return False
-    blocks = packed.view(2, 64, 32)
-    halves = torch.stack([blocks & 0x0F, blocks >> 4], dim=1)
-    return bool(torch.equal(halves.transpose(2, 3).reshape(2 * _BLOCK_ROWS, 64).int(), values))
+    if packed.shape != (rows, 32) or packed.dtype != torch.uint8:
+        return None
+    for block in (64, 32):
+        blocks = packed.view(rows // block, 64, block // 2)
+        halves = torch.stack([blocks & 0x0F, blocks >> 4], dim=1)
+        if torch.equal(halves.transpose(2, 3).reshape(rows, 64).int(), values):
+            return block
+    return None
