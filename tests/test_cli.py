@@ -183,6 +183,8 @@ def test_eval_citations_answers_judged_claims_and_reads_their_citations(collecti
         (["ask", "x", "--index", "{index}", "--cad-alpha", "-1"], 2, "CAD needs alpha > 0"),
         (["ask", "x", "--index", "{index}", "--draft-tokens", "-2"], 2, "drafting needs tokens >= 1"),
         (["bench", "nope"], 2, "unknown bench suite"),
+        (["bench", "dense", "--short", "2"], 2, "options of the generate suite"),
+        (["bench", "generate", "--long", "-1"], 2, "--long must be >= 0"),
         (
             ["eval", "retrieval", "{tmp}", "--reranker", "nope"],
             2,

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from rag.errors import ModelError
 from rag.models import CATALOG, folder_checksum, list_models, resolve_model
 from rag.models.bundled import assemble, verify
+from rag.models.catalog import default_generator
 from rag.models.gguf_cache import converted_dir, ensure_converted
+
+
+def test_the_default_generator_is_the_15b_where_prompts_run_on_bf16_units() -> None:
+    assert default_generator(frozenset({"avx2", "avx512f", "amx_tile"})) == "qwen2.5-coder-1.5b-instruct"
+    assert default_generator(frozenset({"avx2", "avx512_bf16"})) == "qwen2.5-coder-1.5b-instruct"
+    with_gpu = Path("/proc/driver/nvidia/version").exists()  # bf16 weights on the GPU
+    expected = "qwen2.5-coder-1.5b-instruct" if with_gpu else "qwen2.5-coder-0.5b-instruct"
+    assert default_generator(frozenset({"avx2", "avx512f"})) == expected
+    assert CATALOG[default_generator()].role == "causal-lm"
 
 
 def test_unknown_name_lists_the_known_ones() -> None:

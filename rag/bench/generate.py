@@ -469,7 +469,10 @@ def _precision(model: Any) -> str:
     from rag.lm.quantized_linear import QuantizedLinear
 
     bits = sorted({m.bits for m in model.modules() if isinstance(m, QuantizedLinear)})
-    return " and ".join(f"int{b}" for b in bits) + " weights, bf16 activations" if bits else str(model.dtype)
+    activations = str(model.dtype).removeprefix("torch.")
+    if not bits:
+        return activations
+    return " and ".join(f"int{b}" for b in bits) + f" weights, {activations} activations"
 
 
 def _warm_up(bench: _ModelBench) -> None:

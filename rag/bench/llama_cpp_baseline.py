@@ -7,8 +7,8 @@ prompt-lookup drafting (``LlamaPromptLookupDecoding``), which needs the logits o
 (``logits_all``). The end of sequence is blocked before ``min_new_tokens`` by a logits processor, as
 ragloom's modes block it.
 
-llama-cpp-python is the optional ``bench`` extra, built from source (docs/benchmarks.md has the command: on
-a CPU with AMX tiles, llama.cpp's AMX path crashed here, so the build names the instruction sets itself).
+llama-cpp-python is the optional ``bench`` extra, built from source for the CPU it runs on (``make bench``; on
+a CPU with AMX tiles the build names the instruction sets itself and leaves AMX out, whose path crashed here).
 """
 
 from __future__ import annotations

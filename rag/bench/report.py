@@ -56,7 +56,7 @@ class SuiteResult:
         lines = [
             f"## {self.title}",
             "",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, "
+            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {cpu_description()}, "
             f"{_cpu_count()} CPU threads, by `rag bench {self.suite}`. Baseline: {self.baseline}.",
             "",
             "| measure | ragloom | baseline | ratio | target |",
@@ -100,3 +100,22 @@ def write_section(path: str | Path, result: SuiteResult) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def cpu_description() -> str:
+    """The machine, its CPU's model and widest vector units, e.g. ``x86_64 (AMD EPYC, AVX2)``: figures from
+    CPUs with and without bf16 units differ by several times."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    flag_line = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = set(flag_line.group(1).split()) if flag_line else set()
+    units = next((name for flag, name in _UNITS if flag in flags), None)
+    parts = [part for part in (model.group(1).strip() if model else None, units) if part]
+    return f"{platform.machine()} ({', '.join(parts)})" if parts else platform.machine()
+
+
+# /proc/cpuinfo flag -> the name of the widest vector units it shows, widest first
+_UNITS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))

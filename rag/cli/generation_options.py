@@ -24,8 +24,9 @@ def add_generation_options(parser: argparse.ArgumentParser, *, max_new_tokens: i
     parser.add_argument(
         "--generator",
         default=DEFAULT_GENERATOR,
-        help=f"LLM: bundled name, folder or hub id; or {REMOTE} with --base-url (any /v1/chat/completions "
-        "server: vLLM, SGLang, llama.cpp's server, Ollama, rag serve; key from OPENAI_API_KEY)",
+        help=f"LLM: bundled name, folder or hub id (default on this machine: {DEFAULT_GENERATOR}, see "
+        f"docs/answers.md); or {REMOTE} with --base-url (any /v1/chat/completions server: vLLM, SGLang, "
+        "llama.cpp's server, Ollama, rag serve; key from OPENAI_API_KEY)",
     )
     parser.add_argument(
         "--base-url", help=f"with --generator {REMOTE}: the server, e.g. http://127.0.0.1:8080/v1"
