@@ -40,7 +40,7 @@ chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 
 test: install lint chromium
-	$(BIN)/pytest -q  # not `python -m pytest`: that puts the checkout first on sys.path, where kernels/ shadows the PyPI kernels transformers imports
+	$(BIN)/pytest -q --durations=15  # the 15 slowest tests listed; not `python -m pytest`: that puts the checkout first on sys.path, where kernels/ shadows the PyPI kernels transformers imports
 
 # llama.cpp for the generation baseline, built from source for this CPU (GGML_NATIVE). On a CPU with AMX tiles the
 # build names the instruction sets itself and leaves AMX out: llama.cpp 0.3.36's AMX path crashed at the first

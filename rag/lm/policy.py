@@ -1,7 +1,7 @@
 """How a causal LM runs on a device: the precision of its weights and the attention it uses.
 
 =============  ======================================================================================
-precision      weights (activations are bf16 except with ``exact``)
+precision      weights (activations: see ``activations`` below; float32 with ``exact``, bf16 with ``bf16``)
 =============  ======================================================================================
 ``mixed``      4-bit tensors of the GGUF file kept as they are, the others (5-, 6-, 8-bit, the output layer
                included) as int8 rows: the CPU default, within a point of float32 on XQuAD
