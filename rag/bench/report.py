@@ -6,11 +6,12 @@ design notebook beside it (``docs/design/DATE-bench-SUITE.md``), which the secti
 
 from __future__ import annotations
 
-import platform
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rag.cpu import cpu_description
 
 
 @dataclass(frozen=True)
@@ -100,22 +101,3 @@ def write_section(path: str | Path, result: SuiteResult) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-
-
-def cpu_description() -> str:
-    """The machine, its CPU's model and widest vector units, e.g. ``x86_64 (AMD EPYC, AVX2)``: figures from
-    CPUs with and without bf16 units differ by several times."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
-    flag_line = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
-    flags = set(flag_line.group(1).split()) if flag_line else set()
-    units = next((name for flag, name in _UNITS if flag in flags), None)
-    parts = [part for part in (model.group(1).strip() if model else None, units) if part]
-    return f"{platform.machine()} ({', '.join(parts)})" if parts else platform.machine()
-
-
-# /proc/cpuinfo flag -> the name of the widest vector units it shows, widest first
-_UNITS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))

@@ -27,9 +27,9 @@ drafters, CAD, parallel contexts and the rerankers see a transformers model eith
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
+from rag.cpu import has_bf16_units
 from rag.errors import ConfigError
 from rag.lm.gguf_weights import LowBits
 
@@ -87,7 +87,7 @@ class RuntimePolicy:
             return torch.bfloat16
         if self.activations == "float32":
             return torch.float32
-        return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
+        return torch.bfloat16 if has_bf16_units() else torch.float32
 
     @property
     def low_bits(self) -> LowBits:
@@ -108,11 +108,3 @@ class RuntimePolicy:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         chosen = precision or (CPU_DEFAULT if device.startswith("cpu") else "bf16")
         return cls(device, chosen, decoder or "torch", activations or "auto")
-
-
-@lru_cache(maxsize=1)
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX tiles)."""
-    import torch
-
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

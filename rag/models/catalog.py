@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.cpu import has_bf16_units
+
 
 @dataclass(frozen=True)
 class BundledModel:
@@ -97,21 +99,11 @@ def default_generator(cpu_flags: frozenset[str] | None = None) -> str:
 
     The 1.5B answers XQuAD 19 EM points better than the 0.5B. With bf16 units it answers, keeping one passage
     on the mixed runtime, no slower end to end than the 0.5B in float32 with all passages in one prompt; on a
-    CPU without them (AVX2) its prompts run in float32 and it took 1.5-4× as long (docs/answers.md), so the
-    0.5B is the default there.
+    CPU without them (AVX2) its prompts run in float32 and it took 1.4× as long in median (docs/answers.md),
+    so the 0.5B is the default there.
     """
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
-    fast = bool({"amx_tile", "avx512_bf16"} & flags) or Path("/proc/driver/nvidia/version").exists()
+    fast = has_bf16_units(cpu_flags) or Path("/proc/driver/nvidia/version").exists()
     return "qwen2.5-coder-1.5b-instruct" if fast else "qwen2.5-coder-0.5b-instruct"
-
-
-def _cpu_flags() -> frozenset[str]:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
 
 
 DEFAULT_GENERATOR = default_generator()
